@@ -1,0 +1,217 @@
+/* The CLIP text encoder (transformers CLIPTextModel): token + position
+ * embeddings, pre-LN transformer layers with causal self-attention, and a
+ * final layer norm. The output is last_hidden_state. */
+#include "model.h"
+#include "ops-internal.h"
+
+#include <stdlib.h>
+
+typedef struct {
+  Norm *norm1, *norm2;
+  Linear *qkv; /* q_proj, k_proj, v_proj side by side */
+  Linear *out_proj, *fc1, *fc2;
+} ClipLayer;
+
+struct LcmTextEncoder {
+  Ops *ops;
+  ClipConfig config;
+  void *token_embedding;     /* [vocab, hidden] in the compute dtype */
+  float *position_embedding; /* [max_positions, hidden] */
+  ClipLayer *layers;
+  Norm *final_norm;
+};
+
+static void clip_layer_clear(ClipLayer *layer) {
+  norm_free(layer->norm1);
+  norm_free(layer->norm2);
+  linear_free(layer->qkv);
+  linear_free(layer->out_proj);
+  linear_free(layer->fc1);
+  linear_free(layer->fc2);
+}
+
+void lcm_text_encoder_free(LcmTextEncoder *encoder) {
+  if (!encoder) return;
+  if (encoder->layers)
+    for (int i = 0; i < encoder->config.num_hidden_layers; i++)
+      clip_layer_clear(&encoder->layers[i]);
+  g_free(encoder->layers);
+  norm_free(encoder->final_norm);
+  free(encoder->token_embedding);
+  g_free(encoder->position_embedding);
+  ops_free(encoder->ops);
+  g_free(encoder);
+}
+
+static gboolean clip_layer_load(Ops *ops, const Weights *w, const ClipConfig *cfg, int index,
+                                ClipLayer *layer, GError **error) {
+  const int hidden = cfg->hidden_size;
+  char *base = g_strdup_printf("text_model.encoder.layers.%d", index);
+  char *q = g_strdup_printf("%s.self_attn.q_proj", base);
+  char *k = g_strdup_printf("%s.self_attn.k_proj", base);
+  char *v = g_strdup_printf("%s.self_attn.v_proj", base);
+  char *out = g_strdup_printf("%s.self_attn.out_proj", base);
+  char *norm1 = g_strdup_printf("%s.layer_norm1", base);
+  char *norm2 = g_strdup_printf("%s.layer_norm2", base);
+  char *fc1 = g_strdup_printf("%s.mlp.fc1", base);
+  char *fc2 = g_strdup_printf("%s.mlp.fc2", base);
+  const char *const qkv[3] = {q, k, v};
+  gboolean ok =
+      (layer->norm1 = norm_load(ops, w, norm1, hidden, error)) &&
+      (layer->qkv = linear_load_fused(ops, w, qkv, 3, hidden, hidden, TRUE, error)) &&
+      (layer->out_proj = linear_load(ops, w, out, hidden, hidden, TRUE, error)) &&
+      (layer->norm2 = norm_load(ops, w, norm2, hidden, error)) &&
+      (layer->fc1 = linear_load(ops, w, fc1, hidden, cfg->intermediate_size, TRUE, error)) &&
+      (layer->fc2 = linear_load(ops, w, fc2, cfg->intermediate_size, hidden, TRUE, error));
+  g_free(base);
+  g_free(q);
+  g_free(k);
+  g_free(v);
+  g_free(out);
+  g_free(norm1);
+  g_free(norm2);
+  g_free(fc1);
+  g_free(fc2);
+  return ok;
+}
+
+static gboolean check_config(const ClipConfig *cfg, GError **error) {
+  if (cfg->hidden_size <= 0 || cfg->num_attention_heads <= 0 ||
+      cfg->hidden_size % cfg->num_attention_heads != 0 || cfg->num_hidden_layers <= 0 ||
+      cfg->intermediate_size <= 0 || cfg->vocab_size <= 0 ||
+      cfg->max_position_embeddings < LCM_CLIP_TOKENS) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+                "text encoder: unusable configuration (hidden %d, %d heads, %d layers, "
+                "intermediate %d, vocabulary %d, %d positions)",
+                cfg->hidden_size, cfg->num_attention_heads, cfg->num_hidden_layers,
+                cfg->intermediate_size, cfg->vocab_size, cfg->max_position_embeddings);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* The token table in the compute dtype (halves its size in bf16). */
+static gboolean load_token_embedding(LcmTextEncoder *enc, const Weights *w, GError **error) {
+  const ClipConfig *cfg = &enc->config;
+  const int64_t shape[2] = {cfg->vocab_size, cfg->hidden_size};
+  float *table = weights_get(w, "text_model.embeddings.token_embedding.weight", 2, shape, error);
+  if (!table) return FALSE;
+  const dnnl_data_type_t dtype = ops_dtype(enc->ops);
+  const size_t count = (size_t)cfg->vocab_size * cfg->hidden_size;
+  enc->token_embedding = aligned_buffer(count * dtype_size(dtype));
+  if (enc->token_embedding)
+    for (size_t i = 0; i < count; i++) element_set(enc->token_embedding, dtype, i, table[i]);
+  else
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                "text encoder: out of memory for the token embedding");
+  g_free(table);
+  return enc->token_embedding != NULL;
+}
+
+LcmTextEncoder *lcm_text_encoder_load(LcmModel *model, LcmPrecision precision, GError **error) {
+  LcmTextEncoder *enc = g_new0(LcmTextEncoder, 1);
+  Weights *w = NULL;
+  gboolean ok = model_clip_config(model, &enc->config, error) &&
+                check_config(&enc->config, error) &&
+                (w = model_weights(model, COMPONENT_TEXT_ENCODER, error)) &&
+                (enc->ops = ops_new(precision, error)) && load_token_embedding(enc, w, error);
+  const ClipConfig *cfg = &enc->config;
+  if (ok) {
+    const int64_t shape[2] = {cfg->max_position_embeddings, cfg->hidden_size};
+    enc->position_embedding =
+        weights_get(w, "text_model.embeddings.position_embedding.weight", 2, shape, error);
+    ok = enc->position_embedding != NULL;
+  }
+  if (ok) enc->layers = g_new0(ClipLayer, cfg->num_hidden_layers);
+  for (int i = 0; ok && i < cfg->num_hidden_layers; i++)
+    ok = clip_layer_load(enc->ops, w, cfg, i, &enc->layers[i], error);
+  if (ok) {
+    enc->final_norm =
+        norm_load(enc->ops, w, "text_model.final_layer_norm", cfg->hidden_size, error);
+    ok = enc->final_norm != NULL;
+  }
+  if (!ok) {
+    lcm_text_encoder_free(enc);
+    return NULL;
+  }
+  return enc;
+}
+
+int lcm_text_encoder_hidden_size(const LcmTextEncoder *encoder) {
+  return encoder->config.hidden_size;
+}
+
+/* One pre-LN layer; x stays the caller's. */
+static Tensor *clip_layer_forward(LcmTextEncoder *enc, const ClipLayer *layer, const Tensor *x,
+                                  GError **error) {
+  Ops *ops = enc->ops;
+  const ClipConfig *cfg = &enc->config;
+  const Activation act = cfg->quick_gelu ? ACT_QUICK_GELU : ACT_GELU_ERF;
+  Tensor *normed = layer_norm(ops, layer->norm1, x, cfg->layer_norm_eps, error);
+  Tensor *qkv = normed ? linear(ops, layer->qkv, normed, NULL, ACT_NONE, error) : NULL;
+  tensor_free(normed);
+  Tensor *mixed = qkv ? attention_fused_qkv(ops, qkv, cfg->num_attention_heads, TRUE, error) : NULL;
+  tensor_free(qkv);
+  Tensor *h = mixed ? linear(ops, layer->out_proj, mixed, x, ACT_NONE, error) : NULL;
+  tensor_free(mixed);
+  normed = h ? layer_norm(ops, layer->norm2, h, cfg->layer_norm_eps, error) : NULL;
+  Tensor *inner = normed ? linear(ops, layer->fc1, normed, NULL, act, error) : NULL;
+  tensor_free(normed);
+  Tensor *out = inner ? linear(ops, layer->fc2, inner, h, ACT_NONE, error) : NULL;
+  tensor_free(inner);
+  tensor_free(h);
+  return out;
+}
+
+/* token_embedding[id] + position_embedding[t] for every token. */
+static Tensor *embed(LcmTextEncoder *enc, const int32_t *ids, int batch, GError **error) {
+  const int hidden = enc->config.hidden_size;
+  const size_t rows = (size_t)batch * LCM_CLIP_TOKENS;
+  for (size_t r = 0; r < rows; r++)
+    if (ids[r] < 0 || ids[r] >= enc->config.vocab_size) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                  "text encoder: token id %d (sequence %zu, position %zu) is outside the "
+                  "vocabulary of %d",
+                  ids[r], r / LCM_CLIP_TOKENS, r % LCM_CLIP_TOKENS, enc->config.vocab_size);
+      return NULL;
+    }
+  float *x = g_try_new(float, rows *hidden);
+  if (!x) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "text encoder: out of memory");
+    return NULL;
+  }
+  const dnnl_data_type_t dtype = ops_dtype(enc->ops);
+  for (size_t r = 0; r < rows; r++) {
+    const size_t token = (size_t)ids[r] * hidden;
+    const float *position = enc->position_embedding + (r % LCM_CLIP_TOKENS) * hidden;
+    for (int j = 0; j < hidden; j++)
+      x[r * hidden + j] = element_get(enc->token_embedding, dtype, token + j) + position[j];
+  }
+  Tensor *t = tensor_from_rows(enc->ops, x, batch, LCM_CLIP_TOKENS, hidden);
+  g_free(x);
+  if (!t) g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "text encoder: out of memory");
+  return t;
+}
+
+gboolean lcm_text_encoder_encode(LcmTextEncoder *encoder, const int32_t *ids, int batch,
+                                 float *last_hidden_state, GError **error) {
+  if (batch <= 0) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "text encoder: batch must be positive, got %d",
+                batch);
+    return FALSE;
+  }
+  Tensor *x = embed(encoder, ids, batch, error);
+  for (int i = 0; x && i < encoder->config.num_hidden_layers; i++) {
+    Tensor *next = clip_layer_forward(encoder, &encoder->layers[i], x, error);
+    tensor_free(x);
+    x = next;
+  }
+  Tensor *out =
+      x ? layer_norm(encoder->ops, encoder->final_norm, x, encoder->config.layer_norm_eps, error)
+        : NULL;
+  tensor_free(x);
+  if (!out) return FALSE;
+  tensor_to_rows(out, last_hidden_state);
+  tensor_free(out);
+  return TRUE;
+}

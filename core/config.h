@@ -1,0 +1,60 @@
+/* Network configurations: read from diffusers / transformers config.json, or
+ * inferred from a single-file checkpoint's tensor shapes. */
+#pragma once
+
+#include "weights.h"
+#include <glib.h>
+
+#define CONFIG_MAX_BLOCKS 8
+
+typedef struct {
+  int vocab_size;
+  int hidden_size;
+  int intermediate_size;
+  int num_hidden_layers;
+  int num_attention_heads;
+  int max_position_embeddings;
+  float layer_norm_eps;
+  gboolean quick_gelu; /* hidden_act: quick_gelu (SD1.5) or gelu */
+} ClipConfig;
+
+typedef struct {
+  int in_channels;  /* 4, or 9 for inpainting UNets */
+  int out_channels;
+  int n_blocks;     /* len(block_out_channels) */
+  int block_out_channels[CONFIG_MAX_BLOCKS];
+  gboolean down_cross_attn[CONFIG_MAX_BLOCKS]; /* CrossAttnDownBlock2D vs DownBlock2D */
+  gboolean up_cross_attn[CONFIG_MAX_BLOCKS];   /* in up_blocks order */
+  int heads[CONFIG_MAX_BLOCKS]; /* attention heads per down level (SD1.5: 8) */
+  int layers_per_block;
+  int transformer_layers_per_block;
+  int cross_attention_dim;
+  int norm_num_groups;
+  float norm_eps;
+  int time_cond_proj_dim; /* 0 = none; LCM UNets have 256 */
+  gboolean use_linear_projection;
+  gboolean flip_sin_to_cos;
+  float freq_shift;
+  int sample_size;
+} UNetConfig;
+
+typedef struct {
+  int in_channels;
+  int out_channels;
+  int latent_channels;
+  int n_blocks;
+  int block_out_channels[CONFIG_MAX_BLOCKS];
+  int layers_per_block;
+  int norm_num_groups;
+  float scaling_factor;
+  gboolean mid_block_add_attention;
+} VaeConfig;
+
+gboolean clip_config_read(const char *config_json, ClipConfig *out, GError **error);
+gboolean unet_config_read(const char *config_json, UNetConfig *out, GError **error);
+gboolean vae_config_read(const char *config_json, VaeConfig *out, GError **error);
+
+/* Inferred from shapes (single-file checkpoints). */
+gboolean clip_config_infer(const Weights *w, ClipConfig *out, GError **error);
+gboolean unet_config_infer(const Weights *w, UNetConfig *out, GError **error);
+gboolean vae_config_infer(const Weights *w, VaeConfig *out, GError **error);

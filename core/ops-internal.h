@@ -1,0 +1,142 @@
+/* Shared machinery of the ops-*.c files: the Ops context, the primitive
+ * cache, execution, packed weights and fused epilogues. Not for callers of
+ * ops.h. */
+#pragma once
+
+#include "ops.h"
+
+#include <string.h>
+
+struct Ops {
+  LcmPrecision precision;
+  dnnl_data_type_t dtype;
+  dnnl_engine_t engine;
+  dnnl_stream_t stream;
+  GHashTable *primitives; /* key string -> Primitive */
+  /* One scratchpad for every primitive (they run one at a time). */
+  void *scratchpad;
+  size_t scratchpad_size;
+  int attention_chunk; /* 0 = default */
+};
+
+typedef struct {
+  dnnl_primitive_desc_t pd;
+  dnnl_primitive_t primitive;
+} Primitive;
+
+/* The cached primitive for `key`, or NULL. */
+const Primitive *ops_primitive_lookup(Ops *ops, const char *key);
+/* Takes the result of a *_primitive_desc_create call (status, pd) and
+ * caches a primitive for it under `key`; `what` names the operation in
+ * errors. */
+const Primitive *ops_primitive_add(Ops *ops, const char *key, dnnl_status_t status,
+                                   dnnl_primitive_desc_t pd, const char *what, GError **error);
+
+typedef struct {
+  int arg; /* DNNL_ARG_* */
+  const void *data;
+} OpsArg;
+
+/* Runs a primitive on user buffers; memory objects are made from the
+ * primitive's own descriptors, the scratchpad is the Ops' shared one. */
+gboolean ops_execute(Ops *ops, const Primitive *p, const OpsArg *args, int n_args, GError **error);
+
+/* A primitive attribute with the user scratchpad and optional post-ops. */
+dnnl_primitive_attr_t ops_attr_new(dnnl_post_ops_t post_ops);
+void ops_post_ops_append_act(dnnl_post_ops_t post_ops, Activation act);
+
+gboolean ops_backend_error(dnnl_status_t status, const char *what, GError **error);
+
+dnnl_memory_desc_t ops_md(int ndims, const dnnl_dim_t *dims, dnnl_data_type_t dtype,
+                          dnnl_format_tag_t tag);
+dnnl_memory_desc_t ops_md_strided(int ndims, const dnnl_dim_t *dims, dnnl_data_type_t dtype,
+                                  const dnnl_dim_t *strides);
+/* dims in oneDNN's logical order {n, c, h, w}, stored channels-last. */
+dnnl_memory_desc_t ops_md_nhwc(int n, int c, int h, int w, dnnl_data_type_t dtype);
+
+/* ---- Tensors --------------------------------------------------------------- */
+
+size_t dtype_size(dnnl_data_type_t dtype);
+/* tensor_new that reports allocation failure. */
+Tensor *tensor_try_new(int n, int h, int w, int c, dnnl_data_type_t dtype, GError **error);
+gboolean ops_check_tensor(const Ops *ops, const Tensor *t, const char *op, const char *what,
+                          int channels, GError **error);
+void *aligned_buffer(size_t bytes);
+
+static inline uint16_t f32_to_bf16(float f) {
+  uint32_t bits;
+  memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* quiet NaN */
+  bits += 0x7fffu + ((bits >> 16) & 1u); /* to nearest even */
+  return (uint16_t)(bits >> 16);
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+/* Element i of a buffer of `dtype` (f32 or bf16) as fp32, and back. */
+static inline float element_get(const void *data, dnnl_data_type_t dtype, size_t i) {
+  return dtype == dnnl_bf16 ? bf16_to_f32(((const uint16_t *)data)[i]) : ((const float *)data)[i];
+}
+
+static inline void element_set(void *data, dnnl_data_type_t dtype, size_t i, float v) {
+  if (dtype == dnnl_bf16)
+    ((uint16_t *)data)[i] = f32_to_bf16(v);
+  else
+    ((float *)data)[i] = v;
+}
+
+/* ---- Packed weights -------------------------------------------------------- *
+ * Weights live in the layout a primitive chose for them. The layout oneDNN
+ * picks can depend on the activation shape (e.g. odd spatial sizes), so a
+ * layer keeps every layout it has been asked for, each made once by a
+ * reorder from the first; the load-time guess is dropped if no primitive
+ * ever wanted it, so weights are held twice only when really used twice.   */
+
+typedef struct {
+  dnnl_memory_desc_t md;
+  void *data;
+  gboolean used; /* a primitive has asked for it */
+} WeightLayout;
+
+typedef struct {
+  WeightLayout *layouts;
+  int n_layouts;
+} PackedWeights;
+
+/* Packs fp32 weights described by `plain_md` into `packed_md`. */
+gboolean packed_weights_init(Ops *ops, PackedWeights *pw, const_dnnl_memory_desc_t plain_md,
+                             const float *plain, const_dnnl_memory_desc_t packed_md,
+                             GError **error);
+/* The weights in the layout the primitive wants, made now if new. */
+const void *packed_weights_for(Ops *ops, PackedWeights *pw, const Primitive *p, GError **error);
+void packed_weights_clear(PackedWeights *pw);
+
+/* ---- Epilogues ------------------------------------------------------------- *
+ * out = mul * act(op(x) + bias + add): `add` is the residual (output's shape
+ * or [n,1,1,c]), `mul` the GEGLU gate (output's shape).                      */
+
+typedef struct {
+  const Tensor *add;
+  Activation act;
+  const Tensor *mul;
+} Epilogue;
+
+/* Validates the epilogue tensors against an output [n, h, w, c]. */
+gboolean epilogue_check(const Ops *ops, const Epilogue *ep, int n, int h, int w, int c,
+                        const char *op, GError **error);
+gboolean epilogue_add_is_broadcast(const Epilogue *ep);
+/* A key fragment describing the epilogue; g_free it. */
+char *epilogue_key(const Epilogue *ep);
+/* Post-ops for the epilogue; full and broadcast are the binary operand
+ * descriptors matching the primitive's dst (broadcast only used for a
+ * per-channel add). */
+dnnl_post_ops_t epilogue_post_ops(const Epilogue *ep, const_dnnl_memory_desc_t full,
+                                  const_dnnl_memory_desc_t broadcast);
+/* Appends the epilogue's binary operands (offset into their buffers) to args. */
+int epilogue_args(const Epilogue *ep, OpsArg *args, int n_args, size_t add_offset,
+                  size_t mul_offset);

@@ -1,0 +1,641 @@
+/* Layers with weights: convolution, linear (matmul), group and layer norm,
+ * with their epilogues fused as oneDNN post-ops. */
+#include "ops-internal.h"
+
+#include <stdlib.h>
+
+/* Representative activation size used to pick a weights layout at load:
+ * oneDNN picks the same layout for most power-of-two sizes. */
+#define REPRESENTATIVE_SIDE 64
+#define REPRESENTATIVE_ROWS 1024
+
+/* ---- Packed weights -------------------------------------------------------- */
+
+static gboolean reorder_into(Ops *ops, const_dnnl_memory_desc_t src_md, const void *src,
+                             const_dnnl_memory_desc_t dst_md, void **dst, GError **error) {
+  *dst = aligned_buffer(dnnl_memory_desc_get_size(dst_md));
+  dnnl_primitive_desc_t pd = NULL;
+  dnnl_primitive_t reorder = NULL;
+  dnnl_memory_t src_mem = NULL, dst_mem = NULL;
+  dnnl_status_t status = *dst ? dnnl_success : dnnl_out_of_memory;
+  if (status == dnnl_success)
+    status =
+        dnnl_reorder_primitive_desc_create(&pd, src_md, ops->engine, dst_md, ops->engine, NULL);
+  if (status == dnnl_success) status = dnnl_primitive_create(&reorder, pd);
+  if (status == dnnl_success)
+    status = dnnl_memory_create(&src_mem, src_md, ops->engine, (void *)src);
+  if (status == dnnl_success) status = dnnl_memory_create(&dst_mem, dst_md, ops->engine, *dst);
+  if (status == dnnl_success) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src_mem}, {DNNL_ARG_TO, dst_mem}};
+    status = dnnl_primitive_execute(reorder, ops->stream, 2, args);
+  }
+  if (status == dnnl_success) status = dnnl_stream_wait(ops->stream);
+  dnnl_memory_destroy(src_mem);
+  dnnl_memory_destroy(dst_mem);
+  dnnl_primitive_destroy(reorder);
+  dnnl_primitive_desc_destroy(pd);
+  if (status != dnnl_success) {
+    free(*dst);
+    *dst = NULL;
+    return ops_backend_error(status, "reordering weights", error);
+  }
+  return TRUE;
+}
+
+static gboolean packed_weights_append(Ops *ops, PackedWeights *pw, const_dnnl_memory_desc_t src_md,
+                                      const void *src, const_dnnl_memory_desc_t packed_md,
+                                      GError **error) {
+  WeightLayout layout = {NULL, NULL, FALSE};
+  if (!reorder_into(ops, src_md, src, packed_md, &layout.data, error)) return FALSE;
+  dnnl_memory_desc_clone(&layout.md, packed_md);
+  pw->layouts = g_renew(WeightLayout, pw->layouts, pw->n_layouts + 1);
+  pw->layouts[pw->n_layouts++] = layout;
+  return TRUE;
+}
+
+gboolean packed_weights_init(Ops *ops, PackedWeights *pw, const_dnnl_memory_desc_t plain_md,
+                             const float *plain, const_dnnl_memory_desc_t packed_md,
+                             GError **error) {
+  *pw = (PackedWeights){NULL, 0};
+  return packed_weights_append(ops, pw, plain_md, plain, packed_md, error);
+}
+
+static void weight_layout_clear(WeightLayout *layout) {
+  dnnl_memory_desc_destroy(layout->md);
+  free(layout->data);
+}
+
+const void *packed_weights_for(Ops *ops, PackedWeights *pw, const Primitive *p, GError **error) {
+  const_dnnl_memory_desc_t wanted =
+      dnnl_primitive_desc_query_md(p->pd, dnnl_query_exec_arg_md, DNNL_ARG_WEIGHTS);
+  for (int i = 0; i < pw->n_layouts; i++)
+    if (dnnl_memory_desc_equal(pw->layouts[i].md, wanted)) {
+      pw->layouts[i].used = TRUE;
+      return pw->layouts[i].data;
+    }
+  if (!packed_weights_append(ops, pw, pw->layouts[0].md, pw->layouts[0].data, wanted, error))
+    return NULL;
+  WeightLayout *added = &pw->layouts[pw->n_layouts - 1];
+  added->used = TRUE;
+  if (!pw->layouts[0].used) { /* the load-time guess was wrong: forget it */
+    weight_layout_clear(&pw->layouts[0]);
+    pw->layouts[0] = *added;
+    pw->n_layouts--;
+    return pw->layouts[0].data;
+  }
+  return added->data;
+}
+
+void packed_weights_clear(PackedWeights *pw) {
+  for (int i = 0; i < pw->n_layouts; i++) weight_layout_clear(&pw->layouts[i]);
+  g_free(pw->layouts);
+  *pw = (PackedWeights){NULL, 0};
+}
+
+/* The weights md a primitive chose, for packing at load time. */
+static dnnl_memory_desc_t chosen_weights_md(dnnl_primitive_desc_t pd) {
+  dnnl_memory_desc_t md = NULL;
+  dnnl_memory_desc_clone(&md, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0));
+  return md;
+}
+
+static float *copy_bias(const float *bias, int count) {
+  if (!bias) return NULL;
+  float *copy = aligned_buffer(count * sizeof(float));
+  if (copy) memcpy(copy, bias, count * sizeof(float));
+  return copy;
+}
+
+/* ---- Epilogues ------------------------------------------------------------- */
+
+gboolean epilogue_add_is_broadcast(const Epilogue *ep) {
+  return ep->add && ep->add->h == 1 && ep->add->w == 1;
+}
+
+gboolean epilogue_check(const Ops *ops, const Epilogue *ep, int n, int h, int w, int c,
+                        const char *op, GError **error) {
+  if (ep->add) {
+    if (!ops_check_tensor(ops, ep->add, op, "residual", c, error)) return FALSE;
+    if (ep->add->n != n ||
+        !((ep->add->h == h && ep->add->w == w) || epilogue_add_is_broadcast(ep))) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE,
+                  "%s: residual is %dx%dx%dx%d, expected %dx%dx%dx%d or %dx1x1x%d", op, ep->add->n,
+                  ep->add->h, ep->add->w, ep->add->c, n, h, w, c, n, c);
+      return FALSE;
+    }
+  }
+  if (ep->mul) {
+    if (!ops_check_tensor(ops, ep->mul, op, "gate", c, error)) return FALSE;
+    if (ep->mul->n != n || ep->mul->h != h || ep->mul->w != w) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE,
+                  "%s: gate is %dx%dx%dx%d, expected %dx%dx%dx%d", op, ep->mul->n, ep->mul->h,
+                  ep->mul->w, ep->mul->c, n, h, w, c);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+char *epilogue_key(const Epilogue *ep) {
+  const char *add = !ep->add ? "none" : epilogue_add_is_broadcast(ep) ? "channel" : "full";
+  return g_strdup_printf("add=%s act=%d mul=%d", add, (int)ep->act, ep->mul != NULL);
+}
+
+dnnl_post_ops_t epilogue_post_ops(const Epilogue *ep, const_dnnl_memory_desc_t full,
+                                  const_dnnl_memory_desc_t broadcast) {
+  if (!ep->add && ep->act == ACT_NONE && !ep->mul) return NULL;
+  dnnl_post_ops_t post_ops = NULL;
+  dnnl_post_ops_create(&post_ops);
+  if (ep->add)
+    dnnl_post_ops_append_binary(post_ops, dnnl_binary_add,
+                                epilogue_add_is_broadcast(ep) ? broadcast : full);
+  ops_post_ops_append_act(post_ops, ep->act);
+  if (ep->mul) dnnl_post_ops_append_binary(post_ops, dnnl_binary_mul, full);
+  return post_ops;
+}
+
+int epilogue_args(const Epilogue *ep, OpsArg *args, int n_args, size_t add_offset,
+                  size_t mul_offset) {
+  int index = 0;
+  if (ep->add) {
+    args[n_args++] =
+        (OpsArg){DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1,
+                 (const char *)ep->add->data + add_offset * dtype_size(ep->add->dtype)};
+    index++;
+  }
+  if (ep->act != ACT_NONE) index++;
+  if (ep->mul)
+    args[n_args++] =
+        (OpsArg){DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1,
+                 (const char *)ep->mul->data + mul_offset * dtype_size(ep->mul->dtype)};
+  return n_args;
+}
+
+/* ---- Loading helpers --------------------------------------------------------- */
+
+static float *load_tensor(const Weights *w, const char *prefix, const char *suffix, int ndims,
+                          const int64_t *shape, GError **error) {
+  char *name = g_strdup_printf("%s.%s", prefix, suffix);
+  float *data = weights_get(w, name, ndims, shape, error);
+  g_free(name);
+  return data;
+}
+
+static gboolean check_positive(int value, const char *what, const char *layer, GError **error) {
+  if (value > 0) return TRUE;
+  g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "%s: %s must be positive, got %d", layer, what,
+              value);
+  return FALSE;
+}
+
+/* ---- Convolution ------------------------------------------------------------- */
+
+struct Conv2d {
+  int in_ch, out_ch, kernel, stride;
+  int pad_top, pad_left, pad_bottom, pad_right;
+  PackedWeights weights;
+  float *bias; /* fp32, NULL without bias */
+};
+
+static dnnl_status_t conv_pd_create(Ops *ops, const Conv2d *conv, int n, int h, int w,
+                                    const Epilogue *ep, dnnl_primitive_desc_t *pd) {
+  const int oh = (h + conv->pad_top + conv->pad_bottom - conv->kernel) / conv->stride + 1;
+  const int ow = (w + conv->pad_left + conv->pad_right - conv->kernel) / conv->stride + 1;
+  dnnl_memory_desc_t src = ops_md_nhwc(n, conv->in_ch, h, w, ops->dtype);
+  dnnl_memory_desc_t dst = ops_md_nhwc(n, conv->out_ch, oh, ow, ops->dtype);
+  dnnl_memory_desc_t channel = ops_md_nhwc(n, conv->out_ch, 1, 1, ops->dtype);
+  const dnnl_dim_t wdims[4] = {conv->out_ch, conv->in_ch, conv->kernel, conv->kernel};
+  dnnl_memory_desc_t weights = ops_md(4, wdims, ops->dtype, dnnl_format_tag_any);
+  const dnnl_dim_t bdims[1] = {conv->out_ch};
+  dnnl_memory_desc_t bias = conv->bias ? ops_md(1, bdims, dnnl_f32, dnnl_a) : NULL;
+  const dnnl_dims_t strides = {conv->stride, conv->stride}, dilates = {0, 0};
+  const dnnl_dims_t pad_l = {conv->pad_top, conv->pad_left};
+  const dnnl_dims_t pad_r = {conv->pad_bottom, conv->pad_right};
+  dnnl_post_ops_t post_ops = ep ? epilogue_post_ops(ep, dst, channel) : NULL;
+  dnnl_primitive_attr_t attr = ops_attr_new(post_ops);
+  dnnl_status_t status = dnnl_convolution_forward_primitive_desc_create(
+      pd, ops->engine, dnnl_forward_inference, dnnl_convolution_direct, src, weights, bias, dst,
+      strides, dilates, pad_l, pad_r, attr);
+  dnnl_primitive_attr_destroy(attr);
+  if (post_ops) dnnl_post_ops_destroy(post_ops);
+  dnnl_memory_desc_destroy(src);
+  dnnl_memory_desc_destroy(dst);
+  dnnl_memory_desc_destroy(channel);
+  dnnl_memory_desc_destroy(weights);
+  if (bias) dnnl_memory_desc_destroy(bias);
+  return status;
+}
+
+Conv2d *conv2d_new(Ops *ops, const float *weight, const float *bias, int in_ch, int out_ch,
+                   int kernel, int stride, GError **error) {
+  if (!check_positive(in_ch, "input channels", "conv2d", error) ||
+      !check_positive(out_ch, "output channels", "conv2d", error) ||
+      !check_positive(kernel, "kernel size", "conv2d", error) ||
+      !check_positive(stride, "stride", "conv2d", error))
+    return NULL;
+  Conv2d *conv = g_new0(Conv2d, 1);
+  *conv = (Conv2d){.in_ch = in_ch, .out_ch = out_ch, .kernel = kernel, .stride = stride};
+  conv2d_set_padding(conv, kernel / 2, kernel / 2, kernel / 2, kernel / 2);
+  conv->bias = copy_bias(bias, out_ch);
+  dnnl_primitive_desc_t pd = NULL;
+  dnnl_status_t status =
+      conv_pd_create(ops, conv, 1, REPRESENTATIVE_SIDE, REPRESENTATIVE_SIDE, NULL, &pd);
+  if (status != dnnl_success) {
+    ops_backend_error(status, "creating a convolution", error);
+    conv2d_free(conv);
+    return NULL;
+  }
+  dnnl_memory_desc_t packed = chosen_weights_md(pd);
+  dnnl_primitive_desc_destroy(pd);
+  const dnnl_dim_t wdims[4] = {out_ch, in_ch, kernel, kernel};
+  dnnl_memory_desc_t plain = ops_md(4, wdims, dnnl_f32, dnnl_oihw);
+  gboolean ok = packed_weights_init(ops, &conv->weights, plain, weight, packed, error);
+  dnnl_memory_desc_destroy(plain);
+  dnnl_memory_desc_destroy(packed);
+  if (!ok) {
+    conv2d_free(conv);
+    return NULL;
+  }
+  return conv;
+}
+
+Conv2d *conv2d_load(Ops *ops, const Weights *w, const char *prefix, int in_ch, int out_ch,
+                    int kernel, int stride, gboolean has_bias, GError **error) {
+  const int64_t wshape[4] = {out_ch, in_ch, kernel, kernel}, bshape[1] = {out_ch};
+  float *weight = load_tensor(w, prefix, "weight", 4, wshape, error);
+  if (!weight) return NULL;
+  float *bias = has_bias ? load_tensor(w, prefix, "bias", 1, bshape, error) : NULL;
+  Conv2d *conv = NULL;
+  if (!has_bias || bias) conv = conv2d_new(ops, weight, bias, in_ch, out_ch, kernel, stride, error);
+  g_free(weight);
+  g_free(bias);
+  return conv;
+}
+
+void conv2d_set_padding(Conv2d *conv, int top, int left, int bottom, int right) {
+  conv->pad_top = top;
+  conv->pad_left = left;
+  conv->pad_bottom = bottom;
+  conv->pad_right = right;
+}
+
+void conv2d_free(Conv2d *conv) {
+  if (!conv) return;
+  packed_weights_clear(&conv->weights);
+  free(conv->bias);
+  g_free(conv);
+}
+
+Tensor *conv2d(Ops *ops, const Conv2d *conv, const Tensor *x, const Tensor *residual,
+               Activation act, GError **error) {
+  if (!ops_check_tensor(ops, x, "conv2d", "input", conv->in_ch, error)) return NULL;
+  const int oh = (x->h + conv->pad_top + conv->pad_bottom - conv->kernel) / conv->stride + 1;
+  const int ow = (x->w + conv->pad_left + conv->pad_right - conv->kernel) / conv->stride + 1;
+  if (x->h + conv->pad_top + conv->pad_bottom < conv->kernel ||
+      x->w + conv->pad_left + conv->pad_right < conv->kernel) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE,
+                "conv2d: a %dx%d input is smaller than the %dx%d kernel", x->h, x->w, conv->kernel,
+                conv->kernel);
+    return NULL;
+  }
+  const Epilogue ep = {.add = residual, .act = act};
+  if (!epilogue_check(ops, &ep, x->n, oh, ow, conv->out_ch, "conv2d", error)) return NULL;
+
+  char *ep_key = epilogue_key(&ep);
+  char *key = g_strdup_printf("conv %d>%d k%d s%d p%d,%d,%d,%d bias%d n%d %dx%d dt%d %s",
+                              conv->in_ch, conv->out_ch, conv->kernel, conv->stride, conv->pad_top,
+                              conv->pad_left, conv->pad_bottom, conv->pad_right, conv->bias != NULL,
+                              x->n, x->h, x->w, (int)ops->dtype, ep_key);
+  g_free(ep_key);
+  const Primitive *p = ops_primitive_lookup(ops, key);
+  if (!p) {
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t status = conv_pd_create(ops, conv, x->n, x->h, x->w, &ep, &pd);
+    p = ops_primitive_add(ops, key, status, pd, "creating a convolution", error);
+  }
+  g_free(key);
+  if (!p) return NULL;
+  /* Packing a new layout changes only the weights cache, not the layer. */
+  const void *weights = packed_weights_for(ops, (PackedWeights *)&conv->weights, p, error);
+  if (!weights) return NULL;
+  Tensor *out = tensor_try_new(x->n, oh, ow, conv->out_ch, ops->dtype, error);
+  if (!out) return NULL;
+  OpsArg args[8] = {
+      {DNNL_ARG_SRC, x->data}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, out->data}};
+  int n_args = 3;
+  if (conv->bias) args[n_args++] = (OpsArg){DNNL_ARG_BIAS, conv->bias};
+  n_args = epilogue_args(&ep, args, n_args, 0, 0);
+  if (!ops_execute(ops, p, args, n_args, error)) {
+    tensor_free(out);
+    return NULL;
+  }
+  return out;
+}
+
+/* ---- Linear ------------------------------------------------------------------ */
+
+struct Linear {
+  int in_features, out_features;
+  PackedWeights weights;
+  float *bias;
+};
+
+static dnnl_status_t matmul_pd_create(Ops *ops, const Linear *lin, int rows, const Epilogue *ep,
+                                      dnnl_primitive_desc_t *pd) {
+  const dnnl_dim_t sdims[2] = {rows, lin->in_features};
+  const dnnl_dim_t wdims[2] = {lin->in_features, lin->out_features};
+  const dnnl_dim_t ddims[2] = {rows, lin->out_features};
+  const dnnl_dim_t bdims[2] = {1, lin->out_features};
+  dnnl_memory_desc_t src = ops_md(2, sdims, ops->dtype, dnnl_ab);
+  dnnl_memory_desc_t weights = ops_md(2, wdims, ops->dtype, dnnl_format_tag_any);
+  dnnl_memory_desc_t dst = ops_md(2, ddims, ops->dtype, dnnl_ab);
+  dnnl_memory_desc_t channel = ops_md(2, bdims, ops->dtype, dnnl_ab);
+  dnnl_memory_desc_t bias = lin->bias ? ops_md(2, bdims, dnnl_f32, dnnl_ab) : NULL;
+  dnnl_post_ops_t post_ops = ep ? epilogue_post_ops(ep, dst, channel) : NULL;
+  dnnl_primitive_attr_t attr = ops_attr_new(post_ops);
+  dnnl_status_t status =
+      dnnl_matmul_primitive_desc_create(pd, ops->engine, src, weights, bias, dst, attr);
+  dnnl_primitive_attr_destroy(attr);
+  if (post_ops) dnnl_post_ops_destroy(post_ops);
+  dnnl_memory_desc_destroy(src);
+  dnnl_memory_desc_destroy(weights);
+  dnnl_memory_desc_destroy(dst);
+  dnnl_memory_desc_destroy(channel);
+  if (bias) dnnl_memory_desc_destroy(bias);
+  return status;
+}
+
+Linear *linear_new(Ops *ops, const float *weight, const float *bias, int in_features,
+                   int out_features, GError **error) {
+  if (!check_positive(in_features, "in_features", "linear", error) ||
+      !check_positive(out_features, "out_features", "linear", error))
+    return NULL;
+  Linear *lin = g_new0(Linear, 1);
+  lin->in_features = in_features;
+  lin->out_features = out_features;
+  lin->bias = copy_bias(bias, out_features);
+  dnnl_primitive_desc_t pd = NULL;
+  dnnl_status_t status = matmul_pd_create(ops, lin, REPRESENTATIVE_ROWS, NULL, &pd);
+  if (status != dnnl_success) {
+    ops_backend_error(status, "creating a matmul", error);
+    linear_free(lin);
+    return NULL;
+  }
+  dnnl_memory_desc_t packed = chosen_weights_md(pd);
+  dnnl_primitive_desc_destroy(pd);
+  /* Row-major [out, in] is the [in, out] matrix transposed ("ba"). */
+  const dnnl_dim_t wdims[2] = {in_features, out_features};
+  dnnl_memory_desc_t plain = ops_md(2, wdims, dnnl_f32, dnnl_ba);
+  gboolean ok = packed_weights_init(ops, &lin->weights, plain, weight, packed, error);
+  dnnl_memory_desc_destroy(plain);
+  dnnl_memory_desc_destroy(packed);
+  if (!ok) {
+    linear_free(lin);
+    return NULL;
+  }
+  return lin;
+}
+
+Linear *linear_load_rows(Ops *ops, const Weights *w, const char *prefix, int in_features,
+                         int total_out, int row0, int out_features, gboolean has_bias,
+                         GError **error) {
+  if (row0 < 0 || out_features <= 0 || row0 + out_features > total_out) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                "%s: rows [%d, %d) are outside the weight's %d rows", prefix, row0,
+                row0 + out_features, total_out);
+    return NULL;
+  }
+  const int64_t wshape[2] = {total_out, in_features}, bshape[1] = {total_out};
+  float *weight = load_tensor(w, prefix, "weight", 2, wshape, error);
+  if (!weight) return NULL;
+  float *bias = has_bias ? load_tensor(w, prefix, "bias", 1, bshape, error) : NULL;
+  Linear *lin = NULL;
+  if (!has_bias || bias)
+    lin = linear_new(ops, weight + (size_t)row0 * in_features, bias ? bias + row0 : NULL,
+                     in_features, out_features, error);
+  g_free(weight);
+  g_free(bias);
+  return lin;
+}
+
+Linear *linear_load(Ops *ops, const Weights *w, const char *prefix, int in_features,
+                    int out_features, gboolean has_bias, GError **error) {
+  return linear_load_rows(ops, w, prefix, in_features, out_features, 0, out_features, has_bias,
+                          error);
+}
+
+Linear *linear_load_fused(Ops *ops, const Weights *w, const char *const *prefixes, int n_parts,
+                          int in_features, int out_each, gboolean has_bias, GError **error) {
+  const int64_t wshape[2] = {out_each, in_features}, bshape[1] = {out_each};
+  const size_t part = (size_t)out_each * in_features;
+  float *weight = g_new(float, part *n_parts);
+  float *bias = has_bias ? g_new(float, (size_t)out_each *n_parts) : NULL;
+  gboolean ok = TRUE;
+  for (int i = 0; i < n_parts && ok; i++) {
+    float *wi = load_tensor(w, prefixes[i], "weight", 2, wshape, error);
+    float *bi = wi && has_bias ? load_tensor(w, prefixes[i], "bias", 1, bshape, error) : NULL;
+    ok = wi && (!has_bias || bi);
+    if (ok) memcpy(weight + i * part, wi, part * sizeof(float));
+    if (ok && bi) memcpy(bias + (size_t)i * out_each, bi, out_each * sizeof(float));
+    g_free(wi);
+    g_free(bi);
+  }
+  Linear *lin = ok ? linear_new(ops, weight, bias, in_features, out_each * n_parts, error) : NULL;
+  g_free(weight);
+  g_free(bias);
+  return lin;
+}
+
+void linear_free(Linear *lin) {
+  if (!lin) return;
+  packed_weights_clear(&lin->weights);
+  free(lin->bias);
+  g_free(lin);
+}
+
+static Tensor *linear_epilogue(Ops *ops, const Linear *lin, const Tensor *x, const Epilogue *ep,
+                               GError **error) {
+  if (!ops_check_tensor(ops, x, "linear", "input", lin->in_features, error)) return NULL;
+  if (!epilogue_check(ops, ep, x->n, x->h, x->w, lin->out_features, "linear", error)) return NULL;
+  /* A per-sample channel vector cannot be one matmul operand over all rows:
+   * run each sample on its own. */
+  const int runs = epilogue_add_is_broadcast(ep) ? x->n : 1;
+  const int rows = (int)(tensor_numel(x) / lin->in_features / runs);
+  char *ep_key = epilogue_key(ep);
+  char *key = g_strdup_printf("matmul %d>%d bias%d rows%d dt%d %s", lin->in_features,
+                              lin->out_features, lin->bias != NULL, rows, (int)ops->dtype, ep_key);
+  g_free(ep_key);
+  const Primitive *p = ops_primitive_lookup(ops, key);
+  if (!p) {
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t status = matmul_pd_create(ops, lin, rows, ep, &pd);
+    p = ops_primitive_add(ops, key, status, pd, "creating a matmul", error);
+  }
+  g_free(key);
+  if (!p) return NULL;
+  const void *weights = packed_weights_for(ops, (PackedWeights *)&lin->weights, p, error);
+  if (!weights) return NULL;
+  Tensor *out = tensor_try_new(x->n, x->h, x->w, lin->out_features, ops->dtype, error);
+  if (!out) return NULL;
+  const size_t elt = dtype_size(ops->dtype);
+  for (int r = 0; r < runs; r++) {
+    const size_t in_offset = (size_t)r * rows * lin->in_features;
+    const size_t out_offset = (size_t)r * rows * lin->out_features;
+    OpsArg args[8] = {{DNNL_ARG_SRC, (const char *)x->data + in_offset * elt},
+                      {DNNL_ARG_WEIGHTS, weights},
+                      {DNNL_ARG_DST, (char *)out->data + out_offset * elt}};
+    int n_args = 3;
+    if (lin->bias) args[n_args++] = (OpsArg){DNNL_ARG_BIAS, lin->bias};
+    n_args = epilogue_args(ep, args, n_args, (size_t)r * lin->out_features, out_offset);
+    if (!ops_execute(ops, p, args, n_args, error)) {
+      tensor_free(out);
+      return NULL;
+    }
+  }
+  return out;
+}
+
+Tensor *linear(Ops *ops, const Linear *lin, const Tensor *x, const Tensor *residual, Activation act,
+               GError **error) {
+  const Epilogue ep = {.add = residual, .act = act};
+  return linear_epilogue(ops, lin, x, &ep, error);
+}
+
+Tensor *linear_geglu(Ops *ops, const Linear *a, const Linear *b, const Tensor *x, GError **error) {
+  if (a->out_features != b->out_features) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                "linear_geglu: the halves have %d and %d outputs", a->out_features,
+                b->out_features);
+    return NULL;
+  }
+  Tensor *value = linear(ops, a, x, NULL, ACT_NONE, error);
+  if (!value) return NULL;
+  const Epilogue ep = {.act = ACT_GELU_ERF, .mul = value};
+  Tensor *out = linear_epilogue(ops, b, x, &ep, error);
+  tensor_free(value);
+  return out;
+}
+
+/* ---- Normalization ----------------------------------------------------------- */
+
+struct Norm {
+  int channels;
+  float *scale, *shift;
+};
+
+Norm *norm_new(Ops *ops, const float *scale, const float *shift, int channels, GError **error) {
+  (void)ops;
+  if (!check_positive(channels, "channels", "norm", error)) return NULL;
+  Norm *norm = g_new0(Norm, 1);
+  norm->channels = channels;
+  norm->scale = copy_bias(scale, channels);
+  norm->shift = copy_bias(shift, channels);
+  if (!norm->scale || !norm->shift) {
+    norm_free(norm);
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "norm: scale and shift are required");
+    return NULL;
+  }
+  return norm;
+}
+
+Norm *norm_load(Ops *ops, const Weights *w, const char *prefix, int channels, GError **error) {
+  const int64_t shape[1] = {channels};
+  float *scale = load_tensor(w, prefix, "weight", 1, shape, error);
+  float *shift = scale ? load_tensor(w, prefix, "bias", 1, shape, error) : NULL;
+  Norm *norm = shift ? norm_new(ops, scale, shift, channels, error) : NULL;
+  g_free(scale);
+  g_free(shift);
+  return norm;
+}
+
+void norm_free(Norm *norm) {
+  if (!norm) return;
+  free(norm->scale);
+  free(norm->shift);
+  g_free(norm);
+}
+
+/* Runs a normalization primitive; statistics are computed on the fly and
+ * land in temporary buffers when the primitive exposes them. */
+static Tensor *run_norm(Ops *ops, const Primitive *p, const Norm *norm, const Tensor *x,
+                        GError **error) {
+  Tensor *out = tensor_try_new(x->n, x->h, x->w, x->c, ops->dtype, error);
+  if (!out) return NULL;
+  OpsArg args[6] = {{DNNL_ARG_SRC, x->data},
+                    {DNNL_ARG_DST, out->data},
+                    {DNNL_ARG_SCALE, norm->scale},
+                    {DNNL_ARG_SHIFT, norm->shift}};
+  int n_args = 4;
+  void *stats[2] = {NULL, NULL};
+  const int stat_args[2] = {DNNL_ARG_MEAN, DNNL_ARG_VARIANCE};
+  for (int i = 0; i < 2; i++) {
+    const_dnnl_memory_desc_t md =
+        dnnl_primitive_desc_query_md(p->pd, dnnl_query_exec_arg_md, stat_args[i]);
+    const size_t size = md ? dnnl_memory_desc_get_size(md) : 0;
+    if (size == 0) continue;
+    stats[i] = aligned_buffer(size);
+    args[n_args++] = (OpsArg){stat_args[i], stats[i]};
+  }
+  gboolean ok = ops_execute(ops, p, args, n_args, error);
+  free(stats[0]);
+  free(stats[1]);
+  if (!ok) {
+    tensor_free(out);
+    return NULL;
+  }
+  return out;
+}
+
+Tensor *group_norm(Ops *ops, const Norm *norm, const Tensor *x, int groups, float eps,
+                   Activation act, GError **error) {
+  if (!ops_check_tensor(ops, x, "group_norm", "input", norm->channels, error)) return NULL;
+  if (groups <= 0 || x->c % groups != 0 || (act != ACT_NONE && act != ACT_SILU)) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "group_norm: %d groups over %d channels%s",
+                groups, x->c,
+                act != ACT_NONE && act != ACT_SILU ? " with an activation other than SiLU" : "");
+    return NULL;
+  }
+  char *key = g_strdup_printf("group_norm %d g%d n%d %dx%d eps%a dt%d act%d", x->c, groups, x->n,
+                              x->h, x->w, eps, (int)ops->dtype, (int)act);
+  const Primitive *p = ops_primitive_lookup(ops, key);
+  if (!p) {
+    dnnl_memory_desc_t md = ops_md_nhwc(x->n, x->c, x->h, x->w, ops->dtype);
+    dnnl_post_ops_t post_ops = NULL;
+    if (act != ACT_NONE) {
+      dnnl_post_ops_create(&post_ops);
+      ops_post_ops_append_act(post_ops, act);
+    }
+    dnnl_primitive_attr_t attr = ops_attr_new(post_ops);
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t status = dnnl_group_normalization_forward_primitive_desc_create(
+        &pd, ops->engine, dnnl_forward_inference, md, md, groups, eps,
+        dnnl_use_scale | dnnl_use_shift, attr);
+    dnnl_primitive_attr_destroy(attr);
+    if (post_ops) dnnl_post_ops_destroy(post_ops);
+    dnnl_memory_desc_destroy(md);
+    p = ops_primitive_add(ops, key, status, pd, "creating a group normalization", error);
+  }
+  g_free(key);
+  return p ? run_norm(ops, p, norm, x, error) : NULL;
+}
+
+Tensor *layer_norm(Ops *ops, const Norm *norm, const Tensor *x, float eps, GError **error) {
+  if (!ops_check_tensor(ops, x, "layer_norm", "input", norm->channels, error)) return NULL;
+  const int rows = (int)(tensor_numel(x) / x->c);
+  char *key = g_strdup_printf("layer_norm %d rows%d eps%a dt%d", x->c, rows, eps, (int)ops->dtype);
+  const Primitive *p = ops_primitive_lookup(ops, key);
+  if (!p) {
+    const dnnl_dim_t dims[2] = {rows, x->c};
+    dnnl_memory_desc_t md = ops_md(2, dims, ops->dtype, dnnl_ab);
+    dnnl_primitive_attr_t attr = ops_attr_new(NULL);
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t status = dnnl_layer_normalization_forward_primitive_desc_create_v2(
+        &pd, ops->engine, dnnl_forward_inference, md, md, NULL, dnnl_f32, eps,
+        dnnl_use_scale | dnnl_use_shift, attr);
+    dnnl_primitive_attr_destroy(attr);
+    dnnl_memory_desc_destroy(md);
+    p = ops_primitive_add(ops, key, status, pd, "creating a layer normalization", error);
+  }
+  g_free(key);
+  return p ? run_norm(ops, p, norm, x, error) : NULL;
+}

@@ -1,0 +1,643 @@
+/* The diffusers pipelines the plug-in runs, on one loaded model:
+ * LatentConsistencyModel(Img2Img)Pipeline for LCM UNets, and
+ * StableDiffusion(Img2Img|Inpaint)Pipeline with an LCMScheduler for plain and
+ * inpainting UNets (SD + LCM-LoRA). They share one loop; the differences are
+ * the guidance (w-embedding or classifier-free batch), how strength picks the
+ * timesteps, the UNet input (9 channels for inpainting UNets) and the
+ * latent blend of inpainting with a 4-channel UNet. Every random tensor comes
+ * from one noise source in diffusers' draw order, so a seed reproduces
+ * diffusers' image. */
+#include "lcm.h"
+#include "model.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+/* The VAE's spatial factor (SD1.5 family). */
+#define LATENT_FACTOR 8
+/* Larger sides would overflow the size arithmetic long before they fit in memory. */
+#define MAX_SIDE 16384
+/* Prompt embeddings kept for reuse; the table starts afresh beyond this. */
+#define PROMPT_CACHE_SIZE 32
+/* VAE encodings kept: the source and the masked source of an inpainting. */
+#define ENCODE_CACHE_SIZE 2
+
+/* The posterior of one encoder input, kept while the same pixels return. */
+typedef struct {
+  float *input; /* the encoder's input, NCHW in [-1, 1]; NULL = empty slot */
+  int width, height;
+  float *mean, *logvar;
+  guint64 last_use;
+} EncodeCacheEntry;
+
+struct LcmPipeline {
+  LcmTokenizer *tokenizer;
+  LcmTextEncoder *text_encoder;
+  LcmUNet *unet;
+  LcmVae *vae;
+  LcmScheduler *scheduler;
+  int hidden;          /* text embedding width = the UNet's cross-attention width */
+  int latent_channels; /* the VAE's */
+  GHashTable *prompt_cache; /* prompt text -> LCM_CLIP_TOKENS x hidden floats */
+  EncodeCacheEntry encode_cache[ENCODE_CACHE_SIZE];
+  guint64 encode_uses;
+};
+
+/* ---- Images ------------------------------------------------------------------- */
+
+LcmImage *lcm_image_new(int width, int height, int channels) {
+  g_return_val_if_fail(width > 0 && height > 0 && channels > 0, NULL);
+  LcmImage *image = g_new(LcmImage, 1);
+  image->width = width;
+  image->height = height;
+  image->channels = channels;
+  image->data = g_new0(float, (size_t)width * height * channels);
+  return image;
+}
+
+void lcm_image_free(LcmImage *image) {
+  if (!image) return;
+  g_free(image->data);
+  g_free(image);
+}
+
+/* FALSE + error unless `image` is w x h with `channels` channels. */
+static gboolean check_image(const LcmImage *image, const char *what, int width, int height,
+                            int channels, GError **error) {
+  if (!image || !image->data) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "no %s image given", what);
+    return FALSE;
+  }
+  if (image->width != width || image->height != height || image->channels != channels) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                "the %s is %dx%d with %d channels; expected %dx%d with %d", what, image->width,
+                image->height, image->channels, width, height, channels);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean lcm_image_composite(LcmImage *result, const LcmImage *source, const LcmImage *mask,
+                             GError **error) {
+  if (!check_image(result, "result", result ? result->width : 0, result ? result->height : 0, 3,
+                   error) ||
+      !check_image(source, "source", result->width, result->height, 3, error) ||
+      !check_image(mask, "mask", result->width, result->height, 1, error))
+    return FALSE;
+  size_t pixels = (size_t)result->width * result->height;
+  for (size_t i = 0; i < pixels; i++) {
+    /* (1-m) s + m r: exactly s where m = 0 and exactly r where m = 1. */
+    float m = CLAMP(mask->data[i], 0.0f, 1.0f);
+    for (int c = 0; c < 3; c++)
+      result->data[3 * i + c] = (1.0f - m) * source->data[3 * i + c] + m * result->data[3 * i + c];
+  }
+  return TRUE;
+}
+
+/* RGB HWC [0, 1] -> NCHW [-1, 1], as diffusers' VaeImageProcessor. When
+ * `keep` is given, pixels where it is 0 become 0 (the masked image). */
+static void image_to_vae_input(const LcmImage *image, const float *keep, float *out) {
+  size_t plane = (size_t)image->width * image->height;
+  for (size_t i = 0; i < plane; i++)
+    for (int c = 0; c < 3; c++) {
+      float v = 2.0f * image->data[3 * i + c] - 1.0f;
+      out[c * plane + i] = keep ? v * keep[i] : v;
+    }
+}
+
+/* ---- Caches --------------------------------------------------------------------- */
+
+/* The text encoder's last hidden state for `text`, copied to out
+ * (LCM_CLIP_TOKENS x hidden). */
+static gboolean encode_prompt(LcmPipeline *p, const char *text, float *out, GError **error) {
+  size_t n = (size_t)LCM_CLIP_TOKENS * p->hidden;
+  const float *cached = g_hash_table_lookup(p->prompt_cache, text);
+  if (!cached) {
+    int32_t ids[LCM_CLIP_TOKENS];
+    lcm_tokenizer_encode(p->tokenizer, text, ids);
+    float *embedding = g_new(float, n);
+    if (!lcm_text_encoder_encode(p->text_encoder, ids, 1, embedding, error)) {
+      g_free(embedding);
+      return FALSE;
+    }
+    if (g_hash_table_size(p->prompt_cache) >= PROMPT_CACHE_SIZE)
+      g_hash_table_remove_all(p->prompt_cache);
+    g_hash_table_insert(p->prompt_cache, g_strdup(text), embedding);
+    cached = embedding;
+  }
+  memcpy(out, cached, n * sizeof(float));
+  return TRUE;
+}
+
+static void encode_entry_clear(EncodeCacheEntry *e) {
+  g_free(e->input);
+  g_free(e->mean);
+  g_free(e->logvar);
+  memset(e, 0, sizeof *e);
+}
+
+/* The cache entry holding `input` (*hit = TRUE), else the slot to reuse:
+ * an empty one or the least recently used. */
+static EncodeCacheEntry *encode_cache_find(LcmPipeline *p, const float *input, int width,
+                                           int height, gboolean *hit) {
+  size_t input_bytes = (size_t)3 * width * height * sizeof(float);
+  EncodeCacheEntry *slot = &p->encode_cache[0];
+  for (int i = 0; i < ENCODE_CACHE_SIZE; i++) {
+    EncodeCacheEntry *e = &p->encode_cache[i];
+    *hit = e->input && e->width == width && e->height == height &&
+           memcmp(e->input, input, input_bytes) == 0;
+    if (*hit) return e;
+    if (!e->input || (slot->input && e->last_use < slot->last_use)) slot = e;
+  }
+  return slot;
+}
+
+/* The VAE posterior (mean, log-variance) of an NCHW [-1, 1] image, from the
+ * cache when the same pixels were encoded lately. The pointers stay valid
+ * until the next call. */
+static gboolean vae_posterior(LcmPipeline *p, const float *input, int width, int height,
+                              const float **mean, const float **logvar, GError **error) {
+  gboolean hit;
+  EncodeCacheEntry *slot = encode_cache_find(p, input, width, height, &hit);
+  if (!hit) {
+    encode_entry_clear(slot);
+    size_t n = (size_t)p->latent_channels * (width / LATENT_FACTOR) * (height / LATENT_FACTOR);
+    float *m = g_new(float, n), *lv = g_new(float, n);
+    if (!lcm_vae_encode(p->vae, input, 1, height, width, m, lv, error)) {
+      g_free(m);
+      g_free(lv);
+      return FALSE;
+    }
+    size_t input_bytes = (size_t)3 * width * height * sizeof(float);
+    *slot = (EncodeCacheEntry){g_memdup2(input, input_bytes), width, height, m, lv, 0};
+  }
+  slot->last_use = ++p->encode_uses;
+  *mean = slot->mean;
+  *logvar = slot->logvar;
+  return TRUE;
+}
+
+void lcm_pipeline_clear_caches(LcmPipeline *p) {
+  g_return_if_fail(p);
+  g_hash_table_remove_all(p->prompt_cache);
+  for (int i = 0; i < ENCODE_CACHE_SIZE; i++) encode_entry_clear(&p->encode_cache[i]);
+}
+
+/* ---- Loading -------------------------------------------------------------------- */
+
+void lcm_pipeline_free(LcmPipeline *p) {
+  if (!p) return;
+  lcm_pipeline_clear_caches(p);
+  g_hash_table_unref(p->prompt_cache);
+  lcm_tokenizer_free(p->tokenizer);
+  lcm_text_encoder_free(p->text_encoder);
+  lcm_unet_free(p->unet);
+  lcm_vae_free(p->vae);
+  lcm_scheduler_free(p->scheduler);
+  g_free(p);
+}
+
+/* The networks must fit together: text width = cross-attention width, and
+ * the UNet's channels those of the VAE's latents (9 = latents, mask and
+ * masked-image latents for inpainting UNets). */
+static gboolean check_compatible(LcmPipeline *p, LcmModel *model, GError **error) {
+  int lc = p->latent_channels, in = lcm_unet_in_channels(p->unet);
+  int cross = lcm_unet_cross_attention_dim(p->unet);
+  const char *problem = NULL;
+  if (p->hidden != cross)
+    problem = "its text encoder's width differs from the UNet's cross-attention width";
+  else if (lcm_unet_out_channels(p->unet) != lc || (in != lc && in != 2 * lc + 1))
+    problem = "its UNet's channels do not match the VAE's latent channels";
+  if (problem)
+    g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+                "%s: %s (text %d, cross-attention %d, UNet in/out %d/%d, latents %d); the parts "
+                "belong to different models",
+                lcm_model_describe(model), problem, p->hidden, cross, in,
+                lcm_unet_out_channels(p->unet), lc);
+  return problem == NULL;
+}
+
+LcmPipeline *lcm_pipeline_new(LcmModel *model, LcmPrecision precision, GError **error) {
+  if (!model) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "no model given to build a pipeline from");
+    return NULL;
+  }
+  LcmPipeline *p = g_new0(LcmPipeline, 1);
+  p->prompt_cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  if (!(p->tokenizer = lcm_model_load_tokenizer(model, error)) ||
+      !(p->text_encoder = lcm_text_encoder_load(model, precision, error)) ||
+      !(p->unet = lcm_unet_load(model, precision, error)) ||
+      !(p->vae = lcm_vae_load(model, precision, error)) ||
+      !(p->scheduler = lcm_scheduler_new(model_scheduler_config(model), error)))
+    goto fail;
+  p->hidden = lcm_text_encoder_hidden_size(p->text_encoder);
+  p->latent_channels = lcm_vae_latent_channels(p->vae);
+  if (!check_compatible(p, model, error)) goto fail;
+  return p;
+
+fail:
+  lcm_pipeline_free(p);
+  return NULL;
+}
+
+static gboolean is_inpainting_unet(const LcmPipeline *p) {
+  return lcm_unet_in_channels(p->unet) != p->latent_channels;
+}
+
+gboolean lcm_pipeline_supports(const LcmPipeline *p, LcmMode mode) {
+  g_return_val_if_fail(p, FALSE);
+  return mode == LCM_MODE_INPAINT || !is_inpainting_unet(p);
+}
+
+double lcm_pipeline_default_guidance(const LcmPipeline *p) {
+  g_return_val_if_fail(p, 1.0);
+  return lcm_unet_time_cond_proj_dim(p->unet) > 0 ? 8.0 : 1.0;
+}
+
+void lcm_pipeline_params_init(LcmPipelineParams *params) {
+  *params = (LcmPipelineParams){.mode = LCM_MODE_TXT2IMG,
+                                .steps = 4,
+                                .guidance_scale = 1.0,
+                                .strength = 1.0,
+                                .strength_rule = LCM_STRENGTH_AUTO,
+                                .width = 512,
+                                .height = 512};
+}
+
+/* ---- Decoding ------------------------------------------------------------------- */
+
+LcmImage *lcm_pipeline_decode_latents(LcmPipeline *p, const float *latents, int latent_width,
+                                      int latent_height, GError **error) {
+  g_return_val_if_fail(p && latents, NULL);
+  if (latent_width < 1 || latent_height < 1 || latent_width > MAX_SIDE / LATENT_FACTOR ||
+      latent_height > MAX_SIDE / LATENT_FACTOR) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "cannot decode %dx%d latents",
+                latent_width, latent_height);
+    return NULL;
+  }
+  size_t n = (size_t)p->latent_channels * latent_width * latent_height;
+  float scaling = lcm_vae_scaling_factor(p->vae);
+  float *z = g_new(float, n);
+  for (size_t i = 0; i < n; i++) z[i] = latents[i] / scaling;
+  int w = latent_width * LATENT_FACTOR, h = latent_height * LATENT_FACTOR;
+  size_t plane = (size_t)w * h;
+  float *decoded = g_new(float, 3 * plane);
+  gboolean ok = lcm_vae_decode(p->vae, z, 1, latent_height, latent_width, decoded, error);
+  g_free(z);
+  LcmImage *image = NULL;
+  if (ok) {
+    image = lcm_image_new(w, h, 3);
+    for (size_t i = 0; i < plane; i++)
+      for (int c = 0; c < 3; c++)
+        image->data[3 * i + c] = CLAMP(decoded[c * plane + i] / 2.0f + 0.5f, 0.0f, 1.0f);
+  }
+  g_free(decoded);
+  return image;
+}
+
+/* ---- Running -------------------------------------------------------------------- */
+
+/* Where the run's random tensors come from, and how many it drew. */
+typedef struct {
+  LcmNoiseFunc func;
+  gpointer data;
+  LcmRng *rng; /* the default source */
+  int next;
+} NoiseSource;
+
+static gboolean noise_draw(NoiseSource *s, float *out, int64_t n, GError **error) {
+  int index = s->next++;
+  if (!s->func) {
+    lcm_rng_randn(s->rng, out, n);
+    return TRUE;
+  }
+  GError *local = NULL;
+  if (s->func(index, out, n, s->data, &local)) return TRUE;
+  if (local)
+    g_propagate_error(error, local);
+  else
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "the noise source failed on draw %d", index);
+  return FALSE;
+}
+
+/* Everything one run allocates; freed in one place. */
+typedef struct {
+  const LcmPipelineParams *params;
+  int width, height;        /* image */
+  int lw, lh;               /* latents */
+  size_t n;                 /* floats in one latent */
+  gboolean cfg;             /* classifier-free guidance batch of 2 */
+  int batch;
+  int timesteps[LCM_MAX_STEPS];
+  int first, count; /* the run does timesteps[first .. first+count) */
+  NoiseSource noise;
+  float *context;         /* batch x 77 x hidden */
+  float *w_embedding;     /* time_cond_proj_dim floats, or NULL */
+  float *latents;         /* n */
+  float *image_latents;   /* n: the source's, or NULL */
+  float *start_noise;     /* n: kept for the 4-channel inpainting blend */
+  float *mask_latent;     /* lw x lh, inpainting */
+  float *masked_latents;  /* n, inpainting */
+  float *unet_in, *unet_out, *eps, *step_noise, *denoised, *prev;
+} Run;
+
+static void run_clear(Run *r) {
+  lcm_rng_free(r->noise.rng);
+  g_free(r->context);
+  g_free(r->w_embedding);
+  g_free(r->latents);
+  g_free(r->image_latents);
+  g_free(r->start_noise);
+  g_free(r->mask_latent);
+  g_free(r->masked_latents);
+  g_free(r->unet_in);
+  g_free(r->unet_out);
+  g_free(r->eps);
+  g_free(r->step_noise);
+  g_free(r->denoised);
+  g_free(r->prev);
+}
+
+static gboolean invalid(GError **error, const char *format, ...) G_GNUC_PRINTF(2, 3);
+static gboolean invalid(GError **error, const char *format, ...) {
+  va_list args;
+  va_start(args, format);
+  char *message = g_strdup_vprintf(format, args);
+  va_end(args);
+  g_set_error_literal(error, LCM_ERROR, LCM_ERROR_INVALID, message);
+  g_free(message);
+  return FALSE;
+}
+
+static gboolean check_side(const char *what, int side, GError **error) {
+  if (side >= LATENT_FACTOR && side <= MAX_SIDE && side % LATENT_FACTOR == 0) return TRUE;
+  return invalid(error, "the %s is %d pixels; it must be a multiple of %d from %d to %d", what,
+                 side, LATENT_FACTOR, LATENT_FACTOR, MAX_SIDE);
+}
+
+/* Checks the parameters and fixes the run's sizes. */
+static gboolean check_params(const LcmPipeline *p, const LcmPipelineParams *params, Run *r,
+                             GError **error) {
+  if (params->mode != LCM_MODE_TXT2IMG && params->mode != LCM_MODE_IMG2IMG &&
+      params->mode != LCM_MODE_INPAINT)
+    return invalid(error, "unknown pipeline mode %d", (int)params->mode);
+  if (!lcm_pipeline_supports(p, params->mode))
+    return invalid(error, "this model has an inpainting UNet; it can only inpaint");
+  if (params->steps < 1 || params->steps > LCM_MAX_STEPS)
+    return invalid(error, "%d steps asked for; give 1 to %d", params->steps, LCM_MAX_STEPS);
+  if (!isfinite(params->guidance_scale) || params->guidance_scale < 0 ||
+      params->guidance_scale > 100)
+    return invalid(error, "guidance scale %g is out of range; give 0 to 100",
+                   params->guidance_scale);
+  if (params->strength_rule != LCM_STRENGTH_AUTO && params->strength_rule != LCM_STRENGTH_RESPACE &&
+      params->strength_rule != LCM_STRENGTH_SLICE)
+    return invalid(error, "unknown strength rule %d", (int)params->strength_rule);
+  if (params->mode == LCM_MODE_TXT2IMG) {
+    r->width = params->width;
+    r->height = params->height;
+    if (!check_side("width", r->width, error) || !check_side("height", r->height, error))
+      return FALSE;
+  } else {
+    if (!(params->strength > 0 && params->strength <= 1))
+      return invalid(error, "strength %g is out of range; give a value above 0 and at most 1",
+                     params->strength);
+    if (!params->image || !params->image->data)
+      return invalid(error, "img2img and inpainting need a source image");
+    r->width = params->image->width;
+    r->height = params->image->height;
+    if (!check_image(params->image, "source image", r->width, r->height, 3, error) ||
+        !check_side("source image width", r->width, error) ||
+        !check_side("source image height", r->height, error))
+      return FALSE;
+    if (params->mode == LCM_MODE_INPAINT &&
+        !check_image(params->mask, "mask", r->width, r->height, 1, error))
+      return FALSE;
+  }
+  r->lw = r->width / LATENT_FACTOR;
+  r->lh = r->height / LATENT_FACTOR;
+  r->n = (size_t)p->latent_channels * r->lw * r->lh;
+  return TRUE;
+}
+
+/* The timesteps of the run by mode and strength rule (see LcmStrengthRule). */
+static gboolean choose_timesteps(const LcmPipeline *p, const LcmPipelineParams *params, Run *r,
+                                 GError **error) {
+  int steps = params->steps;
+  LcmStrengthRule rule = params->strength_rule;
+  if (params->mode == LCM_MODE_TXT2IMG) {
+    rule = LCM_STRENGTH_RESPACE; /* at strength 1 both rules give the full schedule */
+  } else if (rule == LCM_STRENGTH_AUTO) {
+    rule = params->mode == LCM_MODE_IMG2IMG && lcm_unet_time_cond_proj_dim(p->unet) > 0
+               ? LCM_STRENGTH_RESPACE
+               : LCM_STRENGTH_SLICE;
+  }
+  float strength = params->mode == LCM_MODE_TXT2IMG ? 1.0f : (float)params->strength;
+  if (rule == LCM_STRENGTH_RESPACE) {
+    r->first = 0;
+    r->count = lcm_scheduler_timesteps(p->scheduler, steps, strength, r->timesteps, error);
+    return r->count > 0;
+  }
+  if (lcm_scheduler_timesteps(p->scheduler, steps, 1.0f, r->timesteps, error) != steps)
+    return FALSE;
+  /* diffusers: init_timestep = min(int(steps * strength), steps), in doubles. */
+  r->count = MIN((int)(steps * params->strength), steps);
+  r->first = steps - r->count;
+  if (r->count < 1)
+    return invalid(error,
+                   "strength %g with %d steps leaves no step to run; raise the strength to at "
+                   "least %g or the steps",
+                   params->strength, steps, 1.0 / steps);
+  return TRUE;
+}
+
+/* The prompt embeddings (negative first with classifier-free guidance) and
+ * an LCM UNet's guidance embedding. */
+static gboolean prepare_conditioning(LcmPipeline *p, const LcmPipelineParams *params, Run *r,
+                                     GError **error) {
+  int cond_dim = lcm_unet_time_cond_proj_dim(p->unet);
+  /* diffusers: guidance through the embedding when the UNet has one, else a
+   * classifier-free batch when guidance > 1. */
+  r->cfg = cond_dim == 0 && params->guidance_scale > 1.0;
+  r->batch = r->cfg ? 2 : 1;
+  size_t one = (size_t)LCM_CLIP_TOKENS * p->hidden;
+  r->context = g_new(float, r->batch * one);
+  const char *prompt = params->prompt ? params->prompt : "";
+  const char *negative = params->negative_prompt ? params->negative_prompt : "";
+  if ((r->cfg && !encode_prompt(p, negative, r->context, error)) ||
+      !encode_prompt(p, prompt, r->context + (r->batch - 1) * one, error))
+    return FALSE;
+  if (cond_dim > 0) {
+    r->w_embedding = g_new(float, cond_dim);
+    lcm_guidance_embedding((float)(params->guidance_scale - 1.0), cond_dim, r->w_embedding);
+  }
+  return TRUE;
+}
+
+/* latents = scaling x (mean + std x noise) of an encoder input (VAE sample). */
+static float *sample_image_latents(LcmPipeline *p, Run *r, const float *vae_input,
+                                   GError **error) {
+  const float *mean, *logvar;
+  if (!vae_posterior(p, vae_input, r->width, r->height, &mean, &logvar, error)) return NULL;
+  float *latents = g_new(float, r->n);
+  if (!noise_draw(&r->noise, latents, r->n, error)) {
+    g_free(latents);
+    return NULL;
+  }
+  float scaling = lcm_vae_scaling_factor(p->vae);
+  for (size_t i = 0; i < r->n; i++)
+    latents[i] = scaling * (mean[i] + expf(0.5f * logvar[i]) * latents[i]);
+  return latents;
+}
+
+/* The start latents: noise for txt2img (and inpainting at strength 1),
+ * else the source's latents noised to the first timestep. With inpainting,
+ * also the latent mask and the masked source's latents. Draws happen in
+ * diffusers' order (see LcmNoiseFunc). */
+static gboolean prepare_latents(LcmPipeline *p, const LcmPipelineParams *params, Run *r,
+                                GError **error) {
+  r->latents = g_new(float, r->n);
+  if (params->mode == LCM_MODE_TXT2IMG) return noise_draw(&r->noise, r->latents, r->n, error);
+  r->start_noise = g_new(float, r->n);
+  size_t pixels = (size_t)r->width * r->height;
+  float *vae_input = g_new(float, 3 * pixels);
+  image_to_vae_input(params->image, NULL, vae_input);
+  gboolean inpaint = params->mode == LCM_MODE_INPAINT;
+  gboolean from_noise = inpaint && params->strength == 1.0;
+  gboolean ok = TRUE;
+  /* The inpaint pipeline encodes the source only for the blend of a
+   * 4-channel UNet or to noise it (strength < 1). */
+  if (!inpaint || !is_inpainting_unet(p) || !from_noise)
+    ok = (r->image_latents = sample_image_latents(p, r, vae_input, error)) != NULL;
+  ok = ok && noise_draw(&r->noise, r->start_noise, r->n, error);
+  if (ok && from_noise)
+    memcpy(r->latents, r->start_noise, r->n * sizeof(float));
+  else if (ok)
+    lcm_scheduler_add_noise(p->scheduler, r->image_latents, r->start_noise,
+                            r->timesteps[r->first], r->n, r->latents);
+  if (ok && inpaint) {
+    /* Binarised at 0.5; masked image = image x (mask < 0.5); the latent mask
+     * by nearest interpolation. */
+    float *keep = g_new(float, pixels);
+    for (size_t i = 0; i < pixels; i++) keep[i] = params->mask->data[i] >= 0.5f ? 0.0f : 1.0f;
+    r->mask_latent = g_new(float, (size_t)r->lw * r->lh);
+    for (int y = 0; y < r->lh; y++)
+      for (int x = 0; x < r->lw; x++)
+        r->mask_latent[y * r->lw + x] =
+            1.0f - keep[(size_t)y * LATENT_FACTOR * r->width + (size_t)x * LATENT_FACTOR];
+    image_to_vae_input(params->image, keep, vae_input);
+    g_free(keep);
+    ok = (r->masked_latents = sample_image_latents(p, r, vae_input, error)) != NULL;
+  }
+  g_free(vae_input);
+  return ok;
+}
+
+static gboolean cancelled(const LcmPipelineParams *params, GError **error) {
+  if (!params->cancel || !g_atomic_int_get(params->cancel)) return FALSE;
+  g_set_error(error, LCM_ERROR, LCM_ERROR_CANCELLED, "cancelled");
+  return TRUE;
+}
+
+/* One UNet evaluation on the current latents, guided: r->eps. */
+static gboolean predict_noise(LcmPipeline *p, const LcmPipelineParams *params, Run *r, int t,
+                              GError **error) {
+  int in = lcm_unet_in_channels(p->unet);
+  size_t plane = (size_t)r->lw * r->lh, per_item = (size_t)in * plane;
+  for (int b = 0; b < r->batch; b++) {
+    /* The same input for both halves of a guidance batch; an inpainting
+     * UNet reads cat([latents, mask, masked-image latents]). */
+    float *item = r->unet_in + b * per_item;
+    memcpy(item, r->latents, r->n * sizeof(float));
+    if (is_inpainting_unet(p)) {
+      memcpy(item + r->n, r->mask_latent, plane * sizeof(float));
+      memcpy(item + r->n + plane, r->masked_latents, r->n * sizeof(float));
+    }
+  }
+  float *cond = NULL;
+  if (r->w_embedding) {
+    int dim = lcm_unet_time_cond_proj_dim(p->unet);
+    cond = g_new(float, (size_t)r->batch * dim);
+    for (int b = 0; b < r->batch; b++) memcpy(cond + b * dim, r->w_embedding, dim * sizeof(float));
+  }
+  gboolean ok = lcm_unet_run(p->unet, r->unet_in, r->batch, r->lh, r->lw, (float)t, r->context,
+                             LCM_CLIP_TOKENS, cond, r->unet_out, error);
+  g_free(cond);
+  if (!ok) return FALSE;
+  if (!r->cfg) {
+    memcpy(r->eps, r->unet_out, r->n * sizeof(float));
+    return TRUE;
+  }
+  float g = (float)params->guidance_scale;
+  const float *uncond = r->unet_out, *text = r->unet_out + r->n;
+  for (size_t i = 0; i < r->n; i++) r->eps[i] = uncond[i] + g * (text[i] - uncond[i]);
+  return TRUE;
+}
+
+/* The denoising loop; leaves the latents to decode in r->latents. */
+static gboolean denoise(LcmPipeline *p, const LcmPipelineParams *params, Run *r, GError **error) {
+  int in = lcm_unet_in_channels(p->unet);
+  size_t plane = (size_t)r->lw * r->lh;
+  gboolean blend = params->mode == LCM_MODE_INPAINT && !is_inpainting_unet(p);
+  r->unet_in = g_new(float, (size_t)r->batch * in * plane);
+  r->unet_out = g_new(float, r->batch * r->n);
+  r->eps = g_new(float, r->n);
+  r->step_noise = g_new(float, r->n);
+  r->denoised = g_new(float, r->n);
+  r->prev = g_new(float, r->n);
+  int end = r->first + r->count;
+  for (int i = r->first; i < end; i++) {
+    int t = r->timesteps[i];
+    gboolean last = i + 1 == end;
+    if (cancelled(params, error) || !predict_noise(p, params, r, t, error)) return FALSE;
+    if (!last && !noise_draw(&r->noise, r->step_noise, r->n, error)) return FALSE;
+    int next = last ? t : r->timesteps[i + 1];
+    lcm_scheduler_step(p->scheduler, r->eps, t, next, r->latents, last ? NULL : r->step_noise,
+                       r->n, r->denoised, r->prev);
+    float *swap = r->latents;
+    r->latents = r->prev;
+    r->prev = swap;
+    if (blend) {
+      /* Keep the unmasked region on the source's trajectory: the source
+       * latents noised to the next timestep, clean after the last step. */
+      if (last)
+        memcpy(r->prev, r->image_latents, r->n * sizeof(float));
+      else
+        lcm_scheduler_add_noise(p->scheduler, r->image_latents, r->start_noise, next, r->n,
+                                r->prev);
+      for (size_t k = 0; k < r->n; k++) {
+        float m = r->mask_latent[k % plane];
+        r->latents[k] = (1.0f - m) * r->prev[k] + m * r->latents[k];
+      }
+    }
+    if (params->progress) {
+      LcmProgress progress = {.step = i - r->first,
+                              .steps = r->count,
+                              .timestep = t,
+                              .denoised = r->denoised,
+                              .latent_channels = p->latent_channels,
+                              .latent_width = r->lw,
+                              .latent_height = r->lh};
+      params->progress(&progress, params->progress_data);
+    }
+  }
+  return TRUE;
+}
+
+LcmImage *lcm_pipeline_run(LcmPipeline *p, const LcmPipelineParams *params, GError **error) {
+  if (!p || !params) {
+    invalid(error, "no pipeline or parameters given");
+    return NULL;
+  }
+  Run r = {.params = params};
+  r.noise = (NoiseSource){params->noise, params->noise_data,
+                          params->noise ? NULL : lcm_rng_new(params->seed), 0};
+  LcmImage *image = NULL;
+  if (check_params(p, params, &r, error) && choose_timesteps(p, params, &r, error) &&
+      !cancelled(params, error) && prepare_conditioning(p, params, &r, error) &&
+      prepare_latents(p, params, &r, error) && denoise(p, params, &r, error) &&
+      !cancelled(params, error))
+    image = lcm_pipeline_decode_latents(p, r.latents, r.lw, r.lh, error);
+  run_clear(&r);
+  return image;
+}

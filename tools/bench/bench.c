@@ -1,0 +1,665 @@
+/* gimp-lcm-bench: writes a full-size SD1.5 / LCM model with random weights,
+ * and times every stage of the pipeline on a model.
+ *
+ *   gimp-lcm-bench make-model DIR [--seed N]
+ *   gimp-lcm-bench run --model DIR [--sizes 256,512] [--precision fp32,bf16]
+ *                      [--repeat N] [--make-if-missing] [--seed N]
+ *
+ * `run` prints a Markdown report on stdout (progress goes to stderr), ready
+ * for docs/benchmarks.md.
+ */
+#include "lcm.h"
+#include "model-gen.h"
+
+#include <fcntl.h>
+#include <glib/gstdio.h>
+#include <math.h>
+#include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#define MAX_SIZES 16
+#define MAX_PRECISIONS 2
+#define PROMPT "a photograph of an astronaut riding a horse on the moon, detailed, 8k"
+#define GUIDANCE_SCALE 8.0f
+#define TIMESTEP 999.0f
+#define LATENT_FACTOR 8 /* image pixels per latent pixel (SD1.5 VAE) */
+
+static const GenNetwork networks[] = {GEN_TEXT_ENCODER, GEN_UNET, GEN_VAE};
+static const char *const network_labels[] = {"text encoder", "UNet", "VAE"};
+static const char *const network_folders[] = {"text_encoder", "unet", "vae"};
+
+/* ---- Measurements ------------------------------------------------------------ */
+
+static double now_ms(void) {
+  return g_get_monotonic_time() / 1000.0;
+}
+
+typedef struct {
+  double min_ms, median_ms;
+} Timing;
+
+static int compare_doubles(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+typedef gboolean (*StageRun)(gpointer data, GError **error);
+
+/* One warm-up, then `repeat` timed runs. */
+static gboolean time_stage(StageRun run, gpointer data, int repeat, Timing *out, GError **error) {
+  if (!run(data, error)) return FALSE;
+  double *ms = g_new(double, repeat);
+  gboolean ok = TRUE;
+  for (int i = 0; i < repeat && ok; i++) {
+    const double t0 = now_ms();
+    ok = run(data, error);
+    ms[i] = now_ms() - t0;
+  }
+  if (ok) {
+    qsort(ms, (size_t)repeat, sizeof *ms, compare_doubles);
+    out->min_ms = ms[0];
+    out->median_ms = repeat % 2 ? ms[repeat / 2] : (ms[repeat / 2 - 1] + ms[repeat / 2]) / 2;
+  }
+  g_free(ms);
+  return ok;
+}
+
+/* A field of /proc/self/status in KiB ("VmHWM"), or -1. */
+static long proc_status_kib(const char *field) {
+  g_autofree char *status = NULL;
+  if (!g_file_get_contents("/proc/self/status", &status, NULL, NULL)) return -1;
+  g_autofree char *key = g_strconcat("\n", field, ":", NULL);
+  const char *line = strstr(status, key);
+  return line ? strtol(line + strlen(key), NULL, 10) : -1;
+}
+
+/* Resets VmHWM to the current resident size, so each configuration reports
+ * its own peak (ru_maxrss cannot be reset: it stays the process's peak). */
+static gboolean reset_peak_rss(void) {
+  FILE *f = fopen("/proc/self/clear_refs", "w");
+  if (!f) return FALSE;
+  const gboolean ok = fputs("5", f) >= 0;
+  return fclose(f) == 0 && ok;
+}
+
+static long max_rss_kib(void) {
+  struct rusage usage;
+  return getrusage(RUSAGE_SELF, &usage) == 0 ? usage.ru_maxrss : -1;
+}
+
+/* Asks the kernel to drop a folder's .safetensors files from the page cache
+ * (best effort: pages another process maps stay), for a cold load. */
+static void drop_page_cache(const char *dir) {
+  for (size_t i = 0; i < G_N_ELEMENTS(network_folders); i++) {
+    g_autofree char *folder = g_build_filename(dir, network_folders[i], NULL);
+    GDir *d = g_dir_open(folder, 0, NULL);
+    for (const char *name; d && (name = g_dir_read_name(d));) {
+      if (!g_str_has_suffix(name, ".safetensors")) continue;
+      g_autofree char *path = g_build_filename(folder, name, NULL);
+      const int fd = open(path, O_RDONLY);
+      if (fd < 0) continue;
+      posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+      close(fd);
+    }
+    if (d) g_dir_close(d);
+  }
+}
+
+static gboolean all_finite(const float *values, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite(values[i])) return FALSE;
+  return TRUE;
+}
+
+static float *random_floats(LcmRng *rng, size_t n, float scale) {
+  float *values = g_new(float, n);
+  lcm_rng_randn(rng, values, (int64_t)n);
+  for (size_t i = 0; i < n; i++) values[i] *= scale;
+  return values;
+}
+
+/* ---- The machine --------------------------------------------------------------- */
+
+static char *cpu_name(void) {
+  g_autofree char *info = NULL;
+  if (g_file_get_contents("/proc/cpuinfo", &info, NULL, NULL)) {
+    const char *line = strstr(info, "model name");
+    const char *colon = line ? strchr(line, ':') : NULL;
+    if (colon) {
+      const char *end = strchr(colon, '\n');
+      return g_strstrip(g_strndup(colon + 1, end ? (gsize)(end - colon - 1) : strlen(colon + 1)));
+    }
+  }
+  return g_strdup("unknown CPU");
+}
+
+static const char *isa_name(dnnl_cpu_isa_t isa) {
+  switch (isa) {
+  case dnnl_cpu_isa_sse41:
+    return "sse41";
+  case dnnl_cpu_isa_avx:
+    return "avx";
+  case dnnl_cpu_isa_avx2:
+    return "avx2";
+  case dnnl_cpu_isa_avx2_vnni:
+    return "avx2_vnni";
+  case dnnl_cpu_isa_avx2_vnni_2:
+    return "avx2_vnni_2";
+  case dnnl_cpu_isa_avx512_core:
+    return "avx512_core";
+  case dnnl_cpu_isa_avx512_core_vnni:
+    return "avx512_core_vnni";
+  case dnnl_cpu_isa_avx512_core_bf16:
+    return "avx512_core_bf16";
+  case dnnl_cpu_isa_avx10_1_512:
+    return "avx10_1_512 (avx512_core_fp16)";
+  case dnnl_cpu_isa_avx10_1_512_amx:
+    return "avx10_1_512_amx (avx512_core_amx)";
+  case dnnl_cpu_isa_avx10_1_512_amx_fp16:
+    return "avx10_1_512_amx_fp16 (avx512_core_amx_fp16)";
+  default:
+    return "default";
+  }
+}
+
+static char *load_average(void) {
+  double load[3];
+  if (getloadavg(load, 3) != 3) return g_strdup("unknown");
+  return g_strdup_printf("%.2f %.2f %.2f", load[0], load[1], load[2]);
+}
+
+/* ---- Networks and stages ------------------------------------------------------ */
+
+typedef struct {
+  LcmModel *model;
+  LcmTextEncoder *text_encoder;
+  LcmUNet *unet;
+  LcmVae *vae;
+} Networks;
+
+static void networks_clear(Networks *n) {
+  if (n->text_encoder) lcm_text_encoder_free(n->text_encoder);
+  if (n->unet) lcm_unet_free(n->unet);
+  if (n->vae) lcm_vae_free(n->vae);
+  if (n->model) lcm_model_free(n->model);
+  *n = (Networks){0};
+}
+
+/* Loads the three networks, timing each (ms). */
+static gboolean networks_load(const char *dir, LcmPrecision precision, Networks *n, double *ms,
+                              GError **error) {
+  if (!(n->model = lcm_model_open(dir, error))) return FALSE;
+  double t0 = now_ms();
+  if (!(n->text_encoder = lcm_text_encoder_load(n->model, precision, error))) return FALSE;
+  ms[0] = now_ms() - t0;
+  t0 = now_ms();
+  if (!(n->unet = lcm_unet_load(n->model, precision, error))) return FALSE;
+  ms[1] = now_ms() - t0;
+  t0 = now_ms();
+  if (!(n->vae = lcm_vae_load(n->model, precision, error))) return FALSE;
+  ms[2] = now_ms() - t0;
+  return TRUE;
+}
+
+/* Inputs and outputs of the stages at one image size. */
+typedef struct {
+  Networks *nets;
+  int size, latent; /* image and latent side */
+  int32_t ids[LCM_CLIP_TOKENS];
+  float *context;  /* LCM_CLIP_TOKENS x hidden: the text encoder's output */
+  float *sample;   /* UNet input latents */
+  float *guidance; /* LCM guidance embedding, or NULL */
+  float *noise_pred;
+  float *z;       /* latents to decode */
+  float *decoded; /* 3 x size x size */
+  float *image;   /* random image to encode */
+  float *mean, *logvar;
+} StageData;
+
+static gboolean run_text_encode(gpointer p, GError **error) {
+  StageData *d = p;
+  return lcm_text_encoder_encode(d->nets->text_encoder, d->ids, 1, d->context, error);
+}
+
+static gboolean run_unet_step(gpointer p, GError **error) {
+  StageData *d = p;
+  return lcm_unet_run(d->nets->unet, d->sample, 1, d->latent, d->latent, TIMESTEP, d->context,
+                      LCM_CLIP_TOKENS, d->guidance, d->noise_pred, error);
+}
+
+static gboolean run_vae_decode(gpointer p, GError **error) {
+  StageData *d = p;
+  return lcm_vae_decode(d->nets->vae, d->z, 1, d->latent, d->latent, d->decoded, error);
+}
+
+static gboolean run_vae_encode(gpointer p, GError **error) {
+  StageData *d = p;
+  return lcm_vae_encode(d->nets->vae, d->image, 1, d->size, d->size, d->mean, d->logvar, error);
+}
+
+static gboolean stage_data_init(StageData *d, Networks *nets, GError **error) {
+  *d = (StageData){.nets = nets};
+  const int hidden = lcm_text_encoder_hidden_size(nets->text_encoder);
+  if (hidden != lcm_unet_cross_attention_dim(nets->unet)) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE,
+                "the text encoder's width %d is not the UNet's cross_attention_dim %d", hidden,
+                lcm_unet_cross_attention_dim(nets->unet));
+    return FALSE;
+  }
+  LcmTokenizer *tokenizer = lcm_model_load_tokenizer(nets->model, error);
+  if (!tokenizer) return FALSE;
+  lcm_tokenizer_encode(tokenizer, PROMPT, d->ids);
+  lcm_tokenizer_free(tokenizer);
+  d->context = g_new0(float, (size_t)LCM_CLIP_TOKENS *hidden);
+  const int guidance_dim = lcm_unet_time_cond_proj_dim(nets->unet);
+  if (guidance_dim) {
+    d->guidance = g_new(float, guidance_dim);
+    lcm_guidance_embedding(GUIDANCE_SCALE - 1, guidance_dim, d->guidance);
+  }
+  return TRUE;
+}
+
+static void stage_data_free_buffers(StageData *d) {
+  g_clear_pointer(&d->sample, g_free);
+  g_clear_pointer(&d->noise_pred, g_free);
+  g_clear_pointer(&d->z, g_free);
+  g_clear_pointer(&d->decoded, g_free);
+  g_clear_pointer(&d->image, g_free);
+  g_clear_pointer(&d->mean, g_free);
+  g_clear_pointer(&d->logvar, g_free);
+}
+
+static void stage_data_clear(StageData *d) {
+  stage_data_free_buffers(d);
+  g_free(d->context);
+  g_free(d->guidance);
+}
+
+/* Random inputs of realistic scale for one image size. */
+static void stage_data_set_size(StageData *d, int size, LcmRng *rng) {
+  stage_data_free_buffers(d);
+  d->size = size;
+  d->latent = size / LATENT_FACTOR;
+  const size_t latent_pixels = (size_t)d->latent * d->latent, pixels = (size_t)size * size;
+  const int latent_channels = lcm_vae_latent_channels(d->nets->vae);
+  d->sample = random_floats(rng, lcm_unet_in_channels(d->nets->unet) * latent_pixels, 1.0f);
+  d->noise_pred = g_new(float, lcm_unet_out_channels(d->nets->unet) * latent_pixels);
+  /* The decoder sees latents divided by the scaling factor. */
+  d->z = random_floats(rng, latent_channels * latent_pixels,
+                       1.0f / lcm_vae_scaling_factor(d->nets->vae));
+  d->decoded = g_new(float, 3 * pixels);
+  d->image = random_floats(rng, 3 * pixels, 0.5f);
+  d->mean = g_new(float, latent_channels *latent_pixels);
+  d->logvar = g_new(float, latent_channels *latent_pixels);
+}
+
+/* ---- Results ------------------------------------------------------------------- */
+
+typedef struct {
+  LcmPrecision precision;
+  int size; /* 0: independent of the size */
+  const char *stage;
+  double flops; /* 0: unknown */
+  Timing timing;
+  gboolean finite;
+} StageRow;
+
+typedef struct {
+  LcmPrecision precision;
+  double cold_ms[G_N_ELEMENTS(networks)], warm_ms[G_N_ELEMENTS(networks)];
+} LoadRow;
+
+typedef struct {
+  LcmPrecision precision;
+  int size;
+  long hwm_kib, rss_kib, max_rss_kib;
+  gboolean hwm_reset;
+} MemoryRow;
+
+typedef struct {
+  const char *model_dir;
+  int n_sizes, sizes[MAX_SIZES];
+  int n_precisions;
+  LcmPrecision precisions[MAX_PRECISIONS];
+  int repeat;
+  char *config_texts[G_N_ELEMENTS(networks)]; /* NULL when the model has no config.json */
+  double peak[LCM_PRECISION_BF16 + 1];        /* FLOP/s by precision, 0 = not measured */
+  char *unsupported[LCM_PRECISION_BF16 + 1];  /* why the CPU cannot run a precision, or NULL */
+  GArray *stages, *loads, *memory;
+} Run;
+
+/* FLOPs of a stage from the model's own config.json (0 if unknown). */
+static double stage_flops(const Run *run, GenStage stage, GenNetwork network, int latent) {
+  const char *config = run->config_texts[network];
+  double flops = 0;
+  GError *error = NULL;
+  if (config && !model_gen_stage_flops(stage, config, latent, latent, &flops, &error)) {
+    g_printerr("warning: no FLOP count: %s\n", error->message);
+    g_error_free(error);
+  }
+  return flops;
+}
+
+static gboolean bench_stage(Run *run, StageData *d, LcmPrecision precision, const char *label,
+                            StageRun fn, GenStage stage, GenNetwork network, const float *output,
+                            size_t output_count, GError **error) {
+  if (stage == GEN_STAGE_TEXT_ENCODE)
+    g_printerr("  %s: %s...\n", lcm_precision_name(precision), label);
+  else
+    g_printerr("  %s %dx%d: %s...\n", lcm_precision_name(precision), d->size, d->size, label);
+  StageRow row = {.precision = precision,
+                  .size = stage == GEN_STAGE_TEXT_ENCODE ? 0 : d->size,
+                  .stage = label,
+                  .flops = stage_flops(run, stage, network, d->latent)};
+  if (!time_stage(fn, d, run->repeat, &row.timing, error)) return FALSE;
+  row.finite = all_finite(output, output_count);
+  g_array_append_val(run->stages, row);
+  return TRUE;
+}
+
+static void record_memory(Run *run, LcmPrecision precision, int size, gboolean hwm_reset) {
+  MemoryRow row = {precision,     size,     proc_status_kib("VmHWM"), proc_status_kib("VmRSS"),
+                   max_rss_kib(), hwm_reset};
+  g_array_append_val(run->memory, row);
+}
+
+/* Loads (cold, then warm) and times every stage at every size. */
+static gboolean bench_precision(Run *run, LcmPrecision precision, GError **error) {
+  LoadRow load = {precision, {0}, {0}};
+  Networks nets = {0};
+  g_printerr("%s: cold load...\n", lcm_precision_name(precision));
+  drop_page_cache(run->model_dir);
+  gboolean ok = networks_load(run->model_dir, precision, &nets, load.cold_ms, error);
+  networks_clear(&nets);
+  g_printerr("%s: warm load...\n", lcm_precision_name(precision));
+  ok = ok && networks_load(run->model_dir, precision, &nets, load.warm_ms, error);
+  if (!ok) {
+    networks_clear(&nets);
+    return FALSE;
+  }
+  g_array_append_val(run->loads, load);
+
+  StageData d;
+  LcmRng *rng = lcm_rng_new(42);
+  ok = stage_data_init(&d, &nets, error);
+  const int hidden = ok ? lcm_text_encoder_hidden_size(nets.text_encoder) : 0;
+  ok = ok && bench_stage(run, &d, precision, "text encode", run_text_encode, GEN_STAGE_TEXT_ENCODE,
+                         GEN_TEXT_ENCODER, d.context, (size_t)LCM_CLIP_TOKENS * hidden, error);
+  for (int s = 0; s < run->n_sizes && ok; s++) {
+    stage_data_set_size(&d, run->sizes[s], rng);
+    const size_t latent_values = (size_t)lcm_unet_out_channels(nets.unet) * d.latent * d.latent;
+    const size_t image_values = (size_t)3 * d.size * d.size;
+    const size_t moment_values = (size_t)lcm_vae_latent_channels(nets.vae) * d.latent * d.latent;
+    const gboolean hwm_reset = reset_peak_rss();
+    ok = bench_stage(run, &d, precision, "UNet step", run_unet_step, GEN_STAGE_UNET_STEP, GEN_UNET,
+                     d.noise_pred, latent_values, error) &&
+         bench_stage(run, &d, precision, "VAE decode", run_vae_decode, GEN_STAGE_VAE_DECODE,
+                     GEN_VAE, d.decoded, image_values, error);
+    if (ok) record_memory(run, precision, d.size, hwm_reset);
+    ok = ok && bench_stage(run, &d, precision, "VAE encode", run_vae_encode, GEN_STAGE_VAE_ENCODE,
+                           GEN_VAE, d.mean, moment_values, error);
+  }
+  lcm_rng_free(rng);
+  stage_data_clear(&d);
+  networks_clear(&nets);
+  return ok;
+}
+
+/* ---- Report -------------------------------------------------------------------- */
+
+static void print_report(const Run *run, const char *load_before, const char *load_after) {
+  const dnnl_version_t *version = dnnl_version();
+  g_autofree char *cpu = cpu_name();
+  GDateTime *now = g_date_time_new_now_local();
+  g_autofree char *when = g_date_time_format(now, "%Y-%m-%d %H:%M");
+  g_date_time_unref(now);
+
+  printf("## Benchmark: %s\n\n", run->model_dir);
+  printf("| | |\n|---|---|\n");
+  printf("| Date | %s |\n", when);
+  printf("| CPU | %s, %d OpenMP threads |\n", cpu, omp_get_max_threads());
+  printf("| oneDNN | %d.%d.%d, effective ISA %s |\n", version->major, version->minor,
+         version->patch, isa_name(dnnl_get_effective_cpu_isa()));
+  printf("| Load average (1/5/15 min) before | %s |\n", load_before);
+  printf("| Load average (1/5/15 min) after | %s |\n", load_after);
+  printf("| Timing | min and median of %d run%s after one warm-up |\n\n", run->repeat,
+         run->repeat == 1 ? "" : "s");
+
+  printf("### Convolution peak\n\n");
+  printf("3×3 convolution 320→320 at 64×64, batch 1, random data (best of several runs).\n\n");
+  printf("| precision | TFLOP/s |\n|---|---:|\n");
+  for (int p = LCM_PRECISION_FP32; p <= LCM_PRECISION_BF16; p++) {
+    if (run->peak[p] > 0)
+      printf("| %s | %.3f |\n", lcm_precision_name(p), run->peak[p] / 1e12);
+    else if (run->unsupported[p])
+      printf("| %s | not run: %s |\n", lcm_precision_name(p), run->unsupported[p]);
+  }
+
+  printf("\n### Model load (ms)\n\n");
+  printf("Cold: the weight files dropped from the page cache first (best effort); warm: loaded "
+         "again right after.\n\n");
+  printf("| precision | network | cold | warm |\n|---|---|---:|---:|\n");
+  for (guint i = 0; i < run->loads->len; i++) {
+    const LoadRow *l = &g_array_index(run->loads, LoadRow, i);
+    for (size_t n = 0; n < G_N_ELEMENTS(networks); n++)
+      printf("| %s | %s | %.0f | %.0f |\n", lcm_precision_name(l->precision), network_labels[n],
+             l->cold_ms[n], l->warm_ms[n]);
+  }
+
+  printf("\n### Stages (ms)\n\n");
+  printf("GFLOP: 2 × multiply-accumulates of every convolution, matrix product and attention "
+         "product, from the model's config. TFLOP/s from the min time; \"of peak\" compares it "
+         "with the convolution peak of the same precision.\n\n");
+  printf("| precision | size | stage | GFLOP | min | median | TFLOP/s | of peak |\n");
+  printf("|---|---|---|---:|---:|---:|---:|---:|\n");
+  for (guint i = 0; i < run->stages->len; i++) {
+    const StageRow *r = &g_array_index(run->stages, StageRow, i);
+    g_autofree char *size =
+        r->size ? g_strdup_printf("%d×%d", r->size, r->size) : g_strdup("77 tokens");
+    printf("| %s | %s | %s%s | ", lcm_precision_name(r->precision), size, r->stage,
+           r->finite ? "" : " (**non-finite output**)");
+    const double peak = run->peak[r->precision];
+    if (r->flops > 0) {
+      const double rate = r->flops / (r->timing.min_ms * 1e-3);
+      printf("%.4g | %.1f | %.1f | %.3f | ", r->flops / 1e9, r->timing.min_ms, r->timing.median_ms,
+             rate / 1e12);
+      if (peak > 0)
+        printf("%.0f%% |\n", 100 * rate / peak);
+      else
+        printf("– |\n");
+    } else {
+      printf("– | %.1f | %.1f | – | – |\n", r->timing.min_ms, r->timing.median_ms);
+    }
+  }
+
+  printf("\n### Peak resident memory after the UNet step and VAE decode (MiB)\n\n");
+  printf("VmHWM: peak since the resident-set peak was reset before this size's stages (all "
+         "three networks loaded); ru_maxrss: peak of the whole process so far.\n\n");
+  printf("| precision | size | VmHWM | VmRSS | ru_maxrss |\n|---|---|---:|---:|---:|\n");
+  for (guint i = 0; i < run->memory->len; i++) {
+    const MemoryRow *m = &g_array_index(run->memory, MemoryRow, i);
+    printf("| %s | %d×%d | %.0f%s | %.0f | %.0f |\n", lcm_precision_name(m->precision), m->size,
+           m->size, m->hwm_kib / 1024.0, m->hwm_reset ? "" : " (not reset)", m->rss_kib / 1024.0,
+           m->max_rss_kib / 1024.0);
+  }
+}
+
+/* ---- Commands ------------------------------------------------------------------ */
+
+static gboolean make_model(const char *dir, guint64 seed, GError **error) {
+  g_printerr("writing a random-weight SD1.5 LCM model (seed %" G_GUINT64_FORMAT ") to %s...\n",
+             seed, dir);
+  const double t0 = now_ms();
+  if (!model_gen_make_model(dir, model_gen_sd15_lcm_configs(), seed, error)) return FALSE;
+  for (size_t n = 0; n < G_N_ELEMENTS(networks); n++) {
+    g_autofree char *path = g_build_filename(dir, model_gen_weights_file(networks[n]), NULL);
+    GStatBuf st;
+    if (g_stat(path, &st) == 0)
+      g_printerr("  %s: %.2f GB (%.0f M parameters)\n", path, st.st_size / 1e9, st.st_size / 2e6);
+  }
+  g_printerr("done in %.1f s\n", (now_ms() - t0) / 1000);
+  return TRUE;
+}
+
+static gboolean parse_sizes(const char *text, Run *run, GError **error) {
+  g_auto(GStrv) parts = g_strsplit(text, ",", -1);
+  run->n_sizes = 0;
+  for (int i = 0; parts[i]; i++) {
+    char *end = NULL;
+    const long size = strtol(parts[i], &end, 10);
+    if (end == parts[i] || *end || size < 64 || size > 2048 || size % LATENT_FACTOR ||
+        run->n_sizes == MAX_SIZES) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                  "--sizes: '%s' is not a side of 64..2048 pixels, a multiple of %d "
+                  "(at most %d sizes)",
+                  parts[i], LATENT_FACTOR, MAX_SIZES);
+      return FALSE;
+    }
+    run->sizes[run->n_sizes++] = (int)size;
+  }
+  if (!run->n_sizes) g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "--sizes: no size given");
+  return run->n_sizes > 0;
+}
+
+static gboolean parse_precisions(const char *text, Run *run, GError **error) {
+  g_auto(GStrv) parts = g_strsplit(text, ",", -1);
+  run->n_precisions = 0;
+  for (int i = 0; parts[i]; i++) {
+    LcmPrecision precision;
+    if (!lcm_precision_parse(parts[i], &precision, error)) return FALSE;
+    precision = lcm_precision_resolve(precision);
+    gboolean seen = FALSE;
+    for (int j = 0; j < run->n_precisions; j++) seen |= run->precisions[j] == precision;
+    if (!seen) run->precisions[run->n_precisions++] = precision;
+  }
+  if (!run->n_precisions)
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "--precision: no precision given");
+  return run->n_precisions > 0;
+}
+
+static gboolean bench_run(Run *run, GError **error) {
+  /* A model that does not open fails now, not after the peak measurements. */
+  LcmModel *model = lcm_model_open(run->model_dir, error);
+  if (!model) return FALSE;
+  lcm_model_free(model);
+  for (size_t n = 0; n < G_N_ELEMENTS(networks); n++) {
+    g_autofree char *path =
+        g_build_filename(run->model_dir, network_folders[n], "config.json", NULL);
+    if (!g_file_get_contents(path, &run->config_texts[n], NULL, NULL))
+      g_printerr("warning: %s is not readable: no FLOP counts for the %s\n", path,
+                 network_labels[n]);
+  }
+  g_autofree char *load_before = load_average();
+  /* The bf16 peak is the reference whatever is benchmarked; measured first,
+   * while nothing else is resident. */
+  gboolean measure[LCM_PRECISION_BF16 + 1] = {[LCM_PRECISION_BF16] = TRUE};
+  for (int p = 0; p < run->n_precisions; p++) measure[run->precisions[p]] = TRUE;
+  for (int p = LCM_PRECISION_FP32; p <= LCM_PRECISION_BF16; p++) {
+    if (!measure[p]) continue;
+    g_printerr("%s: convolution peak...\n", lcm_precision_name(p));
+    GError *peak_error = NULL;
+    run->peak[p] = lcm_benchmark_conv_peak(p, &peak_error);
+    if (g_error_matches(peak_error, LCM_ERROR, LCM_ERROR_UNSUPPORTED)) {
+      /* Reported, and the precision's stages skipped: the rest still runs. */
+      g_printerr("%s: %s\n", lcm_precision_name(p), peak_error->message);
+      run->unsupported[p] = g_strdup(peak_error->message);
+      g_clear_error(&peak_error);
+    } else if (peak_error) {
+      g_propagate_error(error, peak_error);
+      return FALSE;
+    }
+  }
+  for (int p = 0; p < run->n_precisions; p++)
+    if (!run->unsupported[run->precisions[p]] && !bench_precision(run, run->precisions[p], error))
+      return FALSE;
+  g_autofree char *load_after = load_average();
+  print_report(run, load_before, load_after);
+  return TRUE;
+}
+
+static int usage(void) {
+  g_printerr("usage: gimp-lcm-bench make-model DIR [--seed N]\n"
+             "       gimp-lcm-bench run --model DIR [--sizes 256,512] [--precision fp32,bf16]\n"
+             "                          [--repeat N] [--make-if-missing] [--seed N]\n");
+  return 2;
+}
+
+/* Parses a subcommand's options; argv[0] is the subcommand. */
+static gboolean parse_options(int *argc, char ***argv, const GOptionEntry *entries,
+                              GError **error) {
+  GOptionContext *context = g_option_context_new(NULL);
+  g_option_context_add_main_entries(context, entries, NULL);
+  const gboolean ok = g_option_context_parse(context, argc, argv, error);
+  g_option_context_free(context);
+  return ok;
+}
+
+static int report_error(GError *error) {
+  g_printerr("gimp-lcm-bench: %s\n", error->message);
+  g_error_free(error);
+  return 1;
+}
+
+static int command_make_model(int argc, char **argv) {
+  gint64 seed = 0;
+  const GOptionEntry entries[] = {
+      {"seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Seed of the random weights (0)", "N"},
+      {NULL, 0, 0, 0, NULL, NULL, NULL},
+  };
+  GError *error = NULL;
+  if (!parse_options(&argc, &argv, entries, &error)) return report_error(error);
+  if (argc != 2) return usage();
+  return make_model(argv[1], (guint64)seed, &error) ? 0 : report_error(error);
+}
+
+static int command_run(int argc, char **argv) {
+  gint64 seed = 0;
+  g_autofree char *model_dir = NULL, *sizes = NULL, *precisions = NULL;
+  int repeat = 3;
+  gboolean make_if_missing = FALSE;
+  const GOptionEntry entries[] = {
+      {"model", 0, 0, G_OPTION_ARG_FILENAME, &model_dir, "Diffusers model folder", "DIR"},
+      {"sizes", 0, 0, G_OPTION_ARG_STRING, &sizes, "Image sides (256,512)", "N,N"},
+      {"precision", 0, 0, G_OPTION_ARG_STRING, &precisions, "Precisions (fp32,bf16)", "P,P"},
+      {"repeat", 0, 0, G_OPTION_ARG_INT, &repeat, "Timed runs per stage (3)", "N"},
+      {"make-if-missing", 0, 0, G_OPTION_ARG_NONE, &make_if_missing,
+       "First write a random-weight model to DIR if it holds none", NULL},
+      {"seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Seed of those random weights (0)", "N"},
+      {NULL, 0, 0, 0, NULL, NULL, NULL},
+  };
+  GError *error = NULL;
+  if (!parse_options(&argc, &argv, entries, &error)) return report_error(error);
+  if (argc != 1 || !model_dir || repeat < 1) return usage();
+
+  Run run = {.model_dir = model_dir, .repeat = repeat};
+  if (!parse_sizes(sizes ? sizes : "256,512", &run, &error) ||
+      !parse_precisions(precisions ? precisions : "fp32,bf16", &run, &error))
+    return report_error(error);
+  g_autofree char *index = g_build_filename(model_dir, "model_index.json", NULL);
+  if (make_if_missing && !g_file_test(index, G_FILE_TEST_EXISTS) &&
+      !make_model(model_dir, (guint64)seed, &error))
+    return report_error(error);
+
+  run.stages = g_array_new(FALSE, FALSE, sizeof(StageRow));
+  run.loads = g_array_new(FALSE, FALSE, sizeof(LoadRow));
+  run.memory = g_array_new(FALSE, FALSE, sizeof(MemoryRow));
+  const gboolean ok = bench_run(&run, &error);
+  for (size_t n = 0; n < G_N_ELEMENTS(networks); n++) g_free(run.config_texts[n]);
+  for (size_t p = 0; p < G_N_ELEMENTS(run.unsupported); p++) g_free(run.unsupported[p]);
+  g_array_unref(run.stages);
+  g_array_unref(run.loads);
+  g_array_unref(run.memory);
+  return ok ? 0 : report_error(error);
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 2 && strcmp(argv[1], "make-model") == 0)
+    return command_make_model(argc - 1, argv + 1);
+  if (argc >= 2 && strcmp(argv[1], "run") == 0) return command_run(argc - 1, argv + 1);
+  return usage();
+}

@@ -1,0 +1,158 @@
+/* gimp-lcm-cli: the command-line client of the core library, and the
+ * reference client for tests and benchmarks. */
+#include "golden.h"
+#include "lcm.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef int (*Command)(int argc, char **argv);
+
+static gboolean parse_options(GOptionContext *context, int *argc, char ***argv) {
+  GError *error = NULL;
+  if (!g_option_context_parse(context, argc, argv, &error)) {
+    g_printerr("%s\n", error->message);
+    g_error_free(error);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static int report_error(GError *error) {
+  g_printerr("gimp-lcm-cli: %s\n", error->message);
+  g_error_free(error);
+  return 1;
+}
+
+/* The model path given, or the default one, saying plainly which it is. */
+static char *resolve_model(const char *given, GError **error) {
+  if (given) return g_strdup(given);
+  gboolean is_test_model = FALSE;
+  char *path = lcm_default_model(&is_test_model);
+  if (!path) {
+    char *dir = lcm_models_dir();
+    g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
+                "no model found: put a diffusers folder or a .safetensors checkpoint in %s, "
+                "or name one with --model", dir);
+    g_free(dir);
+    return NULL;
+  }
+  if (is_test_model) {
+    char *dir = lcm_models_dir();
+    g_printerr("note: no model in %s; using the bundled tiny TEST model (random weights: its "
+               "output is noise, not a picture)\n", dir);
+    g_free(dir);
+  } else {
+    g_printerr("model: %s\n", path);
+  }
+  return path;
+}
+
+static int cmd_golden(int argc, char **argv) {
+  char *only_case = NULL, *out_dir = NULL, *precision = NULL;
+  int chunk = 0;
+  GOptionEntry entries[] = {
+      {"case", 0, 0, G_OPTION_ARG_STRING, &only_case, "Run only this case", "NAME"},
+      {"out", 0, 0, G_OPTION_ARG_FILENAME, &out_dir, "Write each case's outputs to DIR/<case>.safetensors", "DIR"},
+      {"precision", 0, 0, G_OPTION_ARG_STRING, &precision, "fp32 (default) or bf16", "P"},
+      {"attention-chunk", 0, 0, G_OPTION_ARG_INT, &chunk, "Query rows per attention block (0 = built-in)", "N"},
+      G_OPTION_ENTRY_NULL};
+  GOptionContext *context = g_option_context_new("CASES.json - run golden reference cases");
+  g_option_context_add_main_entries(context, entries, NULL);
+  int status = 2;
+  if (parse_options(context, &argc, &argv)) {
+    GoldenOptions options = {.only_case = only_case, .out_dir = out_dir,
+                             .precision = LCM_PRECISION_FP32, .attention_chunk = chunk};
+    GError *error = NULL;
+    if (argc != 2) {
+      g_printerr("usage: gimp-lcm-cli golden CASES.json [--case NAME] [--out DIR] [--precision P]\n");
+    } else if (precision && !lcm_precision_parse(precision, &options.precision, &error)) {
+      report_error(error);
+    } else {
+      options.cases_json = argv[1];
+      options.precision = lcm_precision_resolve(options.precision);
+      status = golden_run(&options);
+    }
+  }
+  g_option_context_free(context);
+  g_free(only_case);
+  g_free(out_dir);
+  g_free(precision);
+  return status;
+}
+
+static int cmd_encode(int argc, char **argv) {
+  char *model_path = NULL, *precision_name = NULL;
+  GOptionEntry entries[] = {
+      {"model", 0, 0, G_OPTION_ARG_FILENAME, &model_path, "Model folder or checkpoint", "PATH"},
+      {"precision", 0, 0, G_OPTION_ARG_STRING, &precision_name, "auto, fp32 or bf16", "P"},
+      G_OPTION_ENTRY_NULL};
+  GOptionContext *context = g_option_context_new("PROMPT - tokenize and encode a prompt");
+  g_option_context_add_main_entries(context, entries, NULL);
+  int status = 1;
+  GError *error = NULL;
+  LcmModel *model = NULL;
+  LcmTokenizer *tok = NULL;
+  LcmTextEncoder *enc = NULL;
+  char *path = NULL;
+  LcmPrecision precision = LCM_PRECISION_AUTO;
+  if (!parse_options(context, &argc, &argv) || argc != 2) {
+    if (argc != 2) g_printerr("usage: gimp-lcm-cli encode PROMPT [--model PATH]\n");
+    status = 2;
+  } else if ((!precision_name || lcm_precision_parse(precision_name, &precision, &error)) &&
+             (path = resolve_model(model_path, &error)) &&
+             (model = lcm_model_open(path, &error)) &&
+             (tok = lcm_model_load_tokenizer(model, &error)) &&
+             (enc = lcm_text_encoder_load(model, precision, &error))) {
+    int32_t ids[LCM_CLIP_TOKENS];
+    int n = lcm_tokenizer_encode(tok, argv[1], ids);
+    printf("tokens (%d before truncation):", n);
+    for (int i = 0; i < LCM_CLIP_TOKENS; i++) printf(" %d", ids[i]);
+    printf("\n");
+    int hidden = lcm_text_encoder_hidden_size(enc);
+    float *emb = g_new(float, LCM_CLIP_TOKENS * hidden);
+    gint64 start = g_get_monotonic_time();
+    if (lcm_text_encoder_encode(enc, ids, 1, emb, &error)) {
+      printf("embedding: [1, %d, %d] (%s, %.1f ms), first values: %.5f %.5f %.5f\n",
+             LCM_CLIP_TOKENS, hidden, lcm_precision_name(lcm_precision_resolve(precision)),
+             (g_get_monotonic_time() - start) / 1e3, emb[0], emb[1], emb[2]);
+      status = 0;
+    }
+    g_free(emb);
+  }
+  if (error) report_error(error);
+  if (enc) lcm_text_encoder_free(enc);
+  if (tok) lcm_tokenizer_free(tok);
+  if (model) lcm_model_free(model);
+  g_option_context_free(context);
+  g_free(path);
+  g_free(model_path);
+  g_free(precision_name);
+  return status;
+}
+
+static const struct {
+  const char *name;
+  Command run;
+  const char *summary;
+} commands[] = {
+    {"encode", cmd_encode, "tokenize and encode a prompt with the text encoder"},
+    {"golden", cmd_golden, "run golden reference cases (cases.json)"},
+};
+
+int main(int argc, char **argv) {
+  if (argc >= 2) {
+    for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
+      if (strcmp(argv[1], commands[i].name) == 0) {
+        char *name = g_strdup_printf("gimp-lcm-cli %s", argv[1]);
+        g_set_prgname(name);
+        g_free(name);
+        return commands[i].run(argc - 1, argv + 1);
+      }
+  }
+  fprintf(stderr, "usage: gimp-lcm-cli COMMAND [OPTIONS]\n\ncommands:\n");
+  for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
+    fprintf(stderr, "  %-10s %s\n", commands[i].name, commands[i].summary);
+  fprintf(stderr, "\n'gimp-lcm-cli COMMAND --help' for a command's options.\n");
+  return 2;
+}
