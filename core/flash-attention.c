@@ -32,7 +32,7 @@
  * instruction in the FMA clones) so that loops over it vectorise. */
 static inline float exp2_nonpositive(float t) {
   const float round_shift = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-  t = t < -125.0f ? -125.0f : t; /* ~0 next to the row max's 1, yet no denormal */
+  t = t < -125.0f ? -125.0f : t;         /* ~0 next to the row max's 1, yet no denormal */
   const float n = (t + round_shift) - round_shift;
   const float f = t - n; /* exact, in [-0.5, 0.5] */
   /* Taylor series of e^(f ln2), degree 6: error below 2e-7 on [-0.5, 0.5]. */
@@ -147,8 +147,8 @@ static void tile_gemm_run(const TileGemm *g, const float *a, const float *b, flo
 static dnnl_brgemm_t brgemm_new(const TileGemm *g) {
   dnnl_brgemm_t brgemm = NULL;
   dnnl_pack_type_t pack = dnnl_pack_type_undef;
-  if (dnnl_brgemm_create(&brgemm, g->m, g->n, g->k, 1, g->lda, g->ldb, g->ldc, dnnl_f32,
-                         dnnl_f32, dnnl_f32) != dnnl_success)
+  if (dnnl_brgemm_create(&brgemm, g->m, g->n, g->k, 1, g->lda, g->ldb, g->ldc, dnnl_f32, dnnl_f32,
+                         dnnl_f32) != dnnl_success)
     return NULL;
   if (dnnl_brgemm_set_add_C(brgemm, g->accumulate) != dnnl_success ||
       dnnl_brgemm_finalize(brgemm) != dnnl_success ||
@@ -200,8 +200,8 @@ typedef struct {
   int q_block, k_block; /* rows of Q and keys per tile */
   int q_blocks, k_blocks;
   float scale;
-  float *k_packed; /* [batch][heads][k_blocks][d][k_block]: Kᵀ of each key block */
-  float *v_packed; /* [batch][heads][k_blocks * k_block][d], zero rows past the end */
+  float *k_packed;        /* [batch][heads][k_blocks][d][k_block]: Kᵀ of each key block */
+  float *v_packed;        /* [batch][heads][k_blocks * k_block][d], zero rows past the end */
   const TileGemm *scores; /* S = Q_tile · Kᵀ_block */
   const TileGemm *values; /* O += P · V_block */
 } Plan;
@@ -321,8 +321,7 @@ static gboolean check_args(const FlashAttentionArgs *a, GError **error) {
     problem = "batch, heads, head_dim and token counts must be positive";
   else {
     const size_t width = (size_t)a->heads * a->head_dim;
-    if (a->q_stride < width || a->k_stride < width || a->v_stride < width ||
-        a->out_stride < width)
+    if (a->q_stride < width || a->k_stride < width || a->v_stride < width || a->out_stride < width)
       problem = "a row stride is smaller than heads * head_dim";
   }
   if (problem) {
@@ -339,7 +338,7 @@ gboolean flash_attention(const FlashAttentionArgs *args, GError **error) {
    * long key blocks, wide heads (the VAE's 512) more query rows to reuse
    * each K/V block from L3. Short sequences get tiles no longer than
    * themselves. */
-  const size_t q_block = d <= 128 ? 64 : 128, k_block = d <= 128 ? 256 : 64;
+  const size_t q_block = d <= 256 ? 64 : 128, k_block = d <= 256 ? 256 : 64;
   Plan plan = {
       .args = args,
       .q_block = (int)MIN(q_block, round_up((size_t)args->q_tokens, 8)),
@@ -349,9 +348,19 @@ gboolean flash_attention(const FlashAttentionArgs *args, GError **error) {
   plan.q_blocks = (args->q_tokens + plan.q_block - 1) / plan.q_block;
   plan.k_blocks = (args->kv_tokens + plan.k_block - 1) / plan.k_block;
   const int bq = plan.q_block, bk = plan.k_block;
-  plan.scores = tile_gemm_get(&(TileGemm){.m = bq, .n = bk, .k = d, .lda = d, .ldb = bk,
-                                          .ldc = bk, .portable_only = args->portable_only});
-  plan.values = tile_gemm_get(&(TileGemm){.m = bq, .n = d, .k = bk, .lda = bk, .ldb = d, .ldc = d,
+  plan.scores = tile_gemm_get(&(TileGemm){.m = bq,
+                                          .n = bk,
+                                          .k = d,
+                                          .lda = d,
+                                          .ldb = bk,
+                                          .ldc = bk,
+                                          .portable_only = args->portable_only});
+  plan.values = tile_gemm_get(&(TileGemm){.m = bq,
+                                          .n = d,
+                                          .k = bk,
+                                          .lda = bk,
+                                          .ldb = d,
+                                          .ldc = d,
                                           .accumulate = TRUE,
                                           .portable_only = args->portable_only});
 

@@ -344,4 +344,60 @@ LcmImage *lcm_pipeline_decode_latents(LcmPipeline *pipeline, const float *latent
 /* Forgets the cached prompt embeddings and VAE encodings. */
 void lcm_pipeline_clear_caches(LcmPipeline *pipeline);
 
+/* ---- TAESD (diffusers AutoencoderTiny): fast approximate VAE ---------------- */
+
+/* madebyollin's tiny autoencoder: a few percent of the VAE's cost, for live
+ * previews. Its latents are UNet-scale (scaling factor 1): a pipeline's
+ * latents go in unchanged, with no division by the VAE's 0.18215. */
+typedef struct LcmTaesd LcmTaesd;
+
+/* path: a folder (diffusers AutoencoderTiny: config.json +
+ * diffusion_pytorch_model.safetensors; or madebyollin's
+ * taesd_decoder.safetensors and/or taesd_encoder.safetensors), or one such
+ * .safetensors file. A file may hold only the decoder or only the encoder. */
+LcmTaesd *lcm_taesd_load(const char *path, LcmPrecision precision, GError **error);
+void lcm_taesd_free(LcmTaesd *taesd);
+gboolean lcm_taesd_has_decoder(const LcmTaesd *taesd);
+gboolean lcm_taesd_has_encoder(const LcmTaesd *taesd);
+int lcm_taesd_latent_channels(const LcmTaesd *taesd); /* 4 for SD1.5 */
+/* latents: batch x latent_channels x h x w (NCHW, fp32, UNet scale).
+ * image: batch x 3 x 8h x 8w, roughly [-1, 1] and not clamped, like
+ * lcm_vae_decode: display clamp(image/2 + 0.5, 0, 1). */
+gboolean lcm_taesd_decode(LcmTaesd *taesd, const float *latents, int batch, int h, int w,
+                          float *image, GError **error);
+/* image: batch x 3 x h x w in [-1, 1] (h, w multiples of 8). latents:
+ * batch x latent_channels x h/8 x w/8, UNet scale, deterministic (no
+ * sampling, no scaling factor). */
+gboolean lcm_taesd_encode(LcmTaesd *taesd, const float *image, int batch, int h, int w,
+                          float *latents, GError **error);
+/* TAESD weights for a model, for lcm_taesd_load: a taesd/ or vae_tiny/
+ * subfolder of a diffusers model folder; beside a single-file checkpoint,
+ * madebyollin's taesd_decoder.safetensors (the folder is returned) or a
+ * taesd/ or vae_tiny/ folder; else a taesd/ or vae_tiny/ folder in
+ * lcm_models_dir(). model_path may be NULL. NULL when none; g_free it. */
+char *lcm_find_taesd(const char *model_path);
+
+/* ---- LoRA (kohya / sd-scripts and diffusers / peft files) ------------------ */
+
+/* Merges a LoRA .safetensors into the model's UNet and text encoder: each
+ * weight W a module changes becomes W + scale * alpha/rank * up @ down as its
+ * network loads (no second copy of the model is kept). Call it right after
+ * opening the model, before loading any network from it (lcm_unet_load,
+ * lcm_text_encoder_load, lcm_pipeline_new, lcm_model_read_tensor); later it
+ * fails with LCM_ERROR_INVALID. Several LoRAs merge in the order added, each
+ * with its own scale (e.g. LCM-LoRA at 1.0, then a style LoRA at 0.8).
+ * Reads kohya keys (lora_unet_* / lora_te_* with the diffusers or the LDM
+ * module path, .lora_down / .lora_up / .alpha) and diffusers / peft keys
+ * (unet.* / text_encoder.* with .lora_A / .lora_B or .lora.down / .lora.up;
+ * alpha already folded in). The whole file is checked before anything
+ * merges: a LoRA for another architecture (SDXL, SD 2.x) and keys that match
+ * no tensor of the model fail with LCM_ERROR_UNSUPPORTED (naming the first
+ * few), shapes that do not fit with LCM_ERROR_SHAPE. Modules for a network
+ * the model lacks (text encoder modules of a UNet-only model) are skipped. */
+gboolean lcm_model_add_lora(LcmModel *model, const char *path, float scale, GError **error);
+/* The networks a LoRA file changes: a NULL-terminated list of "unet" and / or
+ * "text_encoder" (g_strfreev it); NULL with error when it is no LoRA this
+ * loader reads. */
+char **lcm_lora_networks(const char *path, GError **error);
+
 G_END_DECLS

@@ -2,6 +2,8 @@
  * A1111 / civitai checkpoint; refuses what we cannot (or must not) load. */
 #include "model.h"
 
+#include "lora.h"
+
 #include <json-glib/json-glib.h>
 #include <string.h>
 
@@ -20,6 +22,7 @@ struct LcmModel {
   char *text_encoder_config; /* overrides parts[TEXT_ENCODER].config */
   char *tokenizer_dir;
   char *scheduler_config;
+  GPtrArray *loras; /* StFile* of the merged LoRAs; the Weights point into them */
 };
 
 /* The weight files a diffusers part folder may hold, preferred first. */
@@ -37,6 +40,7 @@ void lcm_model_free(LcmModel *model) {
     weights_free(model->parts[c].weights);
     g_free(model->parts[c].config);
   }
+  g_ptr_array_unref(model->loras);
   st_close(model->checkpoint);
   g_free(model->description);
   g_free(model->text_encoder_config);
@@ -280,6 +284,7 @@ static gboolean open_parts(LcmModel *model, const LcmModelParts *parts, GError *
 
 LcmModel *lcm_model_open_parts(const LcmModelParts *parts, GError **error) {
   LcmModel *model = g_new0(LcmModel, 1);
+  model->loras = g_ptr_array_new_with_free_func((GDestroyNotify)st_close);
   if (!open_parts(model, parts, error)) {
     lcm_model_free(model);
     return NULL;
@@ -383,6 +388,37 @@ float *lcm_model_read_tensor(LcmModel *model, const char *network, const char *n
   g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
               "unknown network '%s' (use unet, vae or text_encoder)", network);
   return NULL;
+}
+
+gboolean lcm_model_add_lora(LcmModel *model, const char *path, float scale, GError **error) {
+  if (!model || !path) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "no %s given to add a LoRA to",
+                model ? "LoRA file" : "model");
+    return FALSE;
+  }
+  if (!refuse_pickle_name(path, error)) return FALSE;
+  static const Component changed[] = {COMPONENT_UNET, COMPONENT_TEXT_ENCODER};
+  for (size_t i = 0; i < G_N_ELEMENTS(changed); i++) {
+    const Weights *weights = model->parts[changed[i]].weights;
+    if (weights && weights_any_fetched(weights)) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                  "%s: cannot add the LoRA %s: the model's %s has already loaded; add LoRAs "
+                  "right after opening the model",
+                  model->description, path, component_name(changed[i]));
+      return FALSE;
+    }
+  }
+  LoraTargets targets = {.unet = model->parts[COMPONENT_UNET].weights,
+                         .text_encoder = model->parts[COMPONENT_TEXT_ENCODER].weights};
+  if (targets.unet) {
+    UNetConfig config;
+    if (!model_unet_config(model, &config, error)) return FALSE;
+    targets.unet_layers_per_block = config.layers_per_block;
+  }
+  StFile *lora = lora_attach(path, scale, &targets, error);
+  if (!lora) return FALSE;
+  g_ptr_array_add(model->loras, lora);
+  return TRUE;
 }
 
 LcmTokenizer *lcm_model_load_tokenizer(LcmModel *model, GError **error) {

@@ -4,6 +4,7 @@
 
 #include "lcm.h"
 
+#include <oneapi/dnnl/dnnl.h>
 #include <string.h>
 
 typedef struct {
@@ -11,6 +12,7 @@ typedef struct {
   /* VAE attention q/k/v/proj_out: stored as 1x1 conv [C,C,1,1], used as
    * Linear [C,C]. The data is the same; only the shape differs. */
   gboolean squeeze_1x1;
+  GArray *updates; /* WeightUpdate, merged in order by weights_get; NULL: none */
 } WeightEntry;
 
 struct Weights {
@@ -139,6 +141,11 @@ static char *map_unet_key(const char *key, const LdmLayout *layout) {
   return NULL;
 }
 
+char *weights_unet_diffusers_name(const char *ldm_name, int layers_per_block) {
+  const LdmLayout layout = {.unet_layers_per_block = layers_per_block};
+  return map_unet_key(ldm_name, &layout);
+}
+
 static const char *const vae_resnet_renames[][2] = {
     {"norm1.", "norm1."},
     {"conv1.", "conv1."},
@@ -247,10 +254,16 @@ static LdmLayout ldm_layout(const StFile *checkpoint) {
 
 /* ---- Weights --------------------------------------------------------------- */
 
+static void entry_free(gpointer p) {
+  WeightEntry *entry = p;
+  if (entry->updates) g_array_unref(entry->updates);
+  g_free(entry);
+}
+
 static Weights *weights_new(const char *path) {
   Weights *weights = g_new0(Weights, 1);
   weights->path = g_strdup(path);
-  weights->entries = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  weights->entries = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, entry_free);
   weights->requested = g_hash_table_new(g_str_hash, g_str_equal);
   return weights;
 }
@@ -363,7 +376,7 @@ gboolean weights_shape(const Weights *weights, const char *name, int *ndims, int
   return TRUE;
 }
 
-static char *shape_string(int ndims, const int64_t *shape) {
+char *weights_shape_string(int ndims, const int64_t *shape) {
   GString *s = g_string_new("[");
   for (int i = 0; i < ndims; i++)
     g_string_append_printf(s, "%s%" G_GINT64_FORMAT, i ? ", " : "", shape[i]);
@@ -376,6 +389,34 @@ static char *describe_tensor(const Weights *weights, const char *name, const Wei
   if (!weights->network) return g_strdup_printf("'%s'", name);
   if (!entry) return g_strdup_printf("'%s' (%s)", name, weights->network);
   return g_strdup_printf("'%s' (%s, stored as '%s')", name, weights->network, entry->tensor->name);
+}
+
+/* W += factor * up @ down for each queued update, in fp32 on the fresh copy,
+ * so a LoRA costs no second copy of the network. */
+static gboolean merge_updates(const Weights *weights, const char *name, const WeightEntry *entry,
+                              float *data, GError **error) {
+  const int64_t rows = entry->tensor->shape[0], cols = st_numel(entry->tensor) / rows;
+  for (guint i = 0; i < entry->updates->len; i++) {
+    const WeightUpdate *update = &g_array_index(entry->updates, WeightUpdate, i);
+    const int64_t rank = update->down->shape[0];
+    float *up = g_try_new(float, rows * rank), *down = g_try_new(float, rank * cols);
+    dnnl_status_t status = dnnl_out_of_memory;
+    if (up && down) {
+      st_tensor_to_f32(update->up, up);
+      st_tensor_to_f32(update->down, down);
+      status = dnnl_sgemm('N', 'N', rows, cols, rank, update->factor, up, rank, down, cols, 1.0f,
+                          data, cols);
+    }
+    g_free(up);
+    g_free(down);
+    if (status != dnnl_success) {
+      g_set_error(error, LCM_ERROR, status == dnnl_out_of_memory ? LCM_ERROR_IO : LCM_ERROR_BACKEND,
+                  "%s: merging LoRA update %u of tensor '%s' failed (oneDNN status %d)",
+                  weights->path, i + 1, name, (int)status);
+      return FALSE;
+    }
+  }
+  return TRUE;
 }
 
 float *weights_get(const Weights *weights, const char *name, int ndims, const int64_t *shape,
@@ -395,8 +436,8 @@ float *weights_get(const Weights *weights, const char *name, int ndims, const in
   if (actual_ndims != ndims ||
       memcmp(actual_shape, shape, sizeof(int64_t) * (size_t)(ndims > 0 ? ndims : 0)) != 0) {
     char *what = describe_tensor(weights, name, entry);
-    char *actual = shape_string(actual_ndims, actual_shape);
-    char *expected = shape_string(ndims, shape);
+    char *actual = weights_shape_string(actual_ndims, actual_shape);
+    char *expected = weights_shape_string(ndims, shape);
     g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE, "%s: tensor %s has shape %s, expected %s",
                 weights->path, what, actual, expected);
     g_free(what);
@@ -414,8 +455,23 @@ float *weights_get(const Weights *weights, const char *name, int ndims, const in
     return NULL;
   }
   st_tensor_to_f32(entry->tensor, data);
+  if (entry->updates && !merge_updates(weights, name, entry, data, error)) {
+    g_free(data);
+    return NULL;
+  }
   g_hash_table_add(weights->requested, key);
   return data;
+}
+
+void weights_add_update(Weights *weights, const char *name, const WeightUpdate *update) {
+  WeightEntry *entry = g_hash_table_lookup(weights->entries, name);
+  g_return_if_fail(entry != NULL);
+  if (!entry->updates) entry->updates = g_array_new(FALSE, FALSE, sizeof(WeightUpdate));
+  g_array_append_val(entry->updates, *update);
+}
+
+gboolean weights_any_fetched(const Weights *weights) {
+  return g_hash_table_size(weights->requested) > 0;
 }
 
 const char *weights_path(const Weights *weights) {

@@ -25,6 +25,8 @@ gboolean weights_shape(const Weights *weights, const char *name, int *ndims, int
 float *weights_get(const Weights *weights, const char *name, int ndims, const int64_t *shape,
                    GError **error);
 const char *weights_path(const Weights *weights);
+/* "[a, b, c]" for messages; g_free it. */
+char *weights_shape_string(int ndims, const int64_t *shape);
 
 /* All diffusers names, sorted (free the array; the names belong to the
  * Weights). */
@@ -35,6 +37,28 @@ GPtrArray *weights_unused(const Weights *weights);
 /* The name in the file that a diffusers name comes from (itself for
  * diffusers files), or NULL if absent. */
 const char *weights_source_name(const Weights *weights, const char *name);
+
+/* ---- LoRA updates (merged by weights_get; see core/lora.c) ---------------- */
+
+/* A low-rank update W += factor * up[rows, rank] @ down[rank, numel(W)/rows]
+ * (a LoRA module, factor = scale * alpha / rank). up and down point into a
+ * LoRA file that must outlive the Weights. */
+typedef struct {
+  const StTensor *up, *down;
+  float factor;
+} WeightUpdate;
+
+/* Queues an update of tensor `name`, which must exist; the caller has
+ * checked the shapes. Every later weights_get of it merges its updates, in
+ * the order queued, into the fp32 copy it returns. */
+void weights_add_update(Weights *weights, const char *name, const WeightUpdate *update);
+/* Whether weights_get has read any tensor yet (a network has loaded). */
+gboolean weights_any_fetched(const Weights *weights);
+/* The diffusers name of a UNet tensor given by its LDM name, e.g.
+ * "model.diffusion_model.input_blocks.1.0.in_layers.2.weight" ->
+ * "down_blocks.0.resnets.0.conv1.weight" for a UNet with `layers_per_block`
+ * resnets per down level (g_free it); NULL when the name maps to none. */
+char *weights_unet_diffusers_name(const char *ldm_name, int layers_per_block);
 
 /* Component name for messages: "UNet", "VAE", "text encoder". */
 const char *component_name(Component component);

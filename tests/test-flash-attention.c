@@ -119,8 +119,8 @@ static void check_shape(const Shape *s, dnnl_data_type_t dtype, gboolean portabl
         reference_row(q + q0, k + kv0, v + kv0, width, width, width, s->kv_tokens, s->head_dim,
                       s->causal, i, h, ref);
         for (int c = 0; c < s->head_dim; c++) {
-          const double got = element(out, q0 + (size_t)i * width + (size_t)h * s->head_dim + c,
-                                     dtype);
+          const double got =
+              element(out, q0 + (size_t)i * width + (size_t)h * s->head_dim + c, dtype);
           max_err = MAX(max_err, fabs(got - ref[c]));
           max_ref = MAX(max_ref, fabs(ref[c]));
           dot += got * ref[c];
@@ -150,8 +150,8 @@ static void check_shape(const Shape *s, dnnl_data_type_t dtype, gboolean portabl
 }
 
 static const Shape small_shapes[] = {
-    {1024, 1024, 8, 80, FALSE}, /* UNet 32x32 self-attention */
-    {256, 77, 8, 160, FALSE},   /* UNet 16x16 cross-attention */
+    {1024, 1024, 8, 80, FALSE},                         /* UNet 32x32 self-attention */
+    {256, 77, 8, 160, FALSE},                           /* UNet 16x16 cross-attention */
     {64, 64, 8, 40, FALSE},     {77, 77, 12, 64, TRUE}, /* CLIP */
     {13, 7, 2, 5, FALSE},       {13, 7, 2, 5, TRUE},    {7, 13, 3, 5, TRUE},
     {200, 300, 2, 24, TRUE}, /* several query and key blocks with tails */
@@ -199,8 +199,8 @@ static void test_fused_qkv_strides(void) {
   double ref[16];
   for (int i = 0; i < tokens; i++)
     for (int h = 0; h < heads; h++) {
-      reference_row(qkv, qkv + width, qkv + 2 * width, fused, fused, fused, tokens, d, FALSE, i,
-                    h, ref);
+      reference_row(qkv, qkv + width, qkv + 2 * width, fused, fused, fused, tokens, d, FALSE, i, h,
+                    ref);
       for (int c = 0; c < d; c++) {
         g_assert_cmpfloat(fabs(out[(size_t)i * 2 * width + h * d + c] - ref[c]), <=, 1e-5);
         g_assert_cmpfloat(out[(size_t)i * 2 * width + width + h * d + c], ==, 0.0f);
@@ -213,9 +213,19 @@ static void test_fused_qkv_strides(void) {
 
 static void test_bad_arguments(void) {
   float x[16] = {0};
-  FlashAttentionArgs args = {.batch = 1, .heads = 2, .head_dim = 2, .q_tokens = 2,
-                             .kv_tokens = 2, .dtype = dnnl_f32, .q = x, .k = x, .v = x,
-                             .out = x + 8, .q_stride = 4, .k_stride = 4, .v_stride = 4,
+  FlashAttentionArgs args = {.batch = 1,
+                             .heads = 2,
+                             .head_dim = 2,
+                             .q_tokens = 2,
+                             .kv_tokens = 2,
+                             .dtype = dnnl_f32,
+                             .q = x,
+                             .k = x,
+                             .v = x,
+                             .out = x + 8,
+                             .q_stride = 4,
+                             .k_stride = 4,
+                             .v_stride = 4,
                              .out_stride = 4};
   GError *error = NULL;
   FlashAttentionArgs bad = args;

@@ -20,9 +20,9 @@ typedef struct {
 } BenchShape;
 
 static const BenchShape shapes[] = {
-    {"unet 64x64 self", 4096, 4096, 8, 40},  {"unet 64x64 cross", 4096, 77, 8, 40},
-    {"unet 32x32 self", 1024, 1024, 8, 80},  {"unet 16x16 self", 256, 256, 8, 160},
-    {"unet 16x16 cross", 256, 77, 8, 160},   {"vae mid", 4096, 4096, 1, 512},
+    {"unet 64x64 self", 4096, 4096, 8, 40}, {"unet 64x64 cross", 4096, 77, 8, 40},
+    {"unet 32x32 self", 1024, 1024, 8, 80}, {"unet 16x16 self", 256, 256, 8, 160},
+    {"unet 16x16 cross", 256, 77, 8, 160},  {"vae mid", 4096, 4096, 1, 512},
 };
 
 static void print_load(const char *when) {
@@ -94,9 +94,20 @@ static void bench_shape(const BenchShape *s, dnnl_data_type_t dtype, Ops *ops, i
       memcpy(buffers[b] + 2 * i, &bits, 2);
     }
   FlashAttentionArgs args = {
-      .batch = 1, .heads = s->heads, .head_dim = s->head_dim, .q_tokens = s->q_tokens,
-      .kv_tokens = s->kv_tokens, .dtype = dtype, .q = q, .k = k, .v = v, .out = out,
-      .q_stride = width, .k_stride = width, .v_stride = width, .out_stride = width,
+      .batch = 1,
+      .heads = s->heads,
+      .head_dim = s->head_dim,
+      .q_tokens = s->q_tokens,
+      .kv_tokens = s->kv_tokens,
+      .dtype = dtype,
+      .q = q,
+      .k = k,
+      .v = v,
+      .out = out,
+      .q_stride = width,
+      .k_stride = width,
+      .v_stride = width,
+      .out_stride = width,
   };
   const double flops = 4.0 * s->q_tokens * s->kv_tokens * s->head_dim * s->heads;
   printf("%-16s %-4s %4dx%-4d %dx%-3d", s->name, dtype == dnnl_f32 ? "f32" : "bf16", s->q_tokens,

@@ -363,8 +363,12 @@ static gboolean bench_stage(Run *run, StageData *d, LcmPrecision precision, cons
 }
 
 static void record_memory(Run *run, LcmPrecision precision, int size, gboolean hwm_reset) {
-  MemoryRow row = {precision,     size,     proc_status_kib("VmHWM"), proc_status_kib("VmRSS"),
-                   max_rss_kib(), hwm_reset};
+  MemoryRow row = {.precision = precision,
+                   .size = size,
+                   .hwm_kib = proc_status_kib("VmHWM"),
+                   .rss_kib = proc_status_kib("VmRSS"),
+                   .max_rss_kib = max_rss_kib(),
+                   .hwm_reset = hwm_reset};
   g_array_append_val(run->memory, row);
 }
 

@@ -92,8 +92,8 @@ static char *case_path(Case *c, const char *role) {
   return g_build_filename(c->base_dir, json_node_get_string(node), NULL);
 }
 
-/* The model parts a case's `paths` name. */
-static LcmModel *case_model(Case *c, GError **error) {
+/* The model parts a case's `paths` name, without its LoRAs. */
+static LcmModel *case_base_model(Case *c, GError **error) {
   static const char *const roles[] = {"unet",      "unet_weights", "vae",       "text_encoder",
                                       "tokenizer", "scheduler",    "checkpoint"};
   char *p[G_N_ELEMENTS(roles)];
@@ -107,6 +107,34 @@ static LcmModel *case_model(Case *c, GError **error) {
                          .checkpoint = p[6]};
   LcmModel *model = lcm_model_open_parts(&parts, error);
   for (size_t i = 0; i < G_N_ELEMENTS(roles); i++) g_free(p[i]);
+  return model;
+}
+
+/* Merges the case's paths.loras ([{file, scale}]) into the model, in order. */
+static gboolean case_add_loras(Case *c, LcmModel *model, GError **error) {
+  JsonObject *paths =
+      json_object_has_member(c->obj, "paths") ? json_object_get_object_member(c->obj, "paths") : NULL;
+  if (!paths || !json_object_has_member(paths, "loras")) return TRUE;
+  JsonArray *loras = json_object_get_array_member(paths, "loras");
+  gboolean ok = TRUE;
+  for (guint i = 0; loras && i < json_array_get_length(loras) && ok; i++) {
+    JsonObject *lora = json_array_get_object_element(loras, i);
+    char *file = g_build_filename(c->base_dir, json_object_get_string_member(lora, "file"), NULL);
+    ok = lcm_model_add_lora(model, file,
+                            (float)json_object_get_double_member_with_default(lora, "scale", 1.0),
+                            error);
+    g_free(file);
+  }
+  return ok;
+}
+
+/* The case's model: its parts with its LoRAs merged. */
+static LcmModel *case_model(Case *c, GError **error) {
+  LcmModel *model = case_base_model(c, error);
+  if (model && !case_add_loras(c, model, error)) {
+    lcm_model_free(model);
+    return NULL;
+  }
   return model;
 }
 
@@ -300,6 +328,49 @@ static gboolean run_vae_decoder(Case *c, GError **error) {
   gboolean ok = vae_decode_inputs(c, model, "image", error);
   lcm_model_free(model);
   return ok;
+}
+
+/* A TAESD network on the case's one input: decode "latents" -> "image"
+ * (8x the size), or encode "image" -> "latents" (1/8 the size). */
+static gboolean taesd_run_case(Case *c, gboolean decode, GError **error) {
+  char *path = case_path(c, "taesd");
+  if (!path) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING, "case %s: no paths.taesd", c->name);
+    return FALSE;
+  }
+  LcmTaesd *taesd = lcm_taesd_load(path, c->options->precision, error);
+  g_free(path);
+  if (!taesd) return FALSE;
+  const char *in_name = decode ? "latents" : "image", *out_name = decode ? "image" : "latents";
+  const StTensor *info;
+  float *input = case_input(c, in_name, &info, error);
+  gboolean ok = input && info->ndims == 4;
+  if (input && !ok)
+    g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE, "case %s: input '%s' is not NCHW", c->name,
+                in_name);
+  if (ok) {
+    int b = (int)info->shape[0], h = (int)info->shape[2], w = (int)info->shape[3];
+    int out_ch = decode ? 3 : lcm_taesd_latent_channels(taesd);
+    int oh = decode ? 8 * h : h / 8, ow = decode ? 8 * w : w / 8;
+    float *out = g_new(float, (size_t)b * out_ch * oh * ow);
+    ok = decode ? lcm_taesd_decode(taesd, input, b, h, w, out, error)
+                : lcm_taesd_encode(taesd, input, b, h, w, out, error);
+    if (ok)
+      case_add_output(c, out_name, 4, (int64_t[]){b, out_ch, oh, ow}, out, FALSE);
+    else
+      g_free(out);
+  }
+  g_free(input);
+  lcm_taesd_free(taesd);
+  return ok;
+}
+
+static gboolean run_taesd_decoder(Case *c, GError **error) {
+  return taesd_run_case(c, TRUE, error);
+}
+
+static gboolean run_taesd_encoder(Case *c, GError **error) {
+  return taesd_run_case(c, FALSE, error);
 }
 
 /* ---- Scheduler and random numbers ------------------------------------------- */
@@ -523,21 +594,6 @@ static LcmImage *case_image_u8(Case *c, const char *name, GError **error) {
   return image;
 }
 
-/* Merges the case's paths.loras into the model, in order. */
-static gboolean case_add_loras(Case *c, LcmModel *model, GError **error) {
-  JsonObject *paths = json_object_get_object_member(c->obj, "paths");
-  if (!json_object_has_member(paths, "loras")) return TRUE;
-  JsonArray *loras = json_object_get_array_member(paths, "loras");
-  for (guint i = 0; i < json_array_get_length(loras); i++) {
-    JsonObject *lora = json_array_get_object_element(loras, i);
-    char *file = g_build_filename(c->base_dir, json_object_get_string_member(lora, "file"), NULL);
-    gboolean ok = FALSE; (void)model; g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED, "TEMP-LORA %s", file);
-    g_free(file);
-    if (!ok) return FALSE;
-  }
-  return TRUE;
-}
-
 static gboolean run_pipeline(Case *c, GError **error) {
   LcmPipelineParams params;
   lcm_pipeline_params_init(&params);
@@ -563,9 +619,7 @@ static gboolean run_pipeline(Case *c, GError **error) {
     return FALSE;
   }
   LcmModel *model = case_model(c, error);
-  LcmPipeline *pipeline = model && case_add_loras(c, model, error)
-                              ? lcm_pipeline_new(model, c->options->precision, error)
-                              : NULL;
+  LcmPipeline *pipeline = model ? lcm_pipeline_new(model, c->options->precision, error) : NULL;
   if (pipeline) image = lcm_pipeline_run(pipeline, &params, error);
   if (image) {
     int64_t h = image->height, w = image->width, plane = h * w;
@@ -710,6 +764,57 @@ static gboolean write_outputs(Case *c, GError **error) {
   g_free(file);
   g_ptr_array_unref(int_buffers);
   g_free(tensors);
+  return ok;
+}
+
+/* ---- LoRA merging ------------------------------------------------------------- *
+ * Outputs: merged.NETWORK.NAME, a weight as its network loads it with the
+ * case's LoRAs merged; unet_out / unet_out_merged and
+ * text_encoder_last_hidden_state, the networks with them on the case's
+ * inputs; unet_out_base, the UNet without them. */
+
+static gboolean add_merged_weight(Case *c, LcmModel *model, const char *output, GError **error) {
+  const char *network_start = output + strlen("merged.");
+  const char *dot = strchr(network_start, '.');
+  if (!dot) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                "case %s: output '%s' is not merged.NETWORK.TENSOR", c->name, output);
+    return FALSE;
+  }
+  char *network = g_strndup(network_start, dot - network_start);
+  int ndims;
+  int64_t shape[ST_MAX_DIMS];
+  float *weight = lcm_model_read_tensor(model, network, dot + 1, &ndims, shape, error);
+  g_free(network);
+  if (weight) case_add_output(c, output, ndims, shape, weight, FALSE);
+  return weight != NULL;
+}
+
+static gboolean run_lora_merge(Case *c, GError **error) {
+  LcmModel *model = case_model(c, error);
+  if (!model) return FALSE;
+  GList *outputs = json_object_get_members(json_object_get_object_member(c->obj, "outputs"));
+  gboolean ok = TRUE;
+  for (GList *l = outputs; l && ok; l = l->next) {
+    const char *name = l->data;
+    if (g_str_has_prefix(name, "merged.")) {
+      ok = add_merged_weight(c, model, name, error);
+    } else if (!strcmp(name, "unet_out") || !strcmp(name, "unet_out_merged")) {
+      ok = unet_on_inputs(c, model, name, error);
+    } else if (!strcmp(name, "text_encoder_last_hidden_state")) {
+      ok = encode_ids(c, model, "input_ids", name, error);
+    } else if (!strcmp(name, "unet_out_base")) {
+      LcmModel *base = case_base_model(c, error);
+      ok = base && unet_on_inputs(c, base, name, error);
+      if (base) lcm_model_free(base);
+    } else {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "case %s: unknown lora_merge output '%s'",
+                  c->name, name);
+      ok = FALSE;
+    }
+  }
+  g_list_free(outputs);
+  lcm_model_free(model);
   return ok;
 }
 
@@ -886,7 +991,10 @@ static const struct {
     {"unet", run_unet},
     {"vae_encoder", run_vae_encoder},
     {"vae_decoder", run_vae_decoder},
+    {"taesd_decoder", run_taesd_decoder},
+    {"taesd_encoder", run_taesd_encoder},
     {"single_file_checkpoint", run_single_file},
+    {"lora_merge", run_lora_merge},
     {"lcm_scheduler", run_scheduler},
     {"torch_cpu_randn", run_randn},
     {"pipeline_txt2img", run_pipeline},
