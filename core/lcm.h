@@ -296,8 +296,8 @@ typedef struct {
   double guidance_scale;
   double strength; /* img2img and inpaint: in (0, 1]; 1 = start from pure noise */
   LcmStrengthRule strength_rule;
-  uint64_t seed; /* only the low 32 bits count, as in torch */
-  int width, height;    /* txt2img: the output size, multiples of 8 */
+  uint64_t seed;         /* only the low 32 bits count, as in torch */
+  int width, height;     /* txt2img: the output size, multiples of 8 */
   const LcmImage *image; /* img2img, inpaint: the RGB source, sides multiples of 8 */
   /* inpaint: the source's size, 1 channel. The UNet sees it binarised at 0.5
    * (diffusers); soft edges count only in lcm_image_composite. */
@@ -334,13 +334,12 @@ double lcm_pipeline_default_guidance(const LcmPipeline *pipeline);
  * lcm_image_composite. Repeated runs reuse the text embeddings of prompts
  * already seen and the VAE encoding of the same source pixels, so changing
  * only the seed, steps or guidance skips that work. */
-LcmImage *lcm_pipeline_run(LcmPipeline *pipeline, const LcmPipelineParams *params,
-                           GError **error);
+LcmImage *lcm_pipeline_run(LcmPipeline *pipeline, const LcmPipelineParams *params, GError **error);
 /* Decodes latents (latent_channels x latent_height x latent_width, as in
  * LcmProgress) into an RGB image of 8x the size, the way a run's result is
  * decoded. */
-LcmImage *lcm_pipeline_decode_latents(LcmPipeline *pipeline, const float *latents,
-                                      int latent_width, int latent_height, GError **error);
+LcmImage *lcm_pipeline_decode_latents(LcmPipeline *pipeline, const float *latents, int latent_width,
+                                      int latent_height, GError **error);
 /* Forgets the cached prompt embeddings and VAE encodings. */
 void lcm_pipeline_clear_caches(LcmPipeline *pipeline);
 
@@ -382,7 +381,7 @@ char *lcm_find_taesd(const char *model_path);
 /* Merges a LoRA .safetensors into the model's UNet and text encoder: each
  * weight W a module changes becomes W + scale * alpha/rank * up @ down as its
  * network loads (no second copy of the model is kept). Call it right after
- * opening the model, before loading any network from it (lcm_unet_load,
+ * opening the model, before its UNet or text encoder loads (lcm_unet_load,
  * lcm_text_encoder_load, lcm_pipeline_new, lcm_model_read_tensor); later it
  * fails with LCM_ERROR_INVALID. Several LoRAs merge in the order added, each
  * with its own scale (e.g. LCM-LoRA at 1.0, then a style LoRA at 0.8).
@@ -399,5 +398,12 @@ gboolean lcm_model_add_lora(LcmModel *model, const char *path, float scale, GErr
  * "text_encoder" (g_strfreev it); NULL with error when it is no LoRA this
  * loader reads. */
 char **lcm_lora_networks(const char *path, GError **error);
+
+/* ---- Devices ------------------------------------------------------------------ */
+
+/* Whether the linked oneDNN has a GPU runtime and finds at least one GPU
+ * (dnnl_engine_get_count(dnnl_gpu) > 0). Debian's oneDNN is CPU-only, so
+ * this is FALSE there; everything runs on the CPU engine then. */
+gboolean lcm_gpu_available(void);
 
 G_END_DECLS

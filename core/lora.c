@@ -25,8 +25,9 @@ static const struct {
   const char *suffix;
   ModulePart part;
 } part_suffixes[] = {
-    {".lora_down.weight", PART_DOWN}, {".lora_up.weight", PART_UP}, {".alpha", PART_ALPHA},
-    {".lora_A.weight", PART_DOWN},    {".lora_B.weight", PART_UP},  {".lora.down.weight", PART_DOWN},
+    {".lora_down.weight", PART_DOWN}, {".lora_up.weight", PART_UP},
+    {".alpha", PART_ALPHA},           {".lora_A.weight", PART_DOWN},
+    {".lora_B.weight", PART_UP},      {".lora.down.weight", PART_DOWN},
     {".lora.up.weight", PART_UP},
 };
 
@@ -240,8 +241,8 @@ static char *ldm_checkpoint_key(const char *path) {
   GString *s = g_string_new("model.diffusion_model.");
   for (int i = 0; tokens[i]; i++) {
     gboolean numeric = tokens[i][0] && strspn(tokens[i], "0123456789") == strlen(tokens[i]);
-    gboolean after_numeric = i > 0 && tokens[i - 1][0] &&
-                             strspn(tokens[i - 1], "0123456789") == strlen(tokens[i - 1]);
+    gboolean after_numeric =
+        i > 0 && tokens[i - 1][0] && strspn(tokens[i - 1], "0123456789") == strlen(tokens[i - 1]);
     if (i > 0) g_string_append_c(s, numeric || after_numeric ? '.' : '_');
     g_string_append(s, tokens[i]);
   }
@@ -252,8 +253,7 @@ static char *ldm_checkpoint_key(const char *path) {
 
 /* The weight a module changes (g_free it), or NULL. *ambiguous when its
  * kohya spelling fits several weights. */
-static char *find_target(const NetworkIndex *index, const LoraModule *module,
-                         gboolean *ambiguous) {
+static char *find_target(const NetworkIndex *index, const LoraModule *module, gboolean *ambiguous) {
   *ambiguous = FALSE;
   if (!module->underscored) {
     char *name = g_strconcat(module->path, ".weight", NULL);
@@ -319,9 +319,9 @@ static gboolean check_module_shape(const char *path, const LoraModule *module,
   g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE,
               "%s: LoRA module '%s' (down %s, up %s%s%s) does not fit the %s tensor '%s' of shape "
               "%s; the LoRA was made for a different model",
-              path, module->name, down_shape, up_shape,
-              alpha ? ", alpha " : "", alpha ? alpha_text : "",
-              component_name(module->network), module->target, weight_shape);
+              path, module->name, down_shape, up_shape, alpha ? ", alpha " : "",
+              alpha ? alpha_text : "", component_name(module->network), module->target,
+              weight_shape);
   g_free(down_shape);
   g_free(up_shape);
   g_free(weight_shape);

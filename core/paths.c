@@ -1,5 +1,6 @@
 /* Where models and the project's data live. */
 #include "lcm.h"
+#include "safetensors.h"
 
 #include <string.h>
 
@@ -20,12 +21,21 @@ char *lcm_models_dir(void) {
   return g_build_filename(g_get_user_data_dir(), "gimp-lcm", "models", NULL);
 }
 
+/* A checkpoint holds a UNet; LoRAs and TAESD files beside it do not. */
+static gboolean is_checkpoint(const char *path) {
+  StFile *file = st_open(path, NULL);
+  gboolean yes = FALSE;
+  for (guint i = 0; file && !yes && i < st_count(file); i++)
+    yes = g_str_has_prefix(st_tensor_at(file, i)->name, "model.diffusion_model.");
+  if (file) st_close(file);
+  return yes;
+}
+
 static gboolean looks_like_model(const char *dir, const char *name) {
   char *path = g_build_filename(dir, name, NULL);
   char *index = g_build_filename(path, "model_index.json", NULL);
   gboolean yes = g_file_test(index, G_FILE_TEST_IS_REGULAR) ||
-                 (g_str_has_suffix(name, ".safetensors") &&
-                  g_file_test(path, G_FILE_TEST_IS_REGULAR));
+                 (g_str_has_suffix(name, ".safetensors") && is_checkpoint(path));
   g_free(index);
   g_free(path);
   return yes;

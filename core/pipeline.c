@@ -37,8 +37,8 @@ struct LcmPipeline {
   LcmUNet *unet;
   LcmVae *vae;
   LcmScheduler *scheduler;
-  int hidden;          /* text embedding width = the UNet's cross-attention width */
-  int latent_channels; /* the VAE's */
+  int hidden;               /* text embedding width = the UNet's cross-attention width */
+  int latent_channels;      /* the VAE's */
   GHashTable *prompt_cache; /* prompt text -> LCM_CLIP_TOKENS x hidden floats */
   EncodeCacheEntry encode_cache[ENCODE_CACHE_SIZE];
   guint64 encode_uses;
@@ -52,7 +52,7 @@ LcmImage *lcm_image_new(int width, int height, int channels) {
   image->width = width;
   image->height = height;
   image->channels = channels;
-  image->data = g_new0(float, (size_t)width * height * channels);
+  image->data = g_new0(float, (size_t)width *height *channels);
   return image;
 }
 
@@ -272,8 +272,8 @@ LcmImage *lcm_pipeline_decode_latents(LcmPipeline *p, const float *latents, int 
   g_return_val_if_fail(p && latents, NULL);
   if (latent_width < 1 || latent_height < 1 || latent_width > MAX_SIDE / LATENT_FACTOR ||
       latent_height > MAX_SIDE / LATENT_FACTOR) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "cannot decode %dx%d latents",
-                latent_width, latent_height);
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "cannot decode %dx%d latents", latent_width,
+                latent_height);
     return NULL;
   }
   size_t n = (size_t)p->latent_channels * latent_width * latent_height;
@@ -323,22 +323,21 @@ static gboolean noise_draw(NoiseSource *s, float *out, int64_t n, GError **error
 
 /* Everything one run allocates; freed in one place. */
 typedef struct {
-  const LcmPipelineParams *params;
-  int width, height;        /* image */
-  int lw, lh;               /* latents */
-  size_t n;                 /* floats in one latent */
-  gboolean cfg;             /* classifier-free guidance batch of 2 */
+  int width, height; /* image */
+  int lw, lh;        /* latents */
+  size_t n;          /* floats in one latent */
+  gboolean cfg;      /* classifier-free guidance batch of 2 */
   int batch;
   int timesteps[LCM_MAX_STEPS];
   int first, count; /* the run does timesteps[first .. first+count) */
   NoiseSource noise;
-  float *context;         /* batch x 77 x hidden */
-  float *w_embedding;     /* time_cond_proj_dim floats, or NULL */
-  float *latents;         /* n */
-  float *image_latents;   /* n: the source's, or NULL */
-  float *start_noise;     /* n: kept for the 4-channel inpainting blend */
-  float *mask_latent;     /* lw x lh, inpainting */
-  float *masked_latents;  /* n, inpainting */
+  float *context;        /* batch x 77 x hidden */
+  float *w_embedding;    /* time_cond_proj_dim floats, or NULL */
+  float *latents;        /* n */
+  float *image_latents;  /* n: the source's, or NULL */
+  float *start_noise;    /* n: kept for the 4-channel inpainting blend */
+  float *mask_latent;    /* lw x lh, inpainting */
+  float *masked_latents; /* n, inpainting */
   float *unet_in, *unet_out, *eps, *step_noise, *denoised, *prev;
 } Run;
 
@@ -461,7 +460,7 @@ static gboolean prepare_conditioning(LcmPipeline *p, const LcmPipelineParams *pa
   r->cfg = cond_dim == 0 && params->guidance_scale > 1.0;
   r->batch = r->cfg ? 2 : 1;
   size_t one = (size_t)LCM_CLIP_TOKENS * p->hidden;
-  r->context = g_new(float, r->batch * one);
+  r->context = g_new(float, r->batch *one);
   const char *prompt = params->prompt ? params->prompt : "";
   const char *negative = params->negative_prompt ? params->negative_prompt : "";
   if ((r->cfg && !encode_prompt(p, negative, r->context, error)) ||
@@ -475,8 +474,7 @@ static gboolean prepare_conditioning(LcmPipeline *p, const LcmPipelineParams *pa
 }
 
 /* latents = scaling x (mean + std x noise) of an encoder input (VAE sample). */
-static float *sample_image_latents(LcmPipeline *p, Run *r, const float *vae_input,
-                                   GError **error) {
+static float *sample_image_latents(LcmPipeline *p, Run *r, const float *vae_input, GError **error) {
   const float *mean, *logvar;
   if (!vae_posterior(p, vae_input, r->width, r->height, &mean, &logvar, error)) return NULL;
   float *latents = g_new(float, r->n);
@@ -513,8 +511,8 @@ static gboolean prepare_latents(LcmPipeline *p, const LcmPipelineParams *params,
   if (ok && from_noise)
     memcpy(r->latents, r->start_noise, r->n * sizeof(float));
   else if (ok)
-    lcm_scheduler_add_noise(p->scheduler, r->image_latents, r->start_noise,
-                            r->timesteps[r->first], r->n, r->latents);
+    lcm_scheduler_add_noise(p->scheduler, r->image_latents, r->start_noise, r->timesteps[r->first],
+                            r->n, r->latents);
   if (ok && inpaint) {
     /* Binarised at 0.5; masked image = image x (mask < 0.5); the latent mask
      * by nearest interpolation. */
@@ -554,16 +552,11 @@ static gboolean predict_noise(LcmPipeline *p, const LcmPipelineParams *params, R
       memcpy(item + r->n + plane, r->masked_latents, r->n * sizeof(float));
     }
   }
-  float *cond = NULL;
-  if (r->w_embedding) {
-    int dim = lcm_unet_time_cond_proj_dim(p->unet);
-    cond = g_new(float, (size_t)r->batch * dim);
-    for (int b = 0; b < r->batch; b++) memcpy(cond + b * dim, r->w_embedding, dim * sizeof(float));
-  }
-  gboolean ok = lcm_unet_run(p->unet, r->unet_in, r->batch, r->lh, r->lw, (float)t, r->context,
-                             LCM_CLIP_TOKENS, cond, r->unet_out, error);
-  g_free(cond);
-  if (!ok) return FALSE;
+  /* A UNet with a guidance embedding never gets a guidance batch, so the
+   * one embedding covers the batch. */
+  if (!lcm_unet_run(p->unet, r->unet_in, r->batch, r->lh, r->lw, (float)t, r->context,
+                    LCM_CLIP_TOKENS, r->w_embedding, r->unet_out, error))
+    return FALSE;
   if (!r->cfg) {
     memcpy(r->eps, r->unet_out, r->n * sizeof(float));
     return TRUE;
@@ -579,7 +572,7 @@ static gboolean denoise(LcmPipeline *p, const LcmPipelineParams *params, Run *r,
   int in = lcm_unet_in_channels(p->unet);
   size_t plane = (size_t)r->lw * r->lh;
   gboolean blend = params->mode == LCM_MODE_INPAINT && !is_inpainting_unet(p);
-  r->unet_in = g_new(float, (size_t)r->batch * in * plane);
+  r->unet_in = g_new(float, (size_t)r->batch *in *plane);
   r->unet_out = g_new(float, r->batch * r->n);
   r->eps = g_new(float, r->n);
   r->step_noise = g_new(float, r->n);
@@ -592,8 +585,8 @@ static gboolean denoise(LcmPipeline *p, const LcmPipelineParams *params, Run *r,
     if (cancelled(params, error) || !predict_noise(p, params, r, t, error)) return FALSE;
     if (!last && !noise_draw(&r->noise, r->step_noise, r->n, error)) return FALSE;
     int next = last ? t : r->timesteps[i + 1];
-    lcm_scheduler_step(p->scheduler, r->eps, t, next, r->latents, last ? NULL : r->step_noise,
-                       r->n, r->denoised, r->prev);
+    lcm_scheduler_step(p->scheduler, r->eps, t, next, r->latents, last ? NULL : r->step_noise, r->n,
+                       r->denoised, r->prev);
     float *swap = r->latents;
     r->latents = r->prev;
     r->prev = swap;
@@ -629,7 +622,7 @@ LcmImage *lcm_pipeline_run(LcmPipeline *p, const LcmPipelineParams *params, GErr
     invalid(error, "no pipeline or parameters given");
     return NULL;
   }
-  Run r = {.params = params};
+  Run r = {0};
   r.noise = (NoiseSource){params->noise, params->noise_data,
                           params->noise ? NULL : lcm_rng_new(params->seed), 0};
   LcmImage *image = NULL;

@@ -110,7 +110,8 @@ static gboolean conv_dim(const Weights *w, const KeyLayout *layout, int index, i
   g_autofree char *name = g_strdup_printf("%s.weight", prefix);
   int ndims;
   int64_t shape[ST_MAX_DIMS];
-  if (!weights_shape(w, name, &ndims, shape) || ndims != 4 || shape[dim] < 1 || shape[dim] > TAESD_MAX_CHANNELS) {
+  if (!weights_shape(w, name, &ndims, shape) || ndims != 4 || shape[dim] < 1 ||
+      shape[dim] > TAESD_MAX_CHANNELS) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE,
                 "%s: tensor '%s' is missing or is not a convolution weight", weights_path(w),
                 weights_source_name(w, name) ? weights_source_name(w, name) : name);

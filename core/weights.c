@@ -399,7 +399,8 @@ static gboolean merge_updates(const Weights *weights, const char *name, const We
   for (guint i = 0; i < entry->updates->len; i++) {
     const WeightUpdate *update = &g_array_index(entry->updates, WeightUpdate, i);
     const int64_t rank = update->down->shape[0];
-    float *up = g_try_new(float, rows * rank), *down = g_try_new(float, rank * cols);
+    const size_t up_values = (size_t)(rows * rank), down_values = (size_t)(rank * cols);
+    float *up = g_try_new(float, up_values), *down = g_try_new(float, down_values);
     dnnl_status_t status = dnnl_out_of_memory;
     if (up && down) {
       st_tensor_to_f32(update->up, up);

@@ -87,7 +87,8 @@ static LcmModel *case_model(const GoldenCase *gc) {
       JsonObject *lora = json_array_get_object_element(loras, i);
       g_autofree char *file =
           g_build_filename(gc->dir, json_object_get_string_member(lora, "file"), NULL);
-      g_assert_true(TRUE || file); /* TEMP-LORA */
+      g_assert_true(
+          lcm_model_add_lora(model, file, json_object_get_double_member(lora, "scale"), &error));
       g_assert_no_error(error);
     }
   }
@@ -383,9 +384,8 @@ static void log_progress(const LcmProgress *progress, gpointer data) {
   log->last_timestep = progress->timestep;
   lcm_image_free(log->last_preview);
   g_autoptr(GError) error = NULL;
-  log->last_preview = lcm_pipeline_decode_latents(log->pipeline, progress->denoised,
-                                                  progress->latent_width,
-                                                  progress->latent_height, &error);
+  log->last_preview = lcm_pipeline_decode_latents(
+      log->pipeline, progress->denoised, progress->latent_width, progress->latent_height, &error);
   g_assert_no_error(error);
   if (log->cancel_after && log->calls == log->cancel_after) g_atomic_int_set(log->cancel, 1);
 }

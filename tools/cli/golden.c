@@ -112,17 +112,17 @@ static LcmModel *case_base_model(Case *c, GError **error) {
 
 /* Merges the case's paths.loras ([{file, scale}]) into the model, in order. */
 static gboolean case_add_loras(Case *c, LcmModel *model, GError **error) {
-  JsonObject *paths =
-      json_object_has_member(c->obj, "paths") ? json_object_get_object_member(c->obj, "paths") : NULL;
+  JsonObject *paths = json_object_has_member(c->obj, "paths")
+                          ? json_object_get_object_member(c->obj, "paths")
+                          : NULL;
   if (!paths || !json_object_has_member(paths, "loras")) return TRUE;
   JsonArray *loras = json_object_get_array_member(paths, "loras");
   gboolean ok = TRUE;
   for (guint i = 0; loras && i < json_array_get_length(loras) && ok; i++) {
     JsonObject *lora = json_array_get_object_element(loras, i);
     char *file = g_build_filename(c->base_dir, json_object_get_string_member(lora, "file"), NULL);
-    ok = lcm_model_add_lora(model, file,
-                            (float)json_object_get_double_member_with_default(lora, "scale", 1.0),
-                            error);
+    float scale = (float)json_object_get_double_member_with_default(lora, "scale", 1.0);
+    ok = lcm_model_add_lora(model, file, scale, error);
     g_free(file);
   }
   return ok;
@@ -573,7 +573,8 @@ static gboolean case_noise(int index, float *out, int64_t n, gpointer user_data,
   if (!t) return FALSE;
   if (st_numel(t) != n) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE,
-                "case %s: '%s' has %" G_GINT64_FORMAT " values, the pipeline draws %" G_GINT64_FORMAT,
+                "case %s: '%s' has %" G_GINT64_FORMAT
+                " values, the pipeline draws %" G_GINT64_FORMAT,
                 c->name, name, st_numel(t), n);
     return FALSE;
   }
@@ -614,7 +615,8 @@ static gboolean run_pipeline(Case *c, GError **error) {
   if (params.mode != LCM_MODE_TXT2IMG &&
       !(params.image = source = case_image_u8(c, "init_image_u8_hwc", error)))
     return FALSE;
-  if (params.mode == LCM_MODE_INPAINT && !(params.mask = mask = case_image_u8(c, "mask_u8_hw", error))) {
+  if (params.mode == LCM_MODE_INPAINT &&
+      !(params.mask = mask = case_image_u8(c, "mask_u8_hw", error))) {
     lcm_image_free(source);
     return FALSE;
   }

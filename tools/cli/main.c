@@ -1,14 +1,17 @@
 /* gimp-lcm-cli: the command-line client of the core library, and the
  * reference client for tests and benchmarks. */
+#include "cli.h"
+#include "generate.h"
 #include "golden.h"
 #include "lcm.h"
 
+#include <locale.h>
 #include <stdio.h>
 #include <string.h>
 
 typedef int (*Command)(int argc, char **argv);
 
-static gboolean parse_options(GOptionContext *context, int *argc, char ***argv) {
+gboolean cli_parse_options(GOptionContext *context, int *argc, char ***argv) {
   GError *error = NULL;
   if (!g_option_context_parse(context, argc, argv, &error)) {
     g_printerr("%s\n", error->message);
@@ -18,14 +21,13 @@ static gboolean parse_options(GOptionContext *context, int *argc, char ***argv) 
   return TRUE;
 }
 
-static int report_error(GError *error) {
+int cli_report_error(GError *error) {
   g_printerr("gimp-lcm-cli: %s\n", error->message);
   g_error_free(error);
   return 1;
 }
 
-/* The model path given, or the default one, saying plainly which it is. */
-static char *resolve_model(const char *given, GError **error) {
+char *cli_resolve_model(const char *given, GError **error) {
   if (given) return g_strdup(given);
   gboolean is_test_model = FALSE;
   char *path = lcm_default_model(&is_test_model);
@@ -33,14 +35,16 @@ static char *resolve_model(const char *given, GError **error) {
     char *dir = lcm_models_dir();
     g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
                 "no model found: put a diffusers folder or a .safetensors checkpoint in %s, "
-                "or name one with --model", dir);
+                "or name one with --model",
+                dir);
     g_free(dir);
     return NULL;
   }
   if (is_test_model) {
     char *dir = lcm_models_dir();
     g_printerr("note: no model in %s; using the bundled tiny TEST model (random weights: its "
-               "output is noise, not a picture)\n", dir);
+               "output is noise, not a picture)\n",
+               dir);
     g_free(dir);
   } else {
     g_printerr("model: %s\n", path);
@@ -53,21 +57,26 @@ static int cmd_golden(int argc, char **argv) {
   int chunk = 0;
   GOptionEntry entries[] = {
       {"case", 0, 0, G_OPTION_ARG_STRING, &only_case, "Run only this case", "NAME"},
-      {"out", 0, 0, G_OPTION_ARG_FILENAME, &out_dir, "Write each case's outputs to DIR/<case>.safetensors", "DIR"},
+      {"out", 0, 0, G_OPTION_ARG_FILENAME, &out_dir,
+       "Write each case's outputs to DIR/<case>.safetensors", "DIR"},
       {"precision", 0, 0, G_OPTION_ARG_STRING, &precision, "fp32 (default) or bf16", "P"},
-      {"attention-chunk", 0, 0, G_OPTION_ARG_INT, &chunk, "Query rows per attention block (0 = built-in)", "N"},
+      {"attention-chunk", 0, 0, G_OPTION_ARG_INT, &chunk,
+       "Query rows per attention block (0 = built-in)", "N"},
       G_OPTION_ENTRY_NULL};
   GOptionContext *context = g_option_context_new("CASES.json - run golden reference cases");
   g_option_context_add_main_entries(context, entries, NULL);
   int status = 2;
-  if (parse_options(context, &argc, &argv)) {
-    GoldenOptions options = {.only_case = only_case, .out_dir = out_dir,
-                             .precision = LCM_PRECISION_FP32, .attention_chunk = chunk};
+  if (cli_parse_options(context, &argc, &argv)) {
+    GoldenOptions options = {.only_case = only_case,
+                             .out_dir = out_dir,
+                             .precision = LCM_PRECISION_FP32,
+                             .attention_chunk = chunk};
     GError *error = NULL;
     if (argc != 2) {
-      g_printerr("usage: gimp-lcm-cli golden CASES.json [--case NAME] [--out DIR] [--precision P]\n");
+      g_printerr(
+          "usage: gimp-lcm-cli golden CASES.json [--case NAME] [--out DIR] [--precision P]\n");
     } else if (precision && !lcm_precision_parse(precision, &options.precision, &error)) {
-      report_error(error);
+      cli_report_error(error);
     } else {
       options.cases_json = argv[1];
       options.precision = lcm_precision_resolve(options.precision);
@@ -96,11 +105,11 @@ static int cmd_encode(int argc, char **argv) {
   LcmTextEncoder *enc = NULL;
   char *path = NULL;
   LcmPrecision precision = LCM_PRECISION_AUTO;
-  if (!parse_options(context, &argc, &argv) || argc != 2) {
+  if (!cli_parse_options(context, &argc, &argv) || argc != 2) {
     if (argc != 2) g_printerr("usage: gimp-lcm-cli encode PROMPT [--model PATH]\n");
     status = 2;
   } else if ((!precision_name || lcm_precision_parse(precision_name, &precision, &error)) &&
-             (path = resolve_model(model_path, &error)) &&
+             (path = cli_resolve_model(model_path, &error)) &&
              (model = lcm_model_open(path, &error)) &&
              (tok = lcm_model_load_tokenizer(model, &error)) &&
              (enc = lcm_text_encoder_load(model, precision, &error))) {
@@ -110,7 +119,7 @@ static int cmd_encode(int argc, char **argv) {
     for (int i = 0; i < LCM_CLIP_TOKENS; i++) printf(" %d", ids[i]);
     printf("\n");
     int hidden = lcm_text_encoder_hidden_size(enc);
-    float *emb = g_new(float, LCM_CLIP_TOKENS * hidden);
+    float *emb = g_new(float, LCM_CLIP_TOKENS *hidden);
     gint64 start = g_get_monotonic_time();
     if (lcm_text_encoder_encode(enc, ids, 1, emb, &error)) {
       printf("embedding: [1, %d, %d] (%s, %.1f ms), first values: %.5f %.5f %.5f\n",
@@ -120,7 +129,7 @@ static int cmd_encode(int argc, char **argv) {
     }
     g_free(emb);
   }
-  if (error) report_error(error);
+  if (error) cli_report_error(error);
   if (enc) lcm_text_encoder_free(enc);
   if (tok) lcm_tokenizer_free(tok);
   if (model) lcm_model_free(model);
@@ -136,11 +145,18 @@ static const struct {
   Command run;
   const char *summary;
 } commands[] = {
+    {"txt2img", generate_txt2img, "make a picture from a prompt"},
+    {"img2img", generate_img2img, "redraw a picture following a prompt"},
+    {"inpaint", generate_inpaint, "repaint the masked part of a picture"},
     {"encode", cmd_encode, "tokenize and encode a prompt with the text encoder"},
     {"golden", cmd_golden, "run golden reference cases (cases.json)"},
 };
 
 int main(int argc, char **argv) {
+  /* The user's character set (so messages print as UTF-8 where the terminal
+   * is), but C number syntax for every parse and print. */
+  setlocale(LC_ALL, "");
+  setlocale(LC_NUMERIC, "C");
   if (argc >= 2) {
     for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
       if (strcmp(argv[1], commands[i].name) == 0) {

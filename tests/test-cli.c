@@ -1,0 +1,398 @@
+/* gimp-lcm-cli txt2img, img2img and inpaint end to end: the CLI (found
+ * through $LCM_CLI) is spawned on the tiny test model and each PNG it writes
+ * is compared pixel for pixel with the same run through the C API; the same
+ * seed gives the same bytes; bad inputs give a message and a failure status. */
+#include "lcm.h"
+#include "testutil.h"
+
+#include <gdk-pixbuf/gdk-pixbuf.h>
+#include <glib/gstdio.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#define SIDE 64
+#define SEED 1234
+#define MAX_ARGS 40
+
+/* The model every run uses, with or without LoRAs. */
+typedef struct {
+  const char *path; /* under tests/data */
+  float scale;
+} LoraUse;
+
+static const LoraUse test_loras[] = {{"golden/lora/lora_a_kohya.safetensors", 0.5f},
+                                     {"golden/lora/lora_b_kohya.safetensors", 0.8f}};
+
+static char *work_dir;
+
+static char *work_path(const char *name) {
+  return g_build_filename(work_dir, name, NULL);
+}
+
+/* ---- Running the CLI ------------------------------------------------------------------- */
+
+typedef struct {
+  int status; /* exit status, -1 when killed by a signal */
+  char *out, *err;
+} CliResult;
+
+static void cli_result_clear(CliResult *r) {
+  g_free(r->out);
+  g_free(r->err);
+}
+
+/* Runs gimp-lcm-cli with the NULL-terminated arguments. */
+static CliResult run_cli_argv(const char *const *args) {
+  const char *cli = g_getenv("LCM_CLI");
+  g_assert_nonnull(cli);
+  const char *argv[MAX_ARGS + 2] = {cli};
+  int n = 0;
+  while (args[n]) {
+    g_assert_cmpint(n, <, MAX_ARGS);
+    argv[n + 1] = args[n];
+    n++;
+  }
+  CliResult r = {0};
+  int wait_status = 0;
+  g_autoptr(GError) error = NULL;
+  g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &r.out, &r.err,
+                             &wait_status, &error));
+  g_assert_no_error(error);
+  r.status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1;
+  if (r.status != 0) g_test_message("gimp-lcm-cli %s: status %d: %s", args[0], r.status, r.err);
+  return r;
+}
+
+static void append_args(GPtrArray *args, ...) G_GNUC_NULL_TERMINATED;
+static void append_args(GPtrArray *args, ...) {
+  va_list list;
+  va_start(list, args);
+  for (const char *arg; (arg = va_arg(list, const char *));) g_ptr_array_add(args, g_strdup(arg));
+  va_end(list);
+}
+
+#define run_cli(...) run_cli_argv((const char *const[]){__VA_ARGS__, NULL})
+
+static void assert_cli_ok(CliResult r) {
+  g_assert_cmpint(r.status, ==, 0);
+  cli_result_clear(&r);
+}
+
+/* The run fails with `status` and a one-line message containing `needle`. */
+static void assert_cli_fails(CliResult r, int status, const char *needle) {
+  g_assert_cmpint(r.status, ==, status);
+  g_assert_nonnull(strstr(r.err, needle));
+  g_assert_cmpstr(r.out, ==, "");
+  cli_result_clear(&r);
+}
+
+/* ---- Pictures ------------------------------------------------------------------------ */
+
+typedef struct {
+  int width, height;
+  guint8 *rgb; /* height x width x 3 */
+} Picture;
+
+static Picture picture_read(const char *path) {
+  g_autoptr(GError) error = NULL;
+  GdkPixbuf *pixbuf = gdk_pixbuf_new_from_file(path, &error);
+  g_assert_no_error(error);
+  g_assert_cmpint(gdk_pixbuf_get_n_channels(pixbuf), ==, 3);
+  g_assert_cmpint(gdk_pixbuf_get_bits_per_sample(pixbuf), ==, 8);
+  Picture p = {gdk_pixbuf_get_width(pixbuf), gdk_pixbuf_get_height(pixbuf), NULL};
+  p.rgb = g_new(guint8, (size_t)p.width * p.height * 3);
+  const guint8 *pixels = gdk_pixbuf_read_pixels(pixbuf);
+  for (int y = 0; y < p.height; y++)
+    memcpy(p.rgb + (size_t)y * p.width * 3, pixels + (size_t)y * gdk_pixbuf_get_rowstride(pixbuf),
+           (size_t)p.width * 3);
+  g_object_unref(pixbuf);
+  return p;
+}
+
+/* The PNG rule: round(clamp(x, 0, 1) x 255). */
+static Picture picture_from_image(const LcmImage *image) {
+  Picture p = {image->width, image->height,
+               g_new(guint8, (size_t)image->width * image->height * 3)};
+  for (size_t i = 0; i < (size_t)p.width * p.height * 3; i++)
+    p.rgb[i] = (guint8)roundf(CLAMP(image->data[i], 0.0f, 1.0f) * 255.0f);
+  return p;
+}
+
+/* A source picture as the CLI reads it: each byte / 255. */
+static LcmImage *image_from_picture(const Picture *p) {
+  LcmImage *image = lcm_image_new(p->width, p->height, 3);
+  for (size_t i = 0; i < (size_t)p->width * p->height * 3; i++) image->data[i] = p->rgb[i] / 255.0f;
+  return image;
+}
+
+static void assert_pictures_equal(const Picture *a, const Picture *b) {
+  g_assert_cmpint(a->width, ==, b->width);
+  g_assert_cmpint(a->height, ==, b->height);
+  size_t n = (size_t)a->width * a->height * 3, differing = 0;
+  for (size_t i = 0; i < n; i++) differing += a->rgb[i] != b->rgb[i];
+  g_assert_cmpuint(differing, ==, 0);
+}
+
+/* The grey mask the inpaint test uses: keep the left columns (0), a soft
+ * edge (128), repaint the rest (255). */
+static guint8 mask_value(int x) {
+  return x < SIDE / 2 - 8 ? 0 : x < SIDE / 2 ? 128 : 255;
+}
+
+static void write_rgb_png(const char *path, int width, int height, guint8 (*value)(int x)) {
+  GdkPixbuf *pixbuf = gdk_pixbuf_new(GDK_COLORSPACE_RGB, FALSE, 8, width, height);
+  guint8 *pixels = gdk_pixbuf_get_pixels(pixbuf);
+  for (int y = 0; y < height; y++)
+    for (int x = 0; x < width; x++)
+      memset(pixels + (size_t)y * gdk_pixbuf_get_rowstride(pixbuf) + 3 * x, value(x), 3);
+  g_autoptr(GError) error = NULL;
+  g_assert_true(gdk_pixbuf_save(pixbuf, path, "png", &error, NULL));
+  g_object_unref(pixbuf);
+}
+
+static LcmImage *test_mask(void) {
+  LcmImage *mask = lcm_image_new(SIDE, SIDE, 1);
+  for (int y = 0; y < SIDE; y++)
+    for (int x = 0; x < SIDE; x++) mask->data[y * SIDE + x] = mask_value(x) / 255.0f;
+  return mask;
+}
+
+/* ---- The same runs through the C API --------------------------------------------------- */
+
+static char *model_path(void) {
+  return test_data_path("golden/tiny-lcm");
+}
+
+static LcmPipeline *api_pipeline(gboolean with_loras) {
+  g_autofree char *path = model_path();
+  g_autoptr(GError) error = NULL;
+  LcmModel *model = lcm_model_open(path, &error);
+  g_assert_no_error(error);
+  for (size_t i = 0; with_loras && i < G_N_ELEMENTS(test_loras); i++) {
+    g_autofree char *lora = test_data_path(test_loras[i].path);
+    g_assert_true(lcm_model_add_lora(model, lora, test_loras[i].scale, &error));
+  }
+  LcmPipeline *pipeline = lcm_pipeline_new(model, LCM_PRECISION_FP32, &error);
+  g_assert_no_error(error);
+  lcm_model_free(model);
+  return pipeline;
+}
+
+/* Runs params (the model's default guidance) and composites an inpainting. */
+static Picture api_run(LcmPipeline *pipeline, LcmPipelineParams *params) {
+  params->guidance_scale = lcm_pipeline_default_guidance(pipeline);
+  g_autoptr(GError) error = NULL;
+  LcmImage *result = lcm_pipeline_run(pipeline, params, &error);
+  g_assert_no_error(error);
+  if (params->mode == LCM_MODE_INPAINT)
+    g_assert_true(lcm_image_composite(result, params->image, params->mask, &error));
+  Picture p = picture_from_image(result);
+  lcm_image_free(result);
+  return p;
+}
+
+/* ---- Tests ----------------------------------------------------------------------------- */
+
+static gboolean files_equal(const char *a, const char *b) {
+  g_autofree char *bytes_a = NULL, *bytes_b = NULL;
+  gsize length_a, length_b;
+  g_assert_true(g_file_get_contents(a, &bytes_a, &length_a, NULL));
+  g_assert_true(g_file_get_contents(b, &bytes_b, &length_b, NULL));
+  return length_a == length_b && memcmp(bytes_a, bytes_b, length_a) == 0;
+}
+
+/* The same seed twice gives the same PNG bytes, with 1 and with 2 threads. */
+static void test_same_seed_same_bytes(void) {
+  g_autofree char *model = model_path();
+  const char *threads[] = {"1", "2"};
+  for (size_t t = 0; t < G_N_ELEMENTS(threads); t++) {
+    g_autofree char *first = work_path("seed-first.png"), *second = work_path("seed-second.png");
+    const char *outputs[] = {first, second};
+    for (int run = 0; run < 2; run++)
+      assert_cli_ok(run_cli("txt2img", "a red cube", "-o", outputs[run], "--model", model,
+                            "--precision", "fp32", "--seed", "77", "--steps", "3", "--width", "48",
+                            "--height", "32", "--threads", threads[t]));
+    g_assert_true(files_equal(first, second));
+  }
+}
+
+static void test_txt2img_matches_api(gconstpointer with_loras_data) {
+  gboolean with_loras = GPOINTER_TO_INT(with_loras_data);
+  g_autofree char *model = model_path(), *out = work_path("txt2img.png");
+  g_autoptr(GPtrArray) args = g_ptr_array_new_with_free_func(g_free);
+  append_args(args, "txt2img", "an astronaut on a horse", "-o", out, "--model", model,
+              "--precision", "fp32", "--seed", G_STRINGIFY(SEED), "--steps", "2", "--width",
+              G_STRINGIFY(SIDE), "--height", "40", NULL);
+  for (size_t i = 0; with_loras && i < G_N_ELEMENTS(test_loras); i++) {
+    g_autofree char *lora = test_data_path(test_loras[i].path);
+    g_ptr_array_add(args, g_strdup("--lora"));
+    g_ptr_array_add(args, g_strdup_printf("%s:%g", lora, test_loras[i].scale));
+  }
+  g_ptr_array_add(args, NULL);
+  CliResult r = run_cli_argv((const char *const *)args->pdata);
+  g_assert_nonnull(strstr(r.out, "seed " G_STRINGIFY(SEED)));
+  assert_cli_ok(r);
+  Picture cli = picture_read(out);
+  LcmPipeline *pipeline = api_pipeline(with_loras);
+  LcmPipelineParams params;
+  lcm_pipeline_params_init(&params);
+  params.prompt = "an astronaut on a horse";
+  params.seed = SEED;
+  params.steps = 2;
+  params.width = SIDE;
+  params.height = 40;
+  Picture api = api_run(pipeline, &params);
+  assert_pictures_equal(&cli, &api);
+  lcm_pipeline_free(pipeline);
+  g_free(cli.rgb);
+  g_free(api.rgb);
+}
+
+/* txt2img -> img2img on its output -> inpaint of that with a mask PNG. */
+static void test_chain_matches_api(void) {
+  g_autofree char *model = model_path(), *generated = work_path("chain-txt2img.png"),
+                  *redrawn = work_path("chain-img2img.png"), *mask_png = work_path("mask.png"),
+                  *inpainted = work_path("chain-inpaint.png");
+  LcmPipeline *pipeline = api_pipeline(FALSE);
+
+  assert_cli_ok(run_cli("txt2img", "a house", "-o", generated, "--model", model, "--precision",
+                        "fp32", "--seed", "5", "--steps", "2", "--width", G_STRINGIFY(SIDE),
+                        "--height", G_STRINGIFY(SIDE)));
+  Picture source = picture_read(generated);
+
+  assert_cli_ok(run_cli("img2img", "a house in winter", "-i", generated, "-o", redrawn, "--model",
+                        model, "--precision", "fp32", "--seed", "6", "--steps", "3", "--strength",
+                        "0.6", "--negative", "summer"));
+  LcmImage *source_image = image_from_picture(&source);
+  LcmPipelineParams params;
+  lcm_pipeline_params_init(&params);
+  params.mode = LCM_MODE_IMG2IMG;
+  params.prompt = "a house in winter";
+  params.negative_prompt = "summer";
+  params.seed = 6;
+  params.steps = 3;
+  params.strength = 0.6;
+  params.image = source_image;
+  Picture cli = picture_read(redrawn), api = api_run(pipeline, &params);
+  assert_pictures_equal(&cli, &api);
+  g_free(cli.rgb);
+  g_free(api.rgb);
+
+  write_rgb_png(mask_png, SIDE, SIDE, mask_value);
+  assert_cli_ok(run_cli("inpaint", "a door", "-i", generated, "-m", mask_png, "-o", inpainted,
+                        "--model", model, "--precision", "fp32", "--seed", "7", "--steps", "4",
+                        "--strength", "0.75", "--strength-rule", "slice"));
+  LcmImage *mask = test_mask();
+  lcm_pipeline_params_init(&params);
+  params.mode = LCM_MODE_INPAINT;
+  params.prompt = "a door";
+  params.seed = 7;
+  params.steps = 4;
+  params.strength = 0.75;
+  params.strength_rule = LCM_STRENGTH_SLICE;
+  params.image = source_image;
+  params.mask = mask;
+  cli = picture_read(inpainted);
+  api = api_run(pipeline, &params);
+  assert_pictures_equal(&cli, &api);
+  /* Where the mask is 0 the source comes through exactly; elsewhere the
+   * model painted something else. */
+  size_t kept = 0, changed = 0;
+  for (int y = 0; y < SIDE; y++)
+    for (int x = 0; x < SIDE; x++)
+      for (int c = 0; c < 3; c++) {
+        size_t i = ((size_t)y * SIDE + x) * 3 + c;
+        if (mask_value(x) == 0) {
+          g_assert_cmpuint(cli.rgb[i], ==, source.rgb[i]);
+          kept++;
+        } else {
+          changed += cli.rgb[i] != source.rgb[i];
+        }
+      }
+  g_assert_cmpuint(kept, >, 0);
+  g_assert_cmpuint(changed, >, 0);
+
+  g_free(cli.rgb);
+  g_free(api.rgb);
+  g_free(source.rgb);
+  lcm_image_free(mask);
+  lcm_image_free(source_image);
+  lcm_pipeline_free(pipeline);
+}
+
+static guint8 grey(int x) {
+  return (guint8)(x * 4);
+}
+
+static void test_bad_inputs(void) {
+  g_autofree char *model = model_path(), *out = work_path("never.png"),
+                  *missing = work_path("missing.png"), *not_png = work_path("not-a-png.png"),
+                  *source = work_path("source.png"), *small_mask = work_path("small-mask.png"),
+                  *odd = work_path("odd.png");
+  g_assert_true(g_file_set_contents(not_png, "this is text, not a picture\n", -1, NULL));
+  write_rgb_png(source, SIDE, SIDE, grey);
+  write_rgb_png(small_mask, SIDE, SIDE / 2, grey);
+  write_rgb_png(odd, 60, SIDE, grey);
+
+  assert_cli_fails(run_cli("img2img", "x", "-i", missing, "-o", out, "--model", model), 1,
+                   "missing.png");
+  assert_cli_fails(run_cli("img2img", "x", "-i", not_png, "-o", out, "--model", model), 1,
+                   "not-a-png.png");
+  assert_cli_fails(run_cli("img2img", "x", "-i", odd, "-o", out, "--model", model), 1,
+                   "multiples of 8");
+  assert_cli_fails(
+      run_cli("inpaint", "x", "-i", source, "-m", small_mask, "-o", out, "--model", model), 1,
+      "the mask must have the source's size");
+  assert_cli_fails(
+      run_cli("inpaint", "x", "-i", source, "-m", not_png, "-o", out, "--model", model), 1,
+      "not-a-png.png");
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--model", missing), 1, "missing.png");
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--model", model, "--lora", missing), 1,
+                   "missing.png");
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--lora", "style.safetensors:strong"), 2,
+                   "FILE:SCALE");
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--lora", ":0.5"), 2, "no file");
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--seed", "abc"), 2, "--seed");
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--steps", "many"), 2, "many");
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--precision", "fp8"), 2, "fp8");
+  assert_cli_fails(run_cli("txt2img", "x"), 2, "-o OUT.png");
+  assert_cli_fails(run_cli("img2img", "x", "-o", out), 2, "-i IN.png");
+  assert_cli_fails(run_cli("inpaint", "x", "-i", source, "-o", out), 2, "-m MASK.png");
+  assert_cli_fails(run_cli("txt2img", "-o", out), 2, "PROMPT");
+  /* Parameters the pipeline refuses. */
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--model", model, "--width", "30"), 1,
+                   "multiple of 8");
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--model", model, "--steps", "0"), 1,
+                   "steps");
+  g_assert_false(g_file_test(out, G_FILE_TEST_EXISTS));
+}
+
+static void remove_work_dir(void) {
+  GDir *dir = g_dir_open(work_dir, 0, NULL);
+  for (const char *name; dir && (name = g_dir_read_name(dir));) {
+    g_autofree char *path = work_path(name);
+    g_unlink(path);
+  }
+  if (dir) g_dir_close(dir);
+  g_rmdir(work_dir);
+  g_free(work_dir);
+}
+
+int main(int argc, char **argv) {
+  g_test_init(&argc, &argv, NULL);
+  g_autoptr(GError) error = NULL;
+  work_dir = g_dir_make_tmp("lcm-cli-test-XXXXXX", &error);
+  g_assert_no_error(error);
+  g_test_add_func("/cli/same-seed-same-bytes", test_same_seed_same_bytes);
+  g_test_add_data_func("/cli/txt2img-matches-api", GINT_TO_POINTER(FALSE),
+                       test_txt2img_matches_api);
+  g_test_add_data_func("/cli/txt2img-lora-matches-api", GINT_TO_POINTER(TRUE),
+                       test_txt2img_matches_api);
+  g_test_add_func("/cli/chain-matches-api", test_chain_matches_api);
+  g_test_add_func("/cli/bad-inputs", test_bad_inputs);
+  int status = g_test_run();
+  remove_work_dir();
+  return status;
+}

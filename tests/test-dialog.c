@@ -1,0 +1,274 @@
+/* The GTK dialog, run under Xvfb on the tiny test model: the debounced live
+ * preview (one run per pause in typing, stale runs cancelled), a screenshot,
+ * and the Japanese translation. */
+#include "lcm-dialog.h"
+#include "testutil.h"
+
+#include <glib/gstdio.h>
+#include <locale.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Long enough that typing one character per main-loop pass never lets the
+ * debounce expire in between, even on a loaded machine. */
+#define TEST_DEBOUNCE_MS 500
+#define WAIT_LIMIT_US (240 * G_USEC_PER_SEC)
+
+static char *models_dir;
+static char *locale_dir; /* a LOCPATH made by use_named_utf8_locale, or NULL */
+static gboolean have_named_locale;
+
+/* glibc (2.41) ignores LANGUAGE in the C and C.UTF-8 locales, and a minimal
+ * Debian root has no other locale. Giving C.UTF-8's data a real locale's
+ * name through LOCPATH makes gettext honour LANGUAGE, as on a user's
+ * system. */
+static void use_named_utf8_locale(void) {
+  const char *name = "en_US.UTF-8";
+  g_unsetenv("LC_ALL");
+  g_unsetenv("LC_MESSAGES");
+  if (setlocale(LC_ALL, name)) {
+    have_named_locale = TRUE;
+  } else if (g_file_test("/usr/lib/locale/C.utf8", G_FILE_TEST_IS_DIR)) {
+    locale_dir = g_dir_make_tmp("lcm-dialog-locale-XXXXXX", NULL);
+    g_autofree char *link = g_build_filename(locale_dir, name, NULL);
+    have_named_locale = symlink("/usr/lib/locale/C.utf8", link) == 0;
+    g_setenv("LOCPATH", locale_dir, TRUE);
+  }
+  g_setenv("LANG", name, TRUE);
+}
+
+static void remove_locale_dir(void) {
+  if (!locale_dir) return;
+  g_autofree char *link = g_build_filename(locale_dir, "en_US.UTF-8", NULL);
+  g_unlink(link);
+  g_rmdir(locale_dir);
+  g_free(locale_dir);
+}
+
+static void iterate_for(int milliseconds) {
+  gint64 end = g_get_monotonic_time() + milliseconds * 1000;
+  while (g_get_monotonic_time() < end) {
+    while (g_main_context_iteration(NULL, FALSE)) continue;
+    g_usleep(2000);
+  }
+}
+
+static void wait_for_preview_idle(LcmDialog *dialog) {
+  gint64 limit = g_get_monotonic_time() + WAIT_LIMIT_US;
+  while (lcm_dialog_preview_busy(dialog) && g_get_monotonic_time() < limit)
+    g_main_context_iteration(NULL, TRUE);
+  g_assert_false(lcm_dialog_preview_busy(dialog));
+}
+
+/* Types text into the prompt one character at a time, a few main-loop
+ * passes apart, the way a user does. */
+static void type_text(LcmDialog *dialog, const char *text) {
+  GtkTextBuffer *buffer = lcm_dialog_get_prompt_buffer(dialog);
+  for (const char *p = text; *p; p = g_utf8_next_char(p)) {
+    GtkTextIter end;
+    gtk_text_buffer_get_end_iter(buffer, &end);
+    gtk_text_buffer_insert(buffer, &end, p, g_utf8_next_char(p) - p);
+    iterate_for(10);
+  }
+}
+
+static GtkWidget *new_test_dialog(void) {
+  LcmSettings settings;
+  lcm_settings_init(&settings);
+  settings.model_path = test_data_path("golden/tiny-lcm");
+  settings.seed = 7;
+  settings.width = 512;
+  settings.height = 384;
+  GtkWidget *dialog = lcm_dialog_new(NULL, &settings, NULL, NULL);
+  lcm_settings_clear(&settings);
+  lcm_dialog_set_debounce(LCM_DIALOG(dialog), TEST_DEBOUNCE_MS);
+  gtk_window_move(GTK_WINDOW(dialog), 0, 0);
+  return dialog;
+}
+
+static void destroy_dialog(GtkWidget *dialog) {
+  gtk_widget_destroy(dialog);
+  iterate_for(50); /* lets queued progress updates drop their references */
+}
+
+static void test_loras_string(void) {
+  GError *error = NULL;
+  g_autoptr(GArray) entries =
+      lcm_loras_parse("/m/lcm-lora.safetensors:1; /m/a:b/style.safetensors:0.75;C:\\x.st", &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(entries->len, ==, 3);
+  g_assert_cmpstr(g_array_index(entries, LcmLoraEntry, 1).path, ==, "/m/a:b/style.safetensors");
+  g_assert_cmpfloat(g_array_index(entries, LcmLoraEntry, 1).scale, ==, 0.75);
+  g_assert_cmpstr(g_array_index(entries, LcmLoraEntry, 2).path, ==, "C:\\x.st");
+  g_assert_cmpfloat(g_array_index(entries, LcmLoraEntry, 2).scale, ==, 1.0);
+  g_autofree char *text = lcm_loras_format(entries);
+  g_assert_cmpstr(text, ==, "/m/lcm-lora.safetensors:1;/m/a:b/style.safetensors:0.75;C:\\x.st:1");
+
+  GArray *bad = lcm_loras_parse("/m/style.safetensors:strong", &error);
+  g_assert_null(bad);
+  g_assert_error(error, LCM_ERROR, LCM_ERROR_INVALID);
+  g_clear_error(&error);
+}
+
+static void test_settings_round_trip(void) {
+  LcmSettings in, out;
+  lcm_settings_init(&in);
+  lcm_settings_init(&out);
+  in.prompt = g_strdup("a lighthouse at dusk");
+  in.negative_prompt = g_strdup("blurry");
+  in.model_path = test_data_path("golden/tiny-lcm");
+  in.steps = 6;
+  in.guidance = 1.5;
+  in.seed = 1234;
+  in.width = 320;
+  in.height = 256;
+  in.output = LCM_OUTPUT_REPLACE;
+  GtkWidget *dialog = lcm_dialog_new(NULL, &in, NULL, NULL);
+  lcm_dialog_get_settings(LCM_DIALOG(dialog), &out);
+  g_assert_cmpstr(out.prompt, ==, in.prompt);
+  g_assert_cmpstr(out.negative_prompt, ==, in.negative_prompt);
+  g_assert_cmpstr(out.model_path, ==, in.model_path);
+  g_assert_cmpint(out.mode, ==, LCM_MODE_TXT2IMG);
+  g_assert_cmpint(out.steps, ==, 6);
+  g_assert_cmpfloat_with_epsilon(out.guidance, 1.5, 1e-9);
+  g_assert_cmpint(out.seed, ==, 1234);
+  g_assert_cmpint(out.width, ==, 320);
+  g_assert_cmpint(out.height, ==, 256);
+  g_assert_cmpint(out.device, ==, LCM_DEVICE_CPU);
+  g_assert_cmpint(out.output, ==, LCM_OUTPUT_REPLACE);
+  lcm_settings_clear(&in);
+  lcm_settings_clear(&out);
+  destroy_dialog(dialog);
+}
+
+static void test_typing_starts_one_preview(void) {
+  GtkWidget *dialog = new_test_dialog();
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  gtk_widget_show(dialog);
+  wait_for_preview_idle(lcm); /* the preview shown when the dialog opens */
+  LcmPreviewStats before, after;
+  lcm_dialog_get_preview_stats(lcm, &before);
+  g_assert_cmpint(before.finished, ==, 1);
+
+  type_text(lcm, "a red fox in the snow");
+  lcm_dialog_get_preview_stats(lcm, &after);
+  g_assert_cmpint(after.started, ==, before.started); /* still debouncing */
+  wait_for_preview_idle(lcm);
+  lcm_dialog_get_preview_stats(lcm, &after);
+  g_assert_cmpint(after.started - before.started, ==, 1);
+  g_assert_cmpint(after.finished - before.finished, ==, 1);
+  g_assert_cmpint(after.failed, ==, 0);
+
+  /* The pipeline the preview loaded goes to the host, ready to run. */
+  LcmPipeline *pipeline = lcm_dialog_take_pipeline(lcm);
+  g_assert_nonnull(pipeline);
+  lcm_pipeline_free(pipeline);
+  destroy_dialog(dialog);
+}
+
+static void type_once_more(LcmDialog *dialog, gpointer data) {
+  gulong *handler = data;
+  g_signal_handler_disconnect(dialog, *handler);
+  GtkTextBuffer *buffer = lcm_dialog_get_prompt_buffer(dialog);
+  GtkTextIter end;
+  gtk_text_buffer_get_end_iter(buffer, &end);
+  gtk_text_buffer_insert(buffer, &end, ", at night", -1);
+}
+
+static void test_typing_cancels_stale_preview(void) {
+  GtkWidget *dialog = new_test_dialog();
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  gtk_widget_show(dialog);
+  wait_for_preview_idle(lcm);
+  LcmPreviewStats before, after;
+  lcm_dialog_get_preview_stats(lcm, &before);
+
+  /* The user types again while the next preview runs. */
+  gulong handler = 0;
+  handler = g_signal_connect(dialog, "preview-started", G_CALLBACK(type_once_more), &handler);
+  type_text(lcm, "a castle");
+  wait_for_preview_idle(lcm);
+  lcm_dialog_get_preview_stats(lcm, &after);
+  g_assert_cmpint(after.cancelled - before.cancelled, >=, 1);
+  g_assert_cmpint(after.finished - before.finished, ==, 1);
+  g_assert_cmpint(after.failed, ==, 0);
+  GtkTextIter start, end;
+  gtk_text_buffer_get_bounds(lcm_dialog_get_prompt_buffer(lcm), &start, &end);
+  g_autofree char *prompt = gtk_text_iter_get_text(&start, &end);
+  g_assert_cmpstr(prompt, ==, "a castle, at night");
+  destroy_dialog(dialog);
+}
+
+static void test_screenshot(void) {
+  GtkWidget *dialog = new_test_dialog();
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  gtk_widget_show(dialog);
+  type_text(lcm, "a watercolor lighthouse on a cliff at dusk");
+  wait_for_preview_idle(lcm);
+  LcmPreviewStats stats;
+  lcm_dialog_get_preview_stats(lcm, &stats);
+  g_assert_cmpint(stats.finished, >=, 1);
+  iterate_for(300); /* let the window draw the finished preview */
+
+  GdkWindow *window = gtk_widget_get_window(dialog);
+  int width = gdk_window_get_width(window), height = gdk_window_get_height(window);
+  g_autoptr(GdkPixbuf) shot = gdk_pixbuf_get_from_window(window, 0, 0, width, height);
+  g_assert_nonnull(shot);
+  g_autofree char *path = g_test_build_filename(G_TEST_BUILT, "dialog-screenshot.png", NULL);
+  GError *error = NULL;
+  g_assert_true(gdk_pixbuf_save(shot, path, "png", &error, NULL));
+  g_assert_no_error(error);
+  g_test_message("screenshot: %s (%dx%d)", path, width, height);
+  g_assert_cmpint(width, >=, 256);
+  destroy_dialog(dialog);
+}
+
+static gboolean find_label(GtkWidget *widget, const char *text) {
+  if (GTK_IS_LABEL(widget) && !g_strcmp0(gtk_label_get_label(GTK_LABEL(widget)), text))
+    return TRUE;
+  if (!GTK_IS_CONTAINER(widget)) return FALSE;
+  GList *children = gtk_container_get_children(GTK_CONTAINER(widget));
+  gboolean found = FALSE;
+  for (GList *l = children; l && !found; l = l->next) found = find_label(l->data, text);
+  g_list_free(children);
+  return found;
+}
+
+static void test_japanese(void) {
+  if (!have_named_locale) {
+    g_test_skip("no UTF-8 locale besides C.UTF-8, where gettext ignores LANGUAGE");
+    return;
+  }
+  g_setenv("LANGUAGE", "ja", TRUE);
+  LcmSettings settings;
+  lcm_settings_init(&settings);
+  GtkWidget *dialog = lcm_dialog_new(NULL, &settings, NULL, NULL);
+  g_unsetenv("LANGUAGE");
+  g_assert_cmpstr(gtk_window_get_title(GTK_WINDOW(dialog)), ==, "LCM で生成");
+  g_assert_true(find_label(dialog, "ネガティブプロンプト(_N)"));
+  g_assert_true(find_label(dialog, "シード(_E)"));
+  g_assert_false(find_label(dialog, "_Negative prompt"));
+  destroy_dialog(dialog);
+}
+
+int main(int argc, char **argv) {
+  use_named_utf8_locale();
+  g_unsetenv("LANGUAGE");
+  models_dir = g_dir_make_tmp("lcm-dialog-models-XXXXXX", NULL);
+  g_setenv("GIMP_LCM_MODELS", models_dir, TRUE); /* empty: the dialog explains */
+  /* Not gtk_test_init: it forces en_US.UTF-8, which may not exist here. */
+  g_test_init(&argc, &argv, NULL);
+  gtk_init(&argc, &argv);
+  lcm_dialog_init_i18n(g_getenv("LCM_TEST_LOCALEDIR"));
+  g_test_add_func("/dialog/loras-string", test_loras_string);
+  g_test_add_func("/dialog/settings-round-trip", test_settings_round_trip);
+  g_test_add_func("/dialog/typing-starts-one-preview", test_typing_starts_one_preview);
+  g_test_add_func("/dialog/typing-cancels-stale-preview", test_typing_cancels_stale_preview);
+  g_test_add_func("/dialog/screenshot", test_screenshot);
+  g_test_add_func("/dialog/japanese", test_japanese);
+  int status = g_test_run();
+  g_rmdir(models_dir);
+  g_free(models_dir);
+  remove_locale_dir();
+  return status;
+}

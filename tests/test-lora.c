@@ -1,0 +1,574 @@
+/* LoRA merging: merged weights and network outputs against the goldens of
+ * the lora_* cases, kohya vs peft vs LDM-path spellings of the same LoRA,
+ * and the refusals (unknown keys, other architectures, shapes, late adds). */
+#include "lcm.h"
+#include "model.h"
+#include "safetensors.h"
+#include "testutil.h"
+#include "weights.h"
+
+#include <glib/gstdio.h>
+#include <math.h>
+#include <string.h>
+
+/* Per-output tolerances of the lora_* cases in cases.json. */
+#define MERGED_ATOL 1e-6
+#define MERGED_RTOL 1e-5
+#define UNET_ATOL 2e-4
+#define UNET_RTOL 1e-4
+#define TEXT_ATOL 5e-4
+#define TEXT_RTOL 1e-4
+#define BF16_MIN_COSINE 0.999
+
+static char *tmp_dir;
+
+static char *golden_path(const char *relative) {
+  g_autofree char *path = g_build_filename("golden", relative, NULL);
+  return test_data_path(path);
+}
+
+/* Asserts `error` has `code` and its message every NULL-terminated part. */
+static void expect_error(GError *error, int code, ...) {
+  g_assert_nonnull(error);
+  g_assert_error(error, LCM_ERROR, code);
+  g_test_message("%s", error->message);
+  va_list args;
+  va_start(args, code);
+  for (const char *part; (part = va_arg(args, const char *));)
+    if (!strstr(error->message, part)) g_error("message '%s' lacks '%s'", error->message, part);
+  va_end(args);
+}
+
+/* ---- Models ----------------------------------------------------------------- */
+
+typedef struct {
+  const char *file;
+  float scale;
+} LoraUse;
+
+/* tiny-lcm (or tiny-sd's plain UNet alone) with `loras` merged in order. */
+static LcmModel *open_model(gboolean plain_unet, const LoraUse *loras, int n_loras) {
+  g_autoptr(GError) error = NULL;
+  LcmModel *model;
+  if (plain_unet) {
+    g_autofree char *unet = golden_path("tiny-sd/unet");
+    LcmModelParts parts = {.unet = unet};
+    model = lcm_model_open_parts(&parts, &error);
+  } else {
+    g_autofree char *folder = golden_path("tiny-lcm");
+    model = lcm_model_open(folder, &error);
+  }
+  g_assert_no_error(error);
+  for (int i = 0; i < n_loras; i++) {
+    g_autofree char *path =
+        loras[i].file[0] == '/' ? g_strdup(loras[i].file) : golden_path(loras[i].file);
+    g_assert_true(lcm_model_add_lora(model, path, loras[i].scale, &error));
+    g_assert_no_error(error);
+  }
+  return model;
+}
+
+static float *read_weight(LcmModel *model, const char *network, const char *name, int64_t *numel) {
+  g_autoptr(GError) error = NULL;
+  int ndims;
+  int64_t shape[ST_MAX_DIMS];
+  float *data = lcm_model_read_tensor(model, network, name, &ndims, shape, &error);
+  g_assert_no_error(error);
+  *numel = 1;
+  for (int d = 0; d < ndims; d++) *numel *= shape[d];
+  return data;
+}
+
+static float *golden_tensor(StFile *file, const char *name, int64_t *numel) {
+  const StTensor *t = st_find(file, name);
+  g_assert_nonnull(t);
+  *numel = st_numel(t);
+  float *data = g_new(float, MAX(*numel, 1));
+  st_tensor_to_f32(t, data);
+  return data;
+}
+
+static StFile *open_case(const char *name) {
+  g_autofree char *file = g_strdup_printf("cases/%s.safetensors", name);
+  g_autofree char *path = golden_path(file);
+  g_autoptr(GError) error = NULL;
+  StFile *st = st_open(path, &error);
+  g_assert_no_error(error);
+  return st;
+}
+
+/* Every element within atol + rtol*|g|. */
+static void assert_close(const char *what, const float *got, const float *golden, int64_t n,
+                         double atol, double rtol) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; i++)
+    if (!(fabs((double)got[i] - golden[i]) <= atol + rtol * fabs(golden[i]))) bad++;
+  g_test_message("%s: max |err| %.3g", what, test_max_abs_diff(got, golden, (size_t)n));
+  g_assert_cmpint(bad, ==, 0);
+}
+
+/* ---- Merged weights and outputs against the goldens ----------------------- */
+
+typedef struct {
+  const char *name;
+  gboolean plain_unet;
+  LoraUse loras[2];
+  int n_loras;
+} LoraCase;
+
+static const LoraCase lora_cases[] = {
+    {"lora_a_scale1.0", FALSE, {{"lora/lora_a_kohya.safetensors", 1.0f}}, 1},
+    {"lora_a_scale0.5", FALSE, {{"lora/lora_a_kohya.safetensors", 0.5f}}, 1},
+    {"lora_a1.0_b0.8",
+     FALSE,
+     {{"lora/lora_a_kohya.safetensors", 1.0f}, {"lora/lora_b_kohya.safetensors", 0.8f}},
+     2},
+    {"lora_lcm_like_plain_unet", TRUE, {{"lora/lcm_lora_like_kohya.safetensors", 1.0f}}, 1},
+};
+
+/* Each merged.NETWORK.NAME golden, read through the model with the LoRAs;
+ * the same weight without them must differ, or the check proves nothing. */
+static void test_merged_weights(gconstpointer data) {
+  const LoraCase *c = data;
+  StFile *golden = open_case(c->name);
+  LcmModel *merged = open_model(c->plain_unet, c->loras, c->n_loras);
+  LcmModel *base = open_model(c->plain_unet, NULL, 0);
+  int checked = 0;
+  for (guint i = 0; i < st_count(golden); i++) {
+    const char *key = st_tensor_at(golden, i)->name;
+    if (!g_str_has_prefix(key, "merged.")) continue;
+    const char *network_start = key + strlen("merged.");
+    g_autofree char *network = g_strndup(network_start, strcspn(network_start, "."));
+    const char *name = network_start + strlen(network) + 1;
+    int64_t n, n_golden, n_base;
+    g_autofree float *got = read_weight(merged, network, name, &n);
+    g_autofree float *original = read_weight(base, network, name, &n_base);
+    g_autofree float *expected = golden_tensor(golden, key, &n_golden);
+    g_assert_cmpint(n, ==, n_golden);
+    assert_close(key, got, expected, n, MERGED_ATOL, MERGED_RTOL);
+    g_assert_cmpfloat(test_max_abs_diff(original, expected, (size_t)n), >, 1e-4);
+    checked++;
+  }
+  g_assert_cmpint(checked, >=, 4);
+  lcm_model_free(base);
+  lcm_model_free(merged);
+  st_close(golden);
+}
+
+static float *case_input(StFile *file, const char *name, int64_t *numel) {
+  return golden_tensor(file, name, numel);
+}
+
+/* NULL (and the test skipped) when this CPU cannot compute in `precision`. */
+static float *run_unet(LcmModel *model, StFile *inputs, LcmPrecision precision, int64_t *numel) {
+  g_autoptr(GError) error = NULL;
+  LcmUNet *unet = lcm_unet_load(model, precision, &error);
+  if (precision == LCM_PRECISION_BF16 && g_error_matches(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED)) {
+    g_test_skip(error->message);
+    return NULL;
+  }
+  g_assert_no_error(error);
+  int64_t n_sample, n_t, n_ctx, n_cond;
+  g_autofree float *sample = case_input(inputs, "sample", &n_sample);
+  g_autofree float *timestep = case_input(inputs, "timestep", &n_t);
+  g_autofree float *context = case_input(inputs, "encoder_hidden_states", &n_ctx);
+  g_autofree float *cond =
+      st_find(inputs, "timestep_cond") ? case_input(inputs, "timestep_cond", &n_cond) : NULL;
+  const StTensor *shape = st_find(inputs, "sample");
+  int h = (int)shape->shape[2], w = (int)shape->shape[3];
+  float *out = g_new(float, n_sample);
+  g_assert_true(lcm_unet_run(unet, sample, 1, h, w, timestep[0], context, LCM_CLIP_TOKENS, cond,
+                             out, &error));
+  g_assert_no_error(error);
+  lcm_unet_free(unet);
+  *numel = n_sample;
+  return out;
+}
+
+/* The UNet (and text encoder) with the LoRAs merged, on the case's inputs. */
+static void test_outputs(gconstpointer data) {
+  const LoraCase *c = data;
+  StFile *golden = open_case(c->name);
+  LcmModel *model = open_model(c->plain_unet, c->loras, c->n_loras);
+  const char *unet_output = c->plain_unet ? "unet_out_merged" : "unet_out";
+  int64_t n, n_golden;
+  g_autofree float *out = run_unet(model, golden, LCM_PRECISION_FP32, &n);
+  g_autofree float *expected = golden_tensor(golden, unet_output, &n_golden);
+  g_assert_cmpint(n, ==, n_golden);
+  assert_close(unet_output, out, expected, n, UNET_ATOL, UNET_RTOL);
+
+  if (st_find(golden, "text_encoder_last_hidden_state")) {
+    g_autoptr(GError) error = NULL;
+    int64_t n_ids;
+    g_autofree float *ids_f = case_input(golden, "input_ids", &n_ids);
+    int32_t ids[LCM_CLIP_TOKENS];
+    for (int i = 0; i < LCM_CLIP_TOKENS; i++) ids[i] = (int32_t)ids_f[i];
+    LcmTextEncoder *encoder = lcm_text_encoder_load(model, LCM_PRECISION_FP32, &error);
+    g_assert_no_error(error);
+    int hidden = lcm_text_encoder_hidden_size(encoder);
+    g_autofree float *hidden_state = g_new(float, LCM_CLIP_TOKENS *hidden);
+    g_assert_true(lcm_text_encoder_encode(encoder, ids, 1, hidden_state, &error));
+    g_assert_no_error(error);
+    lcm_text_encoder_free(encoder);
+    g_autofree float *expected_text =
+        golden_tensor(golden, "text_encoder_last_hidden_state", &n_golden);
+    g_assert_cmpint(n_golden, ==, LCM_CLIP_TOKENS * hidden);
+    assert_close("text_encoder_last_hidden_state", hidden_state, expected_text, n_golden, TEXT_ATOL,
+                 TEXT_RTOL);
+  }
+  lcm_model_free(model);
+  st_close(golden);
+}
+
+/* Merging happens in fp32 before the conversion to bf16, so a bf16 UNet
+ * sees the same merged weights; judged by direction, as bf16 rounds. */
+static void test_unet_bf16(void) {
+  const LoraCase *c = &lora_cases[0];
+  StFile *golden = open_case(c->name);
+  LcmModel *model = open_model(FALSE, c->loras, c->n_loras);
+  int64_t n, n_golden;
+  g_autofree float *out = run_unet(model, golden, LCM_PRECISION_BF16, &n);
+  if (out) {
+    g_autofree float *expected = golden_tensor(golden, "unet_out", &n_golden);
+    g_assert_cmpfloat(test_cosine(out, expected, (size_t)n), >=, BF16_MIN_COSINE);
+  }
+  lcm_model_free(model);
+  st_close(golden);
+}
+
+/* ---- Spellings ---------------------------------------------------------------- */
+
+/* Every weight of both networks, bit for bit. */
+static void assert_same_weights(LcmModel *a, LcmModel *b) {
+  static const struct {
+    Component component;
+    const char *network;
+  } networks[] = {{COMPONENT_UNET, "unet"}, {COMPONENT_TEXT_ENCODER, "text_encoder"}};
+  for (size_t k = 0; k < G_N_ELEMENTS(networks); k++) {
+    g_autoptr(GError) error = NULL;
+    Weights *weights = model_weights(a, networks[k].component, &error);
+    g_assert_no_error(error);
+    GPtrArray *names = weights_names(weights);
+    for (guint i = 0; i < names->len; i++) {
+      int64_t na, nb;
+      g_autofree float *wa = read_weight(a, networks[k].network, names->pdata[i], &na);
+      g_autofree float *wb = read_weight(b, networks[k].network, names->pdata[i], &nb);
+      g_assert_cmpint(na, ==, nb);
+      if (memcmp(wa, wb, sizeof(float) * (size_t)na) != 0)
+        g_error("%s %s differs", networks[k].network, (const char *)names->pdata[i]);
+    }
+    g_ptr_array_unref(names);
+  }
+}
+
+/* lora_a_peft is lora_a_kohya with alpha/rank = 1/2 folded into lora_B;
+ * halving is exact in binary, so the merged weights are identical. */
+static void test_kohya_and_peft_agree(void) {
+  const LoraUse kohya = {"lora/lora_a_kohya.safetensors", 0.7f};
+  const LoraUse peft = {"lora/lora_a_peft.safetensors", 0.7f};
+  LcmModel *a = open_model(FALSE, &kohya, 1), *b = open_model(FALSE, &peft, 1);
+  assert_same_weights(a, b);
+  lcm_model_free(a);
+  lcm_model_free(b);
+}
+
+/* A LoRA file written at runtime. */
+typedef struct {
+  GArray *tensors;        /* StWriteTensor */
+  GPtrArray *allocations; /* names, shapes and data */
+} LoraWriter;
+
+static LoraWriter *lora_writer_new(void) {
+  LoraWriter *writer = g_new0(LoraWriter, 1);
+  writer->tensors = g_array_new(FALSE, TRUE, sizeof(StWriteTensor));
+  writer->allocations = g_ptr_array_new_with_free_func(g_free);
+  return writer;
+}
+
+static gpointer keep(LoraWriter *writer, gpointer p) {
+  g_ptr_array_add(writer->allocations, p);
+  return p;
+}
+
+/* data NULL: filled with 0.01. */
+static void lora_add(LoraWriter *writer, const char *name, int ndims, const int64_t *shape,
+                     const float *data) {
+  int64_t n = 1;
+  for (int d = 0; d < ndims; d++) n *= shape[d];
+  float *copy = keep(writer, g_new(float, MAX(n, 1)));
+  for (int64_t i = 0; i < n; i++) copy[i] = data ? data[i] : 0.01f;
+  StWriteTensor t = {keep(writer, g_strdup(name)), ST_F32, ndims,
+                     keep(writer, g_memdup2(shape, sizeof(int64_t) * MAX(ndims, 1))), copy};
+  g_array_append_val(writer->tensors, t);
+}
+
+/* A linear module (rank 4, alpha 4) of the given sizes, under `module`. */
+static void lora_add_linear(LoraWriter *writer, const char *module, int64_t out, int64_t in) {
+  g_autofree char *down = g_strconcat(module, ".lora_down.weight", NULL);
+  g_autofree char *up = g_strconcat(module, ".lora_up.weight", NULL);
+  g_autofree char *alpha = g_strconcat(module, ".alpha", NULL);
+  const float four = 4;
+  lora_add(writer, down, 2, (int64_t[]){4, in}, NULL);
+  lora_add(writer, up, 2, (int64_t[]){out, 4}, NULL);
+  lora_add(writer, alpha, 0, (int64_t[]){1}, &four);
+}
+
+/* Copies module `from` of a LoRA file (down, up, alpha) as `to`. */
+static void lora_copy_module(LoraWriter *writer, StFile *source, const char *from, const char *to) {
+  static const char *const suffixes[] = {".lora_down.weight", ".lora_up.weight", ".alpha"};
+  for (size_t i = 0; i < G_N_ELEMENTS(suffixes); i++) {
+    g_autofree char *src_name = g_strconcat(from, suffixes[i], NULL);
+    g_autofree char *dst_name = g_strconcat(to, suffixes[i], NULL);
+    const StTensor *t = st_find(source, src_name);
+    if (!t) g_error("%s has no %s", st_path(source), src_name);
+    int64_t n;
+    g_autofree float *data = golden_tensor(source, src_name, &n);
+    lora_add(writer, dst_name, t->ndims, t->shape, data);
+  }
+}
+
+/* Writes the file into the test's folder and frees the writer; g_free the
+ * path. */
+static char *lora_write(LoraWriter *writer, const char *file_name) {
+  char *path = g_build_filename(tmp_dir, file_name, NULL);
+  g_autoptr(GError) error = NULL;
+  g_assert_true(st_write(path, (StWriteTensor *)(void *)writer->tensors->data, writer->tensors->len,
+                         NULL, &error));
+  g_assert_no_error(error);
+  g_array_unref(writer->tensors);
+  g_ptr_array_unref(writer->allocations);
+  g_free(writer);
+  return path;
+}
+
+static StFile *open_golden_lora(const char *name) {
+  g_autofree char *path = golden_path(name);
+  g_autoptr(GError) error = NULL;
+  StFile *file = st_open(path, &error);
+  g_assert_no_error(error);
+  return file;
+}
+
+/* sd-scripts names SD1.5 UNet modules by their LDM path too: the same
+ * modules under both spellings give the same weights. */
+static void test_ldm_path_names(void) {
+  static const char *const pairs[][2] = {
+      {"down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+       "input_blocks_1_1_transformer_blocks_0_attn1_to_q"},
+      {"down_blocks_0_resnets_0_conv1", "input_blocks_1_0_in_layers_2"},
+      {"down_blocks_0_downsamplers_0_conv", "input_blocks_3_0_op"},
+      {"down_blocks_1_resnets_0_conv_shortcut", "input_blocks_4_0_skip_connection"},
+      {"mid_block_attentions_0_proj_in", "middle_block_1_proj_in"},
+      {"mid_block_resnets_1_conv2", "middle_block_2_out_layers_3"},
+      {"up_blocks_0_resnets_0_time_emb_proj", "output_blocks_0_0_emb_layers_1"},
+      {"up_blocks_0_upsamplers_0_conv", "output_blocks_2_1_conv"},
+      {"up_blocks_1_attentions_2_transformer_blocks_0_ff_net_0_proj",
+       "output_blocks_5_1_transformer_blocks_0_ff_net_0_proj"},
+      {"up_blocks_1_attentions_2_transformer_blocks_0_attn2_to_out_0",
+       "output_blocks_5_1_transformer_blocks_0_attn2_to_out_0"},
+  };
+  StFile *source = open_golden_lora("lora/lora_a_kohya.safetensors");
+  LoraWriter *diffusers = lora_writer_new(), *ldm = lora_writer_new();
+  for (size_t i = 0; i < G_N_ELEMENTS(pairs); i++) {
+    g_autofree char *from = g_strconcat("lora_unet_", pairs[i][0], NULL);
+    g_autofree char *to = g_strconcat("lora_unet_", pairs[i][1], NULL);
+    lora_copy_module(diffusers, source, from, from);
+    lora_copy_module(ldm, source, from, to);
+  }
+  st_close(source);
+  g_autofree char *diffusers_path = lora_write(diffusers, "diffusers-names.safetensors");
+  g_autofree char *ldm_path = lora_write(ldm, "ldm-names.safetensors");
+  LcmModel *a = open_model(FALSE, &(LoraUse){diffusers_path, 1.0f}, 1);
+  LcmModel *b = open_model(FALSE, &(LoraUse){ldm_path, 1.0f}, 1);
+  LcmModel *base = open_model(FALSE, NULL, 0);
+  assert_same_weights(a, b);
+  /* and the modules did change something */
+  int64_t n;
+  g_autofree float *changed = read_weight(b, "unet", "up_blocks.0.upsamplers.0.conv.weight", &n);
+  g_autofree float *original =
+      read_weight(base, "unet", "up_blocks.0.upsamplers.0.conv.weight", &n);
+  g_assert_cmpfloat(test_max_abs_diff(changed, original, (size_t)n), >, 1e-4);
+  lcm_model_free(a);
+  lcm_model_free(b);
+  lcm_model_free(base);
+}
+
+/* ---- Refusals ------------------------------------------------------------------ */
+
+static const char *const probe_weight =
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+
+/* A failed add must leave the model as it was. */
+static void assert_unchanged(LcmModel *model) {
+  LcmModel *base = open_model(FALSE, NULL, 0);
+  int64_t n;
+  g_autofree float *got = read_weight(model, "unet", probe_weight, &n);
+  g_autofree float *expected = read_weight(base, "unet", probe_weight, &n);
+  g_assert_cmpint(memcmp(got, expected, sizeof(float) * (size_t)n), ==, 0);
+  lcm_model_free(base);
+}
+
+static void test_unknown_keys_refused(void) {
+  LoraWriter *writer = lora_writer_new();
+  lora_add_linear(writer, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+                  32, 32);
+  lora_add_linear(writer, "lora_unet_down_blocks_0_attentions_0_no_such_layer", 32, 32);
+  lora_add_linear(writer, "lora_te_text_model_encoder_layers_9_mlp_fc1", 37, 32);
+  lora_add(writer, "lora_unet_mid_block_attentions_0_proj_in.hada_w1_a", 2, (int64_t[]){4, 32},
+           NULL);
+  g_autofree char *path = lora_write(writer, "unknown-keys.safetensors");
+  LcmModel *model = open_model(FALSE, NULL, 0);
+  g_autoptr(GError) error = NULL;
+  g_assert_false(lcm_model_add_lora(model, path, 1.0f, &error));
+  expect_error(error, LCM_ERROR_UNSUPPORTED, path, "3 LoRA modules or keys",
+               "lora_unet_down_blocks_0_attentions_0_no_such_layer",
+               "lora_te_text_model_encoder_layers_9_mlp_fc1",
+               "lora_unet_mid_block_attentions_0_proj_in.hada_w1_a", NULL);
+  assert_unchanged(model);
+  lcm_model_free(model);
+}
+
+/* An SDXL UNet LoRA in sd-scripts' LDM spelling: SDXL has 2 and 10
+ * transformer blocks where SD1.5 has 1, and two text encoders. */
+static void test_other_architecture_refused(void) {
+  LoraWriter *unet_only = lora_writer_new();
+  lora_add_linear(unet_only, "lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q", 640,
+                  640);
+  lora_add_linear(unet_only, "lora_unet_input_blocks_7_1_transformer_blocks_9_attn2_to_k", 1280,
+                  2048);
+  g_autofree char *unet_path = lora_write(unet_only, "sdxl-unet.safetensors");
+  LcmModel *model = open_model(FALSE, NULL, 0);
+  g_autoptr(GError) error = NULL;
+  g_assert_false(lcm_model_add_lora(model, unet_path, 1.0f, &error));
+  expect_error(error, LCM_ERROR_UNSUPPORTED, unet_path, "none of the LoRA's 2 modules",
+               "lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q",
+               "different architecture", NULL);
+  g_clear_error(&error);
+
+  LoraWriter *with_te = lora_writer_new();
+  lora_add_linear(with_te, "lora_te1_text_model_encoder_layers_0_mlp_fc1", 3072, 768);
+  g_autofree char *te_path = lora_write(with_te, "sdxl-te.safetensors");
+  g_assert_false(lcm_model_add_lora(model, te_path, 1.0f, &error));
+  expect_error(error, LCM_ERROR_UNSUPPORTED, te_path, "Stable Diffusion XL",
+               "lora_te1_text_model_encoder_layers_0_mlp_fc1", NULL);
+  assert_unchanged(model);
+  lcm_model_free(model);
+}
+
+/* A cross-attention LoRA for a 2048-wide text embedding (SDXL). */
+static void test_shape_mismatch_refused(void) {
+  LoraWriter *writer = lora_writer_new();
+  lora_add_linear(writer, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+                  32, 32);
+  lora_add_linear(writer, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
+                  32, 2048);
+  g_autofree char *path = lora_write(writer, "wide.safetensors");
+  LcmModel *model = open_model(FALSE, NULL, 0);
+  g_autoptr(GError) error = NULL;
+  g_assert_false(lcm_model_add_lora(model, path, 1.0f, &error));
+  expect_error(error, LCM_ERROR_SHAPE, path,
+               "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
+               "'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight'", "[4, 2048]",
+               "[32, 32]", NULL);
+  assert_unchanged(model);
+  lcm_model_free(model);
+}
+
+static void test_not_a_lora_refused(void) {
+  LoraWriter *plain = lora_writer_new();
+  lora_add(plain, "conv_in.weight", 2, (int64_t[]){4, 4}, NULL);
+  g_autofree char *plain_path = lora_write(plain, "plain.safetensors");
+  g_autoptr(GError) error = NULL;
+  g_assert_null(lcm_lora_networks(plain_path, &error));
+  expect_error(error, LCM_ERROR_FORMAT, plain_path, "not a LoRA", "'conv_in.weight'", NULL);
+  g_clear_error(&error);
+
+  LoraWriter *half = lora_writer_new();
+  lora_add(half, "lora_unet_mid_block_attentions_0_proj_in.lora_down.weight", 2, (int64_t[]){4, 64},
+           NULL);
+  g_autofree char *half_path = lora_write(half, "half.safetensors");
+  LcmModel *model = open_model(FALSE, NULL, 0);
+  g_assert_false(lcm_model_add_lora(model, half_path, 1.0f, &error));
+  expect_error(error, LCM_ERROR_FORMAT, half_path, "lora_unet_mid_block_attentions_0_proj_in",
+               "no up matrix", NULL);
+  g_clear_error(&error);
+  g_assert_false(lcm_model_add_lora(model, half_path, NAN, &error));
+  expect_error(error, LCM_ERROR_INVALID, "scale", NULL);
+  lcm_model_free(model);
+}
+
+/* Networks already loaded would not see the LoRA: refused, not ignored. */
+static void test_late_add_refused(void) {
+  LcmModel *model = open_model(FALSE, NULL, 0);
+  int64_t n;
+  g_free(read_weight(model, "unet", probe_weight, &n));
+  g_autofree char *path = golden_path("lora/lora_a_kohya.safetensors");
+  g_autoptr(GError) error = NULL;
+  g_assert_false(lcm_model_add_lora(model, path, 1.0f, &error));
+  expect_error(error, LCM_ERROR_INVALID, path, "already loaded", NULL);
+  lcm_model_free(model);
+}
+
+/* Text-encoder modules are skipped for a model without a text encoder. */
+static void test_unet_only_model(void) {
+  const LoraUse lora = {"lora/lora_a_kohya.safetensors", 1.0f};
+  LcmModel *model = open_model(TRUE, &lora, 1), *base = open_model(TRUE, NULL, 0);
+  int64_t n;
+  g_autofree float *merged = read_weight(model, "unet", probe_weight, &n);
+  g_autofree float *original = read_weight(base, "unet", probe_weight, &n);
+  g_assert_cmpfloat(test_max_abs_diff(merged, original, (size_t)n), >, 1e-4);
+  lcm_model_free(base);
+  lcm_model_free(model);
+}
+
+static void test_lora_networks(void) {
+  static const struct {
+    const char *file;
+    const char *networks;
+  } cases[] = {
+      {"lora/lora_a_kohya.safetensors", "unet text_encoder"},
+      {"lora/lora_a_peft.safetensors", "unet text_encoder"},
+      {"lora/lcm_lora_like_kohya.safetensors", "unet"},
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+    g_autofree char *path = golden_path(cases[i].file);
+    g_autoptr(GError) error = NULL;
+    g_auto(GStrv) networks = lcm_lora_networks(path, &error);
+    g_assert_no_error(error);
+    g_autofree char *joined = g_strjoinv(" ", networks);
+    g_assert_cmpstr(joined, ==, cases[i].networks);
+  }
+}
+
+int main(int argc, char **argv) {
+  g_test_init(&argc, &argv, NULL);
+  tmp_dir = g_dir_make_tmp("test-lora-XXXXXX", NULL);
+  g_assert_nonnull(tmp_dir);
+  for (size_t i = 0; i < G_N_ELEMENTS(lora_cases); i++) {
+    g_autofree char *merged = g_strdup_printf("/lora/merged-weights/%s", lora_cases[i].name);
+    g_autofree char *outputs = g_strdup_printf("/lora/outputs/%s", lora_cases[i].name);
+    g_test_add_data_func(merged, &lora_cases[i], test_merged_weights);
+    g_test_add_data_func(outputs, &lora_cases[i], test_outputs);
+  }
+  g_test_add_func("/lora/unet-bf16", test_unet_bf16);
+  g_test_add_func("/lora/kohya-and-peft-agree", test_kohya_and_peft_agree);
+  g_test_add_func("/lora/ldm-path-names", test_ldm_path_names);
+  g_test_add_func("/lora/unknown-keys-refused", test_unknown_keys_refused);
+  g_test_add_func("/lora/other-architecture-refused", test_other_architecture_refused);
+  g_test_add_func("/lora/shape-mismatch-refused", test_shape_mismatch_refused);
+  g_test_add_func("/lora/not-a-lora-refused", test_not_a_lora_refused);
+  g_test_add_func("/lora/late-add-refused", test_late_add_refused);
+  g_test_add_func("/lora/unet-only-model", test_unet_only_model);
+  g_test_add_func("/lora/networks", test_lora_networks);
+  int status = g_test_run();
+  /* the files written here */
+  GDir *dir = g_dir_open(tmp_dir, 0, NULL);
+  for (const char *name; dir && (name = g_dir_read_name(dir));) {
+    g_autofree char *path = g_build_filename(tmp_dir, name, NULL);
+    g_remove(path);
+  }
+  if (dir) g_dir_close(dir);
+  g_rmdir(tmp_dir);
+  g_free(tmp_dir);
+  return status;
+}

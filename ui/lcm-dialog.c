@@ -1,0 +1,1006 @@
+/* The generation dialog: controls for LcmSettings and a live preview.
+ *
+ * Threading: the preview runs on one worker GThread at a time (a PreviewJob).
+ * The main thread owns the widgets and the dialog's fields; a job owns the
+ * pipeline while it runs and hands it back when it completes (on the main
+ * thread, through an idle). The worker reaches the main thread only through
+ * g_idle_add with data it owns, so no widget is touched off the main thread.
+ */
+#include "lcm-dialog.h"
+
+#define GETTEXT_PACKAGE LCM_GETTEXT_DOMAIN
+#include <glib/gi18n-lib.h>
+
+#include <math.h>
+#include <string.h>
+
+#define PREVIEW_MAX_SIDE 256
+#define DEFAULT_DEBOUNCE_MS 250
+#define RESPONSE_RESET 1
+
+typedef struct PreviewJob PreviewJob;
+static void start_preview(LcmDialog *self);
+
+struct _LcmDialog {
+  GtkDialog parent;
+
+  LcmImage *source, *mask; /* copies of what the host passed, or NULL */
+  LcmSettings initial;     /* for Reset */
+  char *test_model_path;   /* the bundled tiny model, or NULL */
+
+  GtkWidget *mode_combo, *prompt_view, *negative_view;
+  GtkWidget *model_combo, *model_info_bar, *model_info;
+  GtkWidget *lora_box;
+  GtkWidget *steps_spin, *guidance_spin, *strength_spin;
+  GtkWidget *seed_spin, *random_seed_check;
+  GtkWidget *width_spin, *height_spin;
+  GtkWidget *device_combo, *precision_combo, *output_combo;
+  GtkWidget *live_check, *preview_image, *progress_bar, *stop_button, *status_label;
+
+  guint debounce_ms, debounce_source;
+  PreviewJob *job;  /* the one preview in flight, or NULL */
+  gboolean pending; /* the debounce fired while a cancelled job was finishing */
+  guint job_serial;
+  LcmPipeline *pipeline; /* loaded for pipeline_key; NULL while a job has it */
+  LcmTaesd *taesd;       /* preview decoder for the same key, or NULL */
+  char *pipeline_key;
+  LcmPreviewStats stats;
+  gboolean building; /* widgets are being filled: changes are not edits */
+  gboolean disposed;
+};
+
+G_DEFINE_TYPE(LcmDialog, lcm_dialog, GTK_TYPE_DIALOG)
+
+enum { PREVIEW_STARTED, PREVIEW_FINISHED, PREVIEW_CANCELLED, PREVIEW_FAILED, N_SIGNALS };
+static guint signals[N_SIGNALS];
+
+struct PreviewJob {
+  LcmDialog *dialog; /* a reference, so idles never see a finalized dialog */
+  guint serial;
+  LcmSettings settings;
+  uint64_t seed;
+  int width, height; /* preview size, multiples of 8 */
+  LcmImage *source, *mask; /* preview-size copies, or NULL */
+  char *pipeline_key;
+  LcmPipeline *pipeline; /* given by the dialog, or loaded by the worker */
+  LcmTaesd *taesd;
+  volatile gint cancel;
+  GThread *thread;
+  guint done_source;
+  GdkPixbuf *result;
+  GError *error;
+};
+
+/* ---- Small helpers ------------------------------------------------------------ */
+
+void lcm_dialog_init_i18n(const char *locale_dir) {
+  bindtextdomain(LCM_GETTEXT_DOMAIN, locale_dir ? locale_dir : LCM_LOCALEDIR);
+  bind_textdomain_codeset(LCM_GETTEXT_DOMAIN, "UTF-8");
+}
+
+/* RGB floats to a pixbuf: value = data[pixel * pixel_stride + channel *
+ * channel_stride] * scale + offset, clamped to [0, 1]. Covers HWC [0, 1]
+ * images and planar [-1, 1] decoder output alike. */
+static GdkPixbuf *pixbuf_from_floats(const float *data, int width, int height,
+                                     size_t pixel_stride, size_t channel_stride, float scale,
+                                     float offset) {
+  GdkPixbuf *pixbuf = gdk_pixbuf_new(GDK_COLORSPACE_RGB, FALSE, 8, width, height);
+  int rowstride = gdk_pixbuf_get_rowstride(pixbuf);
+  guchar *pixels = gdk_pixbuf_get_pixels(pixbuf);
+  for (int y = 0; y < height; y++)
+    for (int x = 0; x < width; x++) {
+      size_t pixel = (size_t)y * width + x;
+      for (int c = 0; c < 3; c++) {
+        float v = data[pixel * pixel_stride + c * channel_stride] * scale + offset;
+        pixels[y * rowstride + x * 3 + c] = (guchar)lrintf(CLAMP(v, 0.0f, 1.0f) * 255.0f);
+      }
+    }
+  return pixbuf;
+}
+
+static GdkPixbuf *pixbuf_from_image(const LcmImage *image) {
+  return pixbuf_from_floats(image->data, image->width, image->height, image->channels, 1, 1, 0);
+}
+
+static int round_to_8(double side) {
+  return MAX(8, (int)lrint(side / 8) * 8);
+}
+
+/* The preview's size for a picture of width x height: at most
+ * PREVIEW_MAX_SIDE on the long side, never larger, multiples of 8. */
+static void preview_size(int width, int height, int *out_width, int *out_height) {
+  double scale = MIN(1.0, (double)PREVIEW_MAX_SIDE / MAX(width, height));
+  *out_width = round_to_8(width * scale);
+  *out_height = round_to_8(height * scale);
+}
+
+/* Combo boxes whose items can be insensitive (unavailable modes, devices). */
+enum { CHOICE_ID, CHOICE_LABEL, CHOICE_SENSITIVE, CHOICE_COLUMNS };
+
+static GtkWidget *choice_combo_new(void) {
+  GtkListStore *store =
+      gtk_list_store_new(CHOICE_COLUMNS, G_TYPE_INT, G_TYPE_STRING, G_TYPE_BOOLEAN);
+  GtkWidget *combo = gtk_combo_box_new_with_model(GTK_TREE_MODEL(store));
+  g_object_unref(store);
+  GtkCellRenderer *cell = gtk_cell_renderer_text_new();
+  gtk_cell_layout_pack_start(GTK_CELL_LAYOUT(combo), cell, TRUE);
+  gtk_cell_layout_set_attributes(GTK_CELL_LAYOUT(combo), cell, "text", CHOICE_LABEL, "sensitive",
+                                 CHOICE_SENSITIVE, NULL);
+  return combo;
+}
+
+static void choice_combo_add(GtkWidget *combo, int id, const char *label, gboolean sensitive) {
+  GtkListStore *store = GTK_LIST_STORE(gtk_combo_box_get_model(GTK_COMBO_BOX(combo)));
+  gtk_list_store_insert_with_values(store, NULL, -1, CHOICE_ID, id, CHOICE_LABEL, label,
+                                    CHOICE_SENSITIVE, sensitive, -1);
+}
+
+static int choice_combo_get(GtkWidget *combo) {
+  GtkTreeIter iter;
+  int id = 0;
+  if (gtk_combo_box_get_active_iter(GTK_COMBO_BOX(combo), &iter))
+    gtk_tree_model_get(gtk_combo_box_get_model(GTK_COMBO_BOX(combo)), &iter, CHOICE_ID, &id, -1);
+  return id;
+}
+
+/* Selects id when it is available, else the first available item. */
+static void choice_combo_set(GtkWidget *combo, int id) {
+  GtkTreeModel *model = gtk_combo_box_get_model(GTK_COMBO_BOX(combo));
+  GtkTreeIter iter, fallback;
+  gboolean have_fallback = FALSE;
+  for (gboolean ok = gtk_tree_model_get_iter_first(model, &iter); ok;
+       ok = gtk_tree_model_iter_next(model, &iter)) {
+    int item_id;
+    gboolean sensitive;
+    gtk_tree_model_get(model, &iter, CHOICE_ID, &item_id, CHOICE_SENSITIVE, &sensitive, -1);
+    if (!sensitive) continue;
+    if (item_id == id) {
+      gtk_combo_box_set_active_iter(GTK_COMBO_BOX(combo), &iter);
+      return;
+    }
+    if (!have_fallback) fallback = iter, have_fallback = TRUE;
+  }
+  if (have_fallback) gtk_combo_box_set_active_iter(GTK_COMBO_BOX(combo), &fallback);
+}
+
+static char *text_view_get_text(GtkWidget *view) {
+  GtkTextBuffer *buffer = gtk_text_view_get_buffer(GTK_TEXT_VIEW(view));
+  GtkTextIter start, end;
+  gtk_text_buffer_get_bounds(buffer, &start, &end);
+  return gtk_text_buffer_get_text(buffer, &start, &end, FALSE);
+}
+
+/* ---- Models ------------------------------------------------------------------- */
+
+static gboolean is_lora_file(const char *path) {
+  char **networks = lcm_lora_networks(path, NULL);
+  g_strfreev(networks);
+  return networks != NULL;
+}
+
+static int compare_paths(gconstpointer a, gconstpointer b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Diffusers folders and .safetensors checkpoints (not LoRAs) in dir, by name. */
+static GPtrArray *scan_models(const char *dir) {
+  GPtrArray *paths = g_ptr_array_new_with_free_func(g_free);
+  GDir *listing = g_dir_open(dir, 0, NULL);
+  for (const char *name; listing && (name = g_dir_read_name(listing));) {
+    char *path = g_build_filename(dir, name, NULL);
+    g_autofree char *index = g_build_filename(path, "model_index.json", NULL);
+    gboolean model = g_file_test(index, G_FILE_TEST_IS_REGULAR) ||
+                     (g_str_has_suffix(name, ".safetensors") &&
+                      g_file_test(path, G_FILE_TEST_IS_REGULAR) && !is_lora_file(path));
+    if (model)
+      g_ptr_array_add(paths, path);
+    else
+      g_free(path);
+  }
+  if (listing) g_dir_close(listing);
+  g_ptr_array_sort(paths, compare_paths);
+  return paths;
+}
+
+static void fill_model_combo(LcmDialog *self, const char *wanted) {
+  GtkComboBoxText *combo = GTK_COMBO_BOX_TEXT(self->model_combo);
+  g_autofree char *dir = lcm_models_dir();
+  g_autoptr(GPtrArray) models = scan_models(dir);
+  for (guint i = 0; i < models->len; i++) {
+    g_autofree char *name = g_path_get_basename(models->pdata[i]);
+    gtk_combo_box_text_append(combo, models->pdata[i], name);
+  }
+  if (wanted && *wanted && !gtk_combo_box_set_active_id(GTK_COMBO_BOX(combo), wanted) &&
+      g_strcmp0(wanted, self->test_model_path) != 0) {
+    /* A model outside the models folder, chosen earlier. */
+    gtk_combo_box_text_append(combo, wanted, wanted);
+  }
+  if (self->test_model_path && (models->len == 0 || !g_strcmp0(wanted, self->test_model_path)))
+    gtk_combo_box_text_append(combo, self->test_model_path,
+                              _("Test model (tiny, random weights: makes only noise)"));
+  if (!wanted || !*wanted || !gtk_combo_box_set_active_id(GTK_COMBO_BOX(combo), wanted))
+    gtk_combo_box_set_active(GTK_COMBO_BOX(combo), 0);
+
+  if (models->len == 0) {
+    g_autofree char *message = g_strdup_printf(
+        _("No model found in %s\n"
+          "Put one of these there:\n"
+          "• the LCM_Dreamshaper_v7 diffusers folder (with model_index.json, unet, vae, "
+          "text_encoder, tokenizer and scheduler), or\n"
+          "• a Stable Diffusion 1.5 .safetensors checkpoint, plus lcm-lora-sdv1-5 added under "
+          "LoRAs.\n"
+          "Until then the bundled test model is used; its weights are random, so it makes only "
+          "noise."),
+        dir);
+    gtk_label_set_text(GTK_LABEL(self->model_info), message);
+  }
+  /* no_show_all keeps a host's gtk_widget_show_all from showing it. */
+  gtk_widget_set_no_show_all(self->model_info_bar, FALSE);
+  if (models->len == 0)
+    gtk_widget_show_all(self->model_info_bar);
+  else
+    gtk_widget_hide(self->model_info_bar);
+  gtk_widget_set_no_show_all(self->model_info_bar, TRUE);
+}
+
+/* ---- LoRA rows ---------------------------------------------------------------- */
+
+static void schedule_preview(LcmDialog *self);
+
+static void lora_row_remove(GtkButton *button, gpointer row) {
+  (void)button;
+  gtk_widget_destroy(GTK_WIDGET(row));
+}
+
+static void on_lora_row_destroy(GtkWidget *row, LcmDialog *self) {
+  (void)row;
+  schedule_preview(self);
+}
+
+static void add_lora_row(LcmDialog *self, const char *path, double scale) {
+  GtkWidget *row = gtk_box_new(GTK_ORIENTATION_HORIZONTAL, 6);
+  GtkWidget *file = gtk_file_chooser_button_new(_("Choose a LoRA"), GTK_FILE_CHOOSER_ACTION_OPEN);
+  GtkFileFilter *filter = gtk_file_filter_new();
+  gtk_file_filter_set_name(filter, _("LoRA weights (*.safetensors)"));
+  gtk_file_filter_add_pattern(filter, "*.safetensors");
+  gtk_file_chooser_add_filter(GTK_FILE_CHOOSER(file), filter);
+  g_autofree char *dir = lcm_models_dir();
+  gtk_file_chooser_set_current_folder(GTK_FILE_CHOOSER(file), dir);
+  if (path) gtk_file_chooser_set_filename(GTK_FILE_CHOOSER(file), path);
+  gtk_widget_set_hexpand(file, TRUE);
+  GtkWidget *spin = gtk_spin_button_new_with_range(-4, 4, 0.05);
+  gtk_spin_button_set_digits(GTK_SPIN_BUTTON(spin), 2);
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(spin), scale);
+  gtk_widget_set_tooltip_text(spin, _("How strongly the LoRA changes the model (1 = as trained)"));
+  GtkWidget *remove = gtk_button_new_from_icon_name("list-remove-symbolic", GTK_ICON_SIZE_BUTTON);
+  gtk_widget_set_tooltip_text(remove, _("Remove this LoRA"));
+  gtk_box_pack_start(GTK_BOX(row), file, TRUE, TRUE, 0);
+  gtk_box_pack_start(GTK_BOX(row), spin, FALSE, FALSE, 0);
+  gtk_box_pack_start(GTK_BOX(row), remove, FALSE, FALSE, 0);
+  g_object_set_data(G_OBJECT(row), "lcm-file", file);
+  g_object_set_data(G_OBJECT(row), "lcm-scale", spin);
+  g_signal_connect(remove, "clicked", G_CALLBACK(lora_row_remove), row);
+  g_signal_connect_swapped(file, "file-set", G_CALLBACK(schedule_preview), self);
+  g_signal_connect_swapped(spin, "value-changed", G_CALLBACK(schedule_preview), self);
+  g_signal_connect(row, "destroy", G_CALLBACK(on_lora_row_destroy), self);
+  gtk_box_pack_start(GTK_BOX(self->lora_box), row, FALSE, FALSE, 0);
+  gtk_widget_show_all(row);
+}
+
+static void on_add_lora(GtkButton *button, LcmDialog *self) {
+  (void)button;
+  add_lora_row(self, NULL, 1.0);
+}
+
+static char *loras_from_rows(LcmDialog *self) {
+  GArray *entries = g_array_new(FALSE, TRUE, sizeof(LcmLoraEntry));
+  GList *rows = gtk_container_get_children(GTK_CONTAINER(self->lora_box));
+  for (GList *l = rows; l; l = l->next) {
+    if (gtk_widget_in_destruction(l->data)) continue;
+    GtkWidget *file = g_object_get_data(l->data, "lcm-file");
+    GtkWidget *spin = g_object_get_data(l->data, "lcm-scale");
+    char *path = gtk_file_chooser_get_filename(GTK_FILE_CHOOSER(file));
+    if (!path) continue;
+    LcmLoraEntry entry = {path, gtk_spin_button_get_value(GTK_SPIN_BUTTON(spin))};
+    g_array_append_val(entries, entry);
+  }
+  g_list_free(rows);
+  char *loras = lcm_loras_format(entries);
+  for (guint i = 0; i < entries->len; i++) g_free(g_array_index(entries, LcmLoraEntry, i).path);
+  g_array_unref(entries);
+  return loras;
+}
+
+/* ---- Settings <-> widgets ------------------------------------------------------ */
+
+static void update_sensitivity(LcmDialog *self) {
+  LcmMode mode = choice_combo_get(self->mode_combo);
+  gtk_widget_set_sensitive(self->strength_spin, mode != LCM_MODE_TXT2IMG);
+  gtk_widget_set_sensitive(self->width_spin, mode == LCM_MODE_TXT2IMG);
+  gtk_widget_set_sensitive(self->height_spin, mode == LCM_MODE_TXT2IMG);
+}
+
+static void destroy_widget(GtkWidget *widget, gpointer data) {
+  (void)data;
+  gtk_widget_destroy(widget);
+}
+
+static void apply_settings(LcmDialog *self, const LcmSettings *s) {
+  self->building = TRUE;
+  choice_combo_set(self->mode_combo, s->mode);
+  gtk_text_buffer_set_text(gtk_text_view_get_buffer(GTK_TEXT_VIEW(self->prompt_view)),
+                           s->prompt ? s->prompt : "", -1);
+  gtk_text_buffer_set_text(gtk_text_view_get_buffer(GTK_TEXT_VIEW(self->negative_view)),
+                           s->negative_prompt ? s->negative_prompt : "", -1);
+  gtk_combo_box_text_remove_all(GTK_COMBO_BOX_TEXT(self->model_combo));
+  fill_model_combo(self, s->model_path);
+  gtk_container_foreach(GTK_CONTAINER(self->lora_box), destroy_widget, NULL);
+  g_autoptr(GArray) loras = lcm_loras_parse(s->loras, NULL);
+  for (guint i = 0; loras && i < loras->len; i++) {
+    const LcmLoraEntry *entry = &g_array_index(loras, LcmLoraEntry, i);
+    add_lora_row(self, entry->path, entry->scale);
+  }
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->steps_spin), s->steps);
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->guidance_spin), MAX(0, s->guidance));
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->strength_spin), s->strength);
+  gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(self->random_seed_check), s->seed < 0);
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->seed_spin),
+                            s->seed < 0 ? g_random_int() : (double)(s->seed & 0xffffffffu));
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->width_spin), s->width);
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->height_spin), s->height);
+  choice_combo_set(self->device_combo, s->device);
+  choice_combo_set(self->precision_combo, s->precision);
+  choice_combo_set(self->output_combo, s->output);
+  update_sensitivity(self);
+  self->building = FALSE;
+}
+
+void lcm_dialog_get_settings(LcmDialog *self, LcmSettings *out) {
+  g_return_if_fail(LCM_IS_DIALOG(self));
+  lcm_settings_clear(out);
+  out->mode = choice_combo_get(self->mode_combo);
+  out->prompt = text_view_get_text(self->prompt_view);
+  out->negative_prompt = text_view_get_text(self->negative_view);
+  out->model_path = g_strdup(gtk_combo_box_get_active_id(GTK_COMBO_BOX(self->model_combo)));
+  out->loras = loras_from_rows(self);
+  out->steps = gtk_spin_button_get_value_as_int(GTK_SPIN_BUTTON(self->steps_spin));
+  out->guidance = gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->guidance_spin));
+  out->strength = gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->strength_spin));
+  out->seed = gtk_toggle_button_get_active(GTK_TOGGLE_BUTTON(self->random_seed_check))
+                  ? -1
+                  : (gint64)gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->seed_spin));
+  out->width = round_to_8(gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->width_spin)));
+  out->height = round_to_8(gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->height_spin)));
+  out->device = choice_combo_get(self->device_combo);
+  out->precision = choice_combo_get(self->precision_combo);
+  out->output = choice_combo_get(self->output_combo);
+}
+
+/* What a loaded pipeline depends on: the same key reuses it. */
+static char *pipeline_key(const LcmSettings *s) {
+  return g_strdup_printf("%s\n%s\n%d", s->model_path ? s->model_path : "",
+                         s->loras ? s->loras : "", (int)s->precision);
+}
+
+/* ---- The preview worker ------------------------------------------------------- */
+
+typedef struct {
+  LcmDialog *dialog;
+  guint serial;
+  int step, steps;
+  GdkPixbuf *pixbuf; /* or NULL */
+} PreviewUpdate;
+
+static void show_preview_pixbuf(LcmDialog *self, GdkPixbuf *pixbuf) {
+  int width = gdk_pixbuf_get_width(pixbuf), height = gdk_pixbuf_get_height(pixbuf);
+  double scale = (double)PREVIEW_MAX_SIDE / MAX(width, height);
+  g_autoptr(GdkPixbuf) shown =
+      gdk_pixbuf_scale_simple(pixbuf, MAX(1, (int)lrint(width * scale)),
+                              MAX(1, (int)lrint(height * scale)),
+                              scale > 1 ? GDK_INTERP_NEAREST : GDK_INTERP_BILINEAR);
+  gtk_image_set_from_pixbuf(GTK_IMAGE(self->preview_image), shown);
+}
+
+static gboolean preview_update_idle(gpointer data) {
+  PreviewUpdate *update = data;
+  LcmDialog *self = update->dialog;
+  if (!self->disposed && self->job && self->job->serial == update->serial &&
+      !g_atomic_int_get(&self->job->cancel)) {
+    g_autofree char *text = g_strdup_printf(_("Step %d of %d"), update->step + 1, update->steps);
+    gtk_progress_bar_set_text(GTK_PROGRESS_BAR(self->progress_bar), text);
+    gtk_progress_bar_set_fraction(GTK_PROGRESS_BAR(self->progress_bar),
+                                  (double)(update->step + 1) / update->steps);
+    if (update->pixbuf) show_preview_pixbuf(self, update->pixbuf);
+  }
+  g_clear_object(&update->pixbuf);
+  g_object_unref(self);
+  g_free(update);
+  return G_SOURCE_REMOVE;
+}
+
+/* The step's `denoised` as a picture: through TAESD when it fits the
+ * model's latents, else through the pipeline's own VAE. */
+static GdkPixbuf *decode_denoised(PreviewJob *job, const LcmProgress *progress) {
+  int w = progress->latent_width, h = progress->latent_height;
+  if (job->taesd && lcm_taesd_latent_channels(job->taesd) == progress->latent_channels) {
+    size_t n = (size_t)3 * 64 * w * h;
+    g_autofree float *image = g_new(float, n);
+    if (lcm_taesd_decode(job->taesd, progress->denoised, 1, h, w, image, NULL))
+      return pixbuf_from_floats(image, 8 * w, 8 * h, 1, (size_t)64 * w * h, 0.5f, 0.5f);
+  }
+  LcmImage *image = lcm_pipeline_decode_latents(job->pipeline, progress->denoised, w, h, NULL);
+  if (!image) return NULL;
+  GdkPixbuf *pixbuf = pixbuf_from_image(image);
+  lcm_image_free(image);
+  return pixbuf;
+}
+
+static void preview_progress(const LcmProgress *progress, gpointer data) {
+  PreviewJob *job = data;
+  if (g_atomic_int_get(&job->cancel)) return;
+  PreviewUpdate *update = g_new0(PreviewUpdate, 1);
+  update->dialog = g_object_ref(job->dialog);
+  update->serial = job->serial;
+  update->step = progress->step;
+  update->steps = progress->steps;
+  /* The last step's prediction is the result, which the run decodes. */
+  if (progress->step + 1 < progress->steps) update->pixbuf = decode_denoised(job, progress);
+  g_idle_add(preview_update_idle, update);
+}
+
+static LcmTaesd *load_preview_taesd(const LcmSettings *settings) {
+  g_autofree char *path = lcm_find_taesd(settings->model_path);
+  if (!path) return NULL;
+  LcmTaesd *taesd = lcm_taesd_load(path, settings->precision, NULL);
+  if (taesd && !lcm_taesd_has_decoder(taesd)) g_clear_pointer(&taesd, lcm_taesd_free);
+  return taesd;
+}
+
+static gboolean preview_done_idle(gpointer data);
+
+static gpointer preview_worker(gpointer data) {
+  PreviewJob *job = data;
+  if (!job->pipeline) {
+    job->pipeline = lcm_settings_load_pipeline(&job->settings, NULL, &job->error);
+    if (job->pipeline) job->taesd = load_preview_taesd(&job->settings);
+  }
+  if (job->pipeline) {
+    LcmPipelineParams params;
+    lcm_pipeline_params_init(&params);
+    lcm_settings_to_params(&job->settings, job->pipeline, job->seed, &params);
+    params.width = job->width;
+    params.height = job->height;
+    params.image = job->source;
+    params.mask = job->mask;
+    params.progress = preview_progress;
+    params.progress_data = job;
+    params.cancel = &job->cancel;
+    LcmImage *image = lcm_pipeline_run(job->pipeline, &params, &job->error);
+    if (image && job->settings.mode == LCM_MODE_INPAINT)
+      lcm_image_composite(image, job->source, job->mask, NULL);
+    if (image) job->result = pixbuf_from_image(image);
+    lcm_image_free(image);
+  }
+  job->done_source = g_idle_add(preview_done_idle, job);
+  return NULL;
+}
+
+static void free_pipeline(LcmDialog *self) {
+  g_clear_pointer(&self->pipeline, lcm_pipeline_free);
+  g_clear_pointer(&self->taesd, lcm_taesd_free);
+  g_clear_pointer(&self->pipeline_key, g_free);
+}
+
+static void set_status(LcmDialog *self, const char *text) {
+  gtk_label_set_text(GTK_LABEL(self->status_label), text ? text : "");
+}
+
+/* Runs on the main thread once the worker is done (or joined). */
+static void complete_job(LcmDialog *self, PreviewJob *job) {
+  if (job->thread) g_thread_join(job->thread);
+  self->job = NULL;
+  free_pipeline(self);
+  self->pipeline = g_steal_pointer(&job->pipeline);
+  self->taesd = g_steal_pointer(&job->taesd);
+  self->pipeline_key = g_steal_pointer(&job->pipeline_key);
+  if (self->disposed) free_pipeline(self);
+
+  guint signal;
+  if (g_atomic_int_get(&job->cancel) ||
+      g_error_matches(job->error, LCM_ERROR, LCM_ERROR_CANCELLED)) {
+    self->stats.cancelled++;
+    signal = PREVIEW_CANCELLED;
+  } else if (job->result) {
+    self->stats.finished++;
+    signal = PREVIEW_FINISHED;
+  } else {
+    self->stats.failed++;
+    signal = PREVIEW_FAILED;
+  }
+  if (!self->disposed) {
+    GtkProgressBar *bar = GTK_PROGRESS_BAR(self->progress_bar);
+    gtk_widget_set_sensitive(self->stop_button, FALSE);
+    if (signal == PREVIEW_FINISHED) {
+      show_preview_pixbuf(self, job->result);
+      gtk_progress_bar_set_fraction(bar, 1);
+      gtk_progress_bar_set_text(bar, _("Preview ready"));
+      gboolean test_model = !g_strcmp0(job->settings.model_path, self->test_model_path);
+      set_status(self, test_model ? _("Test model: random weights, so the preview is noise.")
+                                  : NULL);
+    } else if (signal == PREVIEW_FAILED) {
+      gtk_progress_bar_set_fraction(bar, 0);
+      gtk_progress_bar_set_text(bar, _("Preview failed"));
+      set_status(self, job->error ? job->error->message : NULL);
+    } else {
+      gtk_progress_bar_set_text(bar, _("Preview stopped"));
+    }
+    g_signal_emit(self, signals[signal], 0);
+  }
+
+  lcm_settings_clear(&job->settings);
+  lcm_image_free(job->source);
+  lcm_image_free(job->mask);
+  g_clear_object(&job->result);
+  g_clear_error(&job->error);
+  gboolean start_pending = self->pending && !self->disposed;
+  self->pending = FALSE;
+  g_free(job);
+  if (start_pending) start_preview(self);
+  g_object_unref(self);
+}
+
+static gboolean preview_done_idle(gpointer data) {
+  PreviewJob *job = data;
+  complete_job(job->dialog, job);
+  return G_SOURCE_REMOVE;
+}
+
+/* Cancels the job in flight and completes it now, without the main loop. */
+static void stop_job_now(LcmDialog *self) {
+  if (self->debounce_source) g_source_remove(self->debounce_source);
+  self->debounce_source = 0;
+  self->pending = FALSE;
+  PreviewJob *job = self->job;
+  if (!job) return;
+  g_atomic_int_set(&job->cancel, 1);
+  g_thread_join(job->thread);
+  job->thread = NULL;
+  g_source_remove(job->done_source); /* the worker added it before it ended */
+  complete_job(self, job);
+}
+
+static void start_preview(LcmDialog *self) {
+  PreviewJob *job = g_new0(PreviewJob, 1);
+  job->dialog = g_object_ref(self);
+  job->serial = ++self->job_serial;
+  lcm_settings_init(&job->settings);
+  lcm_dialog_get_settings(self, &job->settings);
+  /* The preview keeps the shown seed even when each final run draws anew. */
+  job->seed = (uint64_t)gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->seed_spin));
+  if (job->settings.mode != LCM_MODE_TXT2IMG && self->source) {
+    preview_size(self->source->width, self->source->height, &job->width, &job->height);
+    job->source = lcm_image_resize(self->source, job->width, job->height);
+    if (self->mask) job->mask = lcm_image_resize(self->mask, job->width, job->height);
+  } else {
+    preview_size(job->settings.width, job->settings.height, &job->width, &job->height);
+  }
+  job->pipeline_key = pipeline_key(&job->settings);
+  if (self->pipeline_key && !strcmp(self->pipeline_key, job->pipeline_key)) {
+    job->pipeline = g_steal_pointer(&self->pipeline);
+    job->taesd = g_steal_pointer(&self->taesd);
+  }
+  free_pipeline(self);
+  self->job = job;
+
+  GtkProgressBar *bar = GTK_PROGRESS_BAR(self->progress_bar);
+  gtk_progress_bar_set_fraction(bar, 0);
+  gtk_progress_bar_set_text(bar, job->pipeline ? _("Generating preview…") : _("Loading model…"));
+  gtk_widget_set_sensitive(self->stop_button, TRUE);
+  set_status(self, NULL);
+  self->stats.started++;
+  /* Emitted before the worker starts, so a handler that changes a setting
+   * reliably cancels this very run. */
+  g_signal_emit(self, signals[PREVIEW_STARTED], 0);
+  job->thread = g_thread_new("lcm-preview", preview_worker, job);
+}
+
+static gboolean on_debounce(gpointer data) {
+  LcmDialog *self = data;
+  self->debounce_source = 0;
+  if (self->job)
+    self->pending = TRUE; /* starts when the cancelled run has stopped */
+  else
+    start_preview(self);
+  return G_SOURCE_REMOVE;
+}
+
+/* Every edit: the run in flight is stale now; a new one starts once the
+ * user has paused for debounce_ms. */
+static void schedule_preview(LcmDialog *self) {
+  if (self->building || self->disposed) return;
+  if (self->job) g_atomic_int_set(&self->job->cancel, 1);
+  self->pending = FALSE;
+  if (self->debounce_source) g_source_remove(self->debounce_source);
+  self->debounce_source = 0;
+  if (gtk_toggle_button_get_active(GTK_TOGGLE_BUTTON(self->live_check)))
+    self->debounce_source = g_timeout_add(self->debounce_ms, on_debounce, self);
+}
+
+static void on_setting_changed(LcmDialog *self) {
+  if (self->building) return;
+  update_sensitivity(self);
+  schedule_preview(self);
+}
+
+static void on_stop_clicked(GtkButton *button, LcmDialog *self) {
+  (void)button;
+  if (self->debounce_source) g_source_remove(self->debounce_source);
+  self->debounce_source = 0;
+  self->pending = FALSE;
+  if (self->job) g_atomic_int_set(&self->job->cancel, 1);
+}
+
+static void on_dice_clicked(GtkButton *button, LcmDialog *self) {
+  (void)button;
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->seed_spin), g_random_int());
+}
+
+/* The guidance spin shows 0 as "Auto" (the model's default). */
+static gboolean on_guidance_output(GtkSpinButton *spin, gpointer data) {
+  (void)data;
+  if (gtk_spin_button_get_value(spin) > 0) return FALSE;
+  gtk_entry_set_text(GTK_ENTRY(spin), _("Auto"));
+  return TRUE;
+}
+
+static gint on_guidance_input(GtkSpinButton *spin, gdouble *value, gpointer data) {
+  (void)data;
+  const char *text = gtk_entry_get_text(GTK_ENTRY(spin));
+  if (g_ascii_strcasecmp(text, _("Auto")) && g_ascii_strcasecmp(text, "auto")) return FALSE;
+  *value = 0;
+  return TRUE;
+}
+
+/* ---- Construction ------------------------------------------------------------- */
+
+static GtkWidget *add_row(GtkWidget *grid, int *row, const char *mnemonic, GtkWidget *control) {
+  GtkWidget *label = gtk_label_new_with_mnemonic(mnemonic);
+  gtk_label_set_xalign(GTK_LABEL(label), 0);
+  gtk_label_set_mnemonic_widget(GTK_LABEL(label), control);
+  gtk_grid_attach(GTK_GRID(grid), label, 0, *row, 1, 1);
+  gtk_grid_attach(GTK_GRID(grid), control, 1, *row, 1, 1);
+  gtk_widget_set_hexpand(control, TRUE);
+  (*row)++;
+  return label;
+}
+
+static GtkWidget *prompt_view_new(LcmDialog *self, GtkWidget **scrolled) {
+  GtkWidget *view = gtk_text_view_new();
+  gtk_text_view_set_wrap_mode(GTK_TEXT_VIEW(view), GTK_WRAP_WORD_CHAR);
+  gtk_text_view_set_left_margin(GTK_TEXT_VIEW(view), 4);
+  gtk_text_view_set_right_margin(GTK_TEXT_VIEW(view), 4);
+  gtk_text_view_set_accepts_tab(GTK_TEXT_VIEW(view), FALSE);
+  *scrolled = gtk_scrolled_window_new(NULL, NULL);
+  gtk_scrolled_window_set_policy(GTK_SCROLLED_WINDOW(*scrolled), GTK_POLICY_NEVER,
+                                 GTK_POLICY_AUTOMATIC);
+  gtk_scrolled_window_set_shadow_type(GTK_SCROLLED_WINDOW(*scrolled), GTK_SHADOW_IN);
+  gtk_widget_set_size_request(*scrolled, -1, 64);
+  gtk_widget_set_hexpand(*scrolled, TRUE);
+  gtk_container_add(GTK_CONTAINER(*scrolled), view);
+  g_signal_connect_swapped(gtk_text_view_get_buffer(GTK_TEXT_VIEW(view)), "changed",
+                           G_CALLBACK(on_setting_changed), self);
+  return view;
+}
+
+static GtkWidget *spin_new(LcmDialog *self, double min, double max, double step, int digits) {
+  GtkWidget *spin = gtk_spin_button_new_with_range(min, max, step);
+  gtk_spin_button_set_digits(GTK_SPIN_BUTTON(spin), digits);
+  gtk_spin_button_set_numeric(GTK_SPIN_BUTTON(spin), FALSE);
+  g_signal_connect_swapped(spin, "value-changed", G_CALLBACK(on_setting_changed), self);
+  return spin;
+}
+
+static GtkWidget *section_label(const char *text) {
+  g_autofree char *markup = g_markup_printf_escaped("<b>%s</b>", text);
+  GtkWidget *label = gtk_label_new(NULL);
+  gtk_label_set_markup(GTK_LABEL(label), markup);
+  gtk_label_set_xalign(GTK_LABEL(label), 0);
+  return label;
+}
+
+static GtkWidget *build_preview_column(LcmDialog *self) {
+  GtkWidget *box = gtk_box_new(GTK_ORIENTATION_VERTICAL, 6);
+  gtk_box_pack_start(GTK_BOX(box), section_label(_("Preview")), FALSE, FALSE, 0);
+  GtkWidget *frame = gtk_frame_new(NULL);
+  gtk_frame_set_shadow_type(GTK_FRAME(frame), GTK_SHADOW_IN);
+  self->preview_image = gtk_image_new();
+  gtk_widget_set_size_request(self->preview_image, PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE);
+  gtk_container_add(GTK_CONTAINER(frame), self->preview_image);
+  gtk_widget_set_halign(frame, GTK_ALIGN_CENTER);
+  gtk_box_pack_start(GTK_BOX(box), frame, FALSE, FALSE, 0);
+  if (self->source) {
+    g_autoptr(GdkPixbuf) pixbuf = pixbuf_from_image(self->source);
+    show_preview_pixbuf(self, pixbuf);
+  }
+
+  GtkWidget *progress_row = gtk_box_new(GTK_ORIENTATION_HORIZONTAL, 6);
+  self->progress_bar = gtk_progress_bar_new();
+  gtk_progress_bar_set_show_text(GTK_PROGRESS_BAR(self->progress_bar), TRUE);
+  gtk_progress_bar_set_text(GTK_PROGRESS_BAR(self->progress_bar), "");
+  gtk_widget_set_valign(self->progress_bar, GTK_ALIGN_CENTER);
+  self->stop_button = gtk_button_new_from_icon_name("process-stop-symbolic", GTK_ICON_SIZE_BUTTON);
+  gtk_widget_set_tooltip_text(self->stop_button, _("Stop the preview"));
+  gtk_widget_set_sensitive(self->stop_button, FALSE);
+  g_signal_connect(self->stop_button, "clicked", G_CALLBACK(on_stop_clicked), self);
+  gtk_box_pack_start(GTK_BOX(progress_row), self->progress_bar, TRUE, TRUE, 0);
+  gtk_box_pack_start(GTK_BOX(progress_row), self->stop_button, FALSE, FALSE, 0);
+  gtk_box_pack_start(GTK_BOX(box), progress_row, FALSE, FALSE, 0);
+
+  self->live_check = gtk_check_button_new_with_mnemonic(_("_Live preview"));
+  gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(self->live_check), TRUE);
+  gtk_widget_set_tooltip_text(self->live_check,
+                              _("Make a small preview whenever a setting changes"));
+  g_signal_connect_swapped(self->live_check, "toggled", G_CALLBACK(schedule_preview), self);
+  gtk_box_pack_start(GTK_BOX(box), self->live_check, FALSE, FALSE, 0);
+
+  self->status_label = gtk_label_new(NULL);
+  gtk_label_set_line_wrap(GTK_LABEL(self->status_label), TRUE);
+  gtk_label_set_max_width_chars(GTK_LABEL(self->status_label), 36);
+  gtk_label_set_xalign(GTK_LABEL(self->status_label), 0);
+  gtk_label_set_selectable(GTK_LABEL(self->status_label), TRUE);
+  gtk_box_pack_start(GTK_BOX(box), self->status_label, FALSE, FALSE, 0);
+  return box;
+}
+
+static GtkWidget *build_settings_column(LcmDialog *self) {
+  GtkWidget *grid = gtk_grid_new();
+  gtk_grid_set_row_spacing(GTK_GRID(grid), 6);
+  gtk_grid_set_column_spacing(GTK_GRID(grid), 12);
+  int row = 0;
+
+  GtkWidget *info_bar = self->model_info_bar = gtk_info_bar_new();
+  gtk_info_bar_set_message_type(GTK_INFO_BAR(info_bar), GTK_MESSAGE_WARNING);
+  self->model_info = gtk_label_new(NULL);
+  gtk_label_set_line_wrap(GTK_LABEL(self->model_info), TRUE);
+  gtk_label_set_max_width_chars(GTK_LABEL(self->model_info), 60);
+  gtk_label_set_xalign(GTK_LABEL(self->model_info), 0);
+  gtk_label_set_selectable(GTK_LABEL(self->model_info), TRUE);
+  gtk_container_add(GTK_CONTAINER(gtk_info_bar_get_content_area(GTK_INFO_BAR(info_bar))),
+                    self->model_info);
+  gtk_widget_show(self->model_info);
+  gtk_grid_attach(GTK_GRID(grid), info_bar, 0, row++, 2, 1);
+
+  self->mode_combo = choice_combo_new();
+  choice_combo_add(self->mode_combo, LCM_MODE_TXT2IMG, _("Text to image"), TRUE);
+  choice_combo_add(self->mode_combo, LCM_MODE_IMG2IMG, _("Image to image"), self->source != NULL);
+  choice_combo_add(self->mode_combo, LCM_MODE_INPAINT, _("Inpaint the selection"),
+                   self->source && self->mask);
+  g_signal_connect_swapped(self->mode_combo, "changed", G_CALLBACK(on_setting_changed), self);
+  add_row(grid, &row, _("_Mode"), self->mode_combo);
+
+  GtkWidget *scrolled;
+  self->prompt_view = prompt_view_new(self, &scrolled);
+  GtkWidget *label = gtk_label_new_with_mnemonic(_("_Prompt"));
+  gtk_label_set_xalign(GTK_LABEL(label), 0);
+  gtk_label_set_mnemonic_widget(GTK_LABEL(label), self->prompt_view);
+  gtk_grid_attach(GTK_GRID(grid), label, 0, row++, 2, 1);
+  gtk_grid_attach(GTK_GRID(grid), scrolled, 0, row++, 2, 1);
+  gtk_widget_set_tooltip_text(self->prompt_view, _("Describe the picture you want"));
+
+  self->negative_view = prompt_view_new(self, &scrolled);
+  label = gtk_label_new_with_mnemonic(_("_Negative prompt"));
+  gtk_label_set_xalign(GTK_LABEL(label), 0);
+  gtk_label_set_mnemonic_widget(GTK_LABEL(label), self->negative_view);
+  gtk_grid_attach(GTK_GRID(grid), label, 0, row++, 2, 1);
+  gtk_grid_attach(GTK_GRID(grid), scrolled, 0, row++, 2, 1);
+  gtk_widget_set_tooltip_text(self->negative_view,
+                              _("What the picture should not show (used when guidance is "
+                                "above 1 with a model that is not an LCM model)"));
+
+  self->model_combo = gtk_combo_box_text_new();
+  g_signal_connect_swapped(self->model_combo, "changed", G_CALLBACK(on_setting_changed), self);
+  add_row(grid, &row, _("M_odel"), self->model_combo);
+
+  GtkWidget *lora_column = gtk_box_new(GTK_ORIENTATION_VERTICAL, 6);
+  self->lora_box = gtk_box_new(GTK_ORIENTATION_VERTICAL, 6);
+  GtkWidget *add = gtk_button_new_with_mnemonic(_("_Add LoRA…"));
+  gtk_widget_set_halign(add, GTK_ALIGN_START);
+  g_signal_connect(add, "clicked", G_CALLBACK(on_add_lora), self);
+  gtk_box_pack_start(GTK_BOX(lora_column), self->lora_box, FALSE, FALSE, 0);
+  gtk_box_pack_start(GTK_BOX(lora_column), add, FALSE, FALSE, 0);
+  label = add_row(grid, &row, _("LoRAs"), lora_column);
+  gtk_label_set_mnemonic_widget(GTK_LABEL(label), add);
+  gtk_widget_set_valign(label, GTK_ALIGN_START);
+
+  self->steps_spin = spin_new(self, LCM_SETTINGS_MIN_STEPS, LCM_SETTINGS_MAX_STEPS, 1, 0);
+  gtk_widget_set_tooltip_text(self->steps_spin, _("More steps add detail; 4 is usually enough"));
+  add_row(grid, &row, _("_Steps"), self->steps_spin);
+
+  self->guidance_spin = spin_new(self, 0, 20, 0.1, 1);
+  g_signal_connect(self->guidance_spin, "output", G_CALLBACK(on_guidance_output), NULL);
+  g_signal_connect(self->guidance_spin, "input", G_CALLBACK(on_guidance_input), NULL);
+  gtk_widget_set_tooltip_text(self->guidance_spin,
+                              _("How closely to follow the prompt. Auto: the model's default "
+                                "(8 for LCM models, 1 with LCM-LoRA)"));
+  add_row(grid, &row, _("G_uidance"), self->guidance_spin);
+
+  self->strength_spin = spin_new(self, 0.05, 1, 0.05, 2);
+  gtk_widget_set_tooltip_text(self->strength_spin,
+                              _("How much of the image to repaint: 1 starts from noise"));
+  add_row(grid, &row, _("Strengt_h"), self->strength_spin);
+
+  GtkWidget *seed_row = gtk_box_new(GTK_ORIENTATION_HORIZONTAL, 6);
+  self->seed_spin = spin_new(self, 0, 4294967295.0, 1, 0);
+  GtkWidget *dice = gtk_button_new_from_icon_name("media-playlist-shuffle-symbolic",
+                                                  GTK_ICON_SIZE_BUTTON);
+  gtk_widget_set_tooltip_text(dice, _("Pick a new random seed"));
+  g_signal_connect(dice, "clicked", G_CALLBACK(on_dice_clicked), self);
+  self->random_seed_check = gtk_check_button_new_with_mnemonic(_("Ne_w seed each time"));
+  gtk_widget_set_tooltip_text(self->random_seed_check,
+                              _("Draw a new seed for every generated image; the preview keeps "
+                                "the seed shown"));
+  gtk_box_pack_start(GTK_BOX(seed_row), self->seed_spin, TRUE, TRUE, 0);
+  gtk_box_pack_start(GTK_BOX(seed_row), dice, FALSE, FALSE, 0);
+  gtk_box_pack_start(GTK_BOX(seed_row), self->random_seed_check, FALSE, FALSE, 0);
+  label = add_row(grid, &row, _("S_eed"), seed_row);
+  gtk_label_set_mnemonic_widget(GTK_LABEL(label), self->seed_spin);
+
+  GtkWidget *size_row = gtk_box_new(GTK_ORIENTATION_HORIZONTAL, 6);
+  self->width_spin = spin_new(self, 64, 2048, 8, 0);
+  self->height_spin = spin_new(self, 64, 2048, 8, 0);
+  gtk_box_pack_start(GTK_BOX(size_row), self->width_spin, TRUE, TRUE, 0);
+  gtk_box_pack_start(GTK_BOX(size_row), gtk_label_new("×"), FALSE, FALSE, 0);
+  gtk_box_pack_start(GTK_BOX(size_row), self->height_spin, TRUE, TRUE, 0);
+  gtk_widget_set_tooltip_text(size_row, _("Size of the new image in pixels (multiples of 8)"));
+  label = add_row(grid, &row, _("Si_ze"), size_row);
+  gtk_label_set_mnemonic_widget(GTK_LABEL(label), self->width_spin);
+
+  gboolean gpu = lcm_gpu_available();
+  self->device_combo = choice_combo_new();
+  choice_combo_add(self->device_combo, LCM_DEVICE_CPU, _("CPU"), TRUE);
+  choice_combo_add(self->device_combo, LCM_DEVICE_GPU, _("GPU"), gpu);
+  gtk_widget_set_sensitive(self->device_combo, gpu);
+  gtk_widget_set_tooltip_text(self->device_combo,
+                              gpu ? _("Where the model runs")
+                                  : _("Only the CPU can be used: the installed oneDNN library "
+                                      "has no GPU support, or it found no GPU"));
+  g_signal_connect_swapped(self->device_combo, "changed", G_CALLBACK(on_setting_changed), self);
+  add_row(grid, &row, _("_Device"), self->device_combo);
+
+  gboolean bf16 = lcm_precision_resolve(LCM_PRECISION_AUTO) == LCM_PRECISION_BF16;
+  self->precision_combo = choice_combo_new();
+  choice_combo_add(self->precision_combo, LCM_PRECISION_AUTO, _("Automatic"), TRUE);
+  choice_combo_add(self->precision_combo, LCM_PRECISION_FP32, _("Full (fp32)"), TRUE);
+  choice_combo_add(self->precision_combo, LCM_PRECISION_BF16, _("Fast (bfloat16)"), bf16);
+  gtk_widget_set_tooltip_text(self->precision_combo,
+                              bf16 ? _("bfloat16 is faster and almost as exact")
+                                   : _("This CPU has no bfloat16 support (AVX512-BF16 or AMX), "
+                                       "so the model runs in fp32"));
+  g_signal_connect_swapped(self->precision_combo, "changed", G_CALLBACK(on_setting_changed),
+                           self);
+  add_row(grid, &row, _("Prec_ision"), self->precision_combo);
+
+  self->output_combo = choice_combo_new();
+  choice_combo_add(self->output_combo, LCM_OUTPUT_NEW_LAYER, _("New layer"), TRUE);
+  choice_combo_add(self->output_combo, LCM_OUTPUT_REPLACE, _("Replace the layer"), TRUE);
+  add_row(grid, &row, _("Outpu_t"), self->output_combo);
+  return grid;
+}
+
+static void on_map(LcmDialog *self) {
+  schedule_preview(self);
+}
+
+GtkWidget *lcm_dialog_new(GtkWindow *parent, const LcmSettings *initial, const LcmImage *source,
+                          const LcmImage *mask) {
+  LcmDialog *self = g_object_new(LCM_TYPE_DIALOG, "title", _("Generate with LCM"),
+                                 "transient-for", parent, "modal", parent != NULL,
+                                 "use-header-bar", FALSE, NULL);
+  if (source) self->source = lcm_image_resize(source, source->width, source->height);
+  if (source && mask && mask->width == source->width && mask->height == source->height)
+    self->mask = lcm_image_resize(mask, mask->width, mask->height);
+  if (initial) lcm_settings_copy(&self->initial, initial);
+
+  gtk_dialog_add_buttons(GTK_DIALOG(self), _("_Reset"), RESPONSE_RESET, _("_Cancel"),
+                         GTK_RESPONSE_CANCEL, _("_Generate"), GTK_RESPONSE_OK, NULL);
+  gtk_dialog_set_default_response(GTK_DIALOG(self), GTK_RESPONSE_OK);
+
+  GtkWidget *content = gtk_dialog_get_content_area(GTK_DIALOG(self));
+  GtkWidget *columns = gtk_box_new(GTK_ORIENTATION_HORIZONTAL, 18);
+  gtk_container_set_border_width(GTK_CONTAINER(columns), 12);
+  gtk_box_pack_start(GTK_BOX(columns), build_preview_column(self), FALSE, FALSE, 0);
+  gtk_box_pack_start(GTK_BOX(columns), build_settings_column(self), TRUE, TRUE, 0);
+  gtk_box_pack_start(GTK_BOX(content), columns, TRUE, TRUE, 0);
+  gtk_widget_show_all(columns);
+
+  apply_settings(self, &self->initial);
+  g_signal_connect(self, "map", G_CALLBACK(on_map), NULL);
+  return GTK_WIDGET(self);
+}
+
+gboolean lcm_dialog_run(LcmDialog *self, LcmSettings *out) {
+  g_return_val_if_fail(LCM_IS_DIALOG(self), FALSE);
+  int response;
+  while ((response = gtk_dialog_run(GTK_DIALOG(self))) == RESPONSE_RESET) {
+    apply_settings(self, &self->initial);
+    schedule_preview(self);
+  }
+  stop_job_now(self);
+  if (response != GTK_RESPONSE_OK) return FALSE;
+  lcm_dialog_get_settings(self, out);
+  return TRUE;
+}
+
+LcmPipeline *lcm_dialog_take_pipeline(LcmDialog *self) {
+  g_return_val_if_fail(LCM_IS_DIALOG(self), NULL);
+  stop_job_now(self);
+  LcmSettings settings;
+  lcm_settings_init(&settings);
+  lcm_dialog_get_settings(self, &settings);
+  g_autofree char *key = pipeline_key(&settings);
+  lcm_settings_clear(&settings);
+  LcmPipeline *pipeline = NULL;
+  if (self->pipeline_key && !strcmp(key, self->pipeline_key))
+    pipeline = g_steal_pointer(&self->pipeline);
+  free_pipeline(self);
+  return pipeline;
+}
+
+void lcm_dialog_get_preview_stats(LcmDialog *self, LcmPreviewStats *stats) {
+  g_return_if_fail(LCM_IS_DIALOG(self));
+  *stats = self->stats;
+}
+
+void lcm_dialog_set_debounce(LcmDialog *self, guint milliseconds) {
+  g_return_if_fail(LCM_IS_DIALOG(self));
+  self->debounce_ms = milliseconds;
+}
+
+gboolean lcm_dialog_preview_busy(LcmDialog *self) {
+  g_return_val_if_fail(LCM_IS_DIALOG(self), FALSE);
+  return self->job != NULL || self->debounce_source != 0;
+}
+
+GtkTextBuffer *lcm_dialog_get_prompt_buffer(LcmDialog *self) {
+  g_return_val_if_fail(LCM_IS_DIALOG(self), NULL);
+  return gtk_text_view_get_buffer(GTK_TEXT_VIEW(self->prompt_view));
+}
+
+static void lcm_dialog_init(LcmDialog *self) {
+  self->debounce_ms = DEFAULT_DEBOUNCE_MS;
+  lcm_settings_init(&self->initial);
+  gboolean test_model = FALSE;
+  g_autofree char *default_model = lcm_default_model(&test_model);
+  self->test_model_path = test_model ? g_steal_pointer(&default_model)
+                                     : lcm_find_data_file("tiny-lcm");
+}
+
+static void lcm_dialog_dispose(GObject *object) {
+  LcmDialog *self = LCM_DIALOG(object);
+  if (!self->disposed) {
+    self->disposed = TRUE;
+    stop_job_now(self);
+    free_pipeline(self);
+  }
+  G_OBJECT_CLASS(lcm_dialog_parent_class)->dispose(object);
+}
+
+static void lcm_dialog_finalize(GObject *object) {
+  LcmDialog *self = LCM_DIALOG(object);
+  lcm_image_free(self->source);
+  lcm_image_free(self->mask);
+  lcm_settings_clear(&self->initial);
+  g_free(self->test_model_path);
+  G_OBJECT_CLASS(lcm_dialog_parent_class)->finalize(object);
+}
+
+static void lcm_dialog_class_init(LcmDialogClass *klass) {
+  GObjectClass *object_class = G_OBJECT_CLASS(klass);
+  object_class->dispose = lcm_dialog_dispose;
+  object_class->finalize = lcm_dialog_finalize;
+  const char *names[N_SIGNALS] = {"preview-started", "preview-finished", "preview-cancelled",
+                                  "preview-failed"};
+  for (int i = 0; i < N_SIGNALS; i++)
+    signals[i] = g_signal_new(names[i], G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0, NULL,
+                              NULL, NULL, G_TYPE_NONE, 0);
+}

@@ -1,0 +1,180 @@
+/* LcmSettings: what the dialog edits and the host stores, and the helpers
+ * that turn settings into a loaded pipeline and a run's parameters. */
+#include "lcm-dialog.h"
+
+#include <math.h>
+#include <string.h>
+
+void lcm_settings_init(LcmSettings *settings) {
+  *settings = (LcmSettings){
+      .mode = LCM_MODE_TXT2IMG,
+      .steps = 4,
+      .guidance = 0,
+      .strength = 0.6,
+      .seed = -1,
+      .width = 512,
+      .height = 512,
+      .precision = LCM_PRECISION_AUTO,
+      .device = LCM_DEVICE_CPU,
+      .output = LCM_OUTPUT_NEW_LAYER,
+  };
+}
+
+void lcm_settings_clear(LcmSettings *settings) {
+  g_free(settings->prompt);
+  g_free(settings->negative_prompt);
+  g_free(settings->model_path);
+  g_free(settings->loras);
+  lcm_settings_init(settings);
+}
+
+void lcm_settings_copy(LcmSettings *dst, const LcmSettings *src) {
+  if (dst == src) return;
+  lcm_settings_clear(dst);
+  *dst = *src;
+  dst->prompt = g_strdup(src->prompt);
+  dst->negative_prompt = g_strdup(src->negative_prompt);
+  dst->model_path = g_strdup(src->model_path);
+  dst->loras = g_strdup(src->loras);
+}
+
+static void lora_entry_clear(gpointer data) {
+  g_free(((LcmLoraEntry *)data)->path);
+}
+
+GArray *lcm_loras_parse(const char *loras, GError **error) {
+  GArray *entries = g_array_new(FALSE, TRUE, sizeof(LcmLoraEntry));
+  g_array_set_clear_func(entries, lora_entry_clear);
+  g_auto(GStrv) items = g_strsplit(loras ? loras : "", ";", -1);
+  for (char **item = items; *item; item++) {
+    char *text = g_strstrip(*item);
+    if (!*text) continue;
+    LcmLoraEntry entry = {.scale = 1.0};
+    const char *colon = strrchr(text, ':');
+    /* A ':' followed by a path ("C:\\x", "/a:b/c") belongs to the path. */
+    char *end = NULL;
+    double scale = colon ? g_ascii_strtod(colon + 1, &end) : 0;
+    if (colon && end != colon + 1 && *end == '\0' && isfinite(scale)) {
+      entry.path = g_strndup(text, colon - text);
+      entry.scale = scale;
+    } else if (colon && colon[1] && !strpbrk(colon + 1, "/\\")) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                  "LoRA list entry '%s': the scale after ':' is not a number (expected "
+                  "\"file:scale;file:scale\")",
+                  text);
+      g_array_unref(entries);
+      return NULL;
+    } else {
+      entry.path = g_strdup(text);
+    }
+    g_array_append_val(entries, entry);
+  }
+  return entries;
+}
+
+char *lcm_loras_format(const GArray *entries) {
+  GString *out = g_string_new(NULL);
+  for (guint i = 0; i < entries->len; i++) {
+    const LcmLoraEntry *entry = &g_array_index(entries, LcmLoraEntry, i);
+    char scale[G_ASCII_DTOSTR_BUF_SIZE];
+    g_ascii_formatd(scale, sizeof scale, "%g", entry->scale);
+    g_string_append_printf(out, "%s%s:%s", i ? ";" : "", entry->path, scale);
+  }
+  return g_string_free(out, FALSE);
+}
+
+LcmPipeline *lcm_settings_load_pipeline(const LcmSettings *settings, gboolean *is_test_model,
+                                        GError **error) {
+  gboolean test_model = FALSE;
+  g_autofree char *path = settings->model_path && *settings->model_path
+                              ? g_strdup(settings->model_path)
+                              : lcm_default_model(&test_model);
+  if (is_test_model) *is_test_model = test_model;
+  if (!path) {
+    g_autofree char *dir = lcm_models_dir();
+    g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
+                "No model found: put a model into %s (see the README)", dir);
+    return NULL;
+  }
+  g_autoptr(GArray) loras = lcm_loras_parse(settings->loras, error);
+  if (!loras) return NULL;
+  LcmModel *model = lcm_model_open(path, error);
+  if (!model) return NULL;
+  LcmPipeline *pipeline = NULL;
+  gboolean merged = TRUE;
+  for (guint i = 0; i < loras->len && merged; i++) {
+    const LcmLoraEntry *entry = &g_array_index(loras, LcmLoraEntry, i);
+    merged = lcm_model_add_lora(model, entry->path, (float)entry->scale, error);
+  }
+  if (merged) pipeline = lcm_pipeline_new(model, settings->precision, error);
+  lcm_model_free(model);
+  return pipeline;
+}
+
+uint64_t lcm_settings_resolve_seed(const LcmSettings *settings) {
+  if (settings->seed >= 0) return (uint64_t)settings->seed & 0xffffffffu;
+  return g_random_int();
+}
+
+void lcm_settings_to_params(const LcmSettings *settings, const LcmPipeline *pipeline,
+                            uint64_t seed, LcmPipelineParams *params) {
+  params->mode = settings->mode;
+  params->prompt = settings->prompt;
+  params->negative_prompt = settings->negative_prompt;
+  params->steps = CLAMP(settings->steps, LCM_SETTINGS_MIN_STEPS, LCM_SETTINGS_MAX_STEPS);
+  params->guidance_scale =
+      settings->guidance > 0 ? settings->guidance : lcm_pipeline_default_guidance(pipeline);
+  params->strength = settings->strength;
+  params->seed = seed;
+  params->width = settings->width;
+  params->height = settings->height;
+}
+
+/* One output sample: the average of the source pixels its footprint covers
+ * when shrinking (box filter), a bilinear tap when growing. */
+static void resample_axis(int src_len, int dst_len, int dst_index, int *first, int *last,
+                          float *t) {
+  double scale = (double)src_len / dst_len;
+  if (scale >= 1) {
+    *first = (int)floor(dst_index * scale);
+    *last = MAX(*first, (int)ceil((dst_index + 1) * scale) - 1);
+    *last = MIN(*last, src_len - 1);
+    *t = -1;
+  } else {
+    double x = (dst_index + 0.5) * scale - 0.5;
+    x = CLAMP(x, 0, src_len - 1);
+    *first = (int)floor(x);
+    *last = MIN(*first + 1, src_len - 1);
+    *t = (float)(x - *first);
+  }
+}
+
+LcmImage *lcm_image_resize(const LcmImage *image, int width, int height) {
+  LcmImage *out = lcm_image_new(width, height, image->channels);
+  int c = image->channels;
+  for (int y = 0; y < height; y++) {
+    int y0, y1;
+    float ty;
+    resample_axis(image->height, height, y, &y0, &y1, &ty);
+    for (int x = 0; x < width; x++) {
+      int x0, x1;
+      float tx;
+      resample_axis(image->width, width, x, &x0, &x1, &tx);
+      float *dst = out->data + ((size_t)y * width + x) * c;
+      for (int k = 0; k < c; k++) {
+        double sum = 0, weight_sum = 0;
+        for (int sy = y0; sy <= y1; sy++)
+          for (int sx = x0; sx <= x1; sx++) {
+            double wy = ty < 0 ? 1 : (sy == y0 ? 1 - ty : ty);
+            double wx = tx < 0 ? 1 : (sx == x0 ? 1 - tx : tx);
+            if (y0 == y1) wy = 1;
+            if (x0 == x1) wx = 1;
+            sum += wy * wx * image->data[((size_t)sy * image->width + sx) * c + k];
+            weight_sum += wy * wx;
+          }
+        dst[k] = (float)(sum / weight_sum);
+      }
+    }
+  }
+  return out;
+}
