@@ -10,10 +10,11 @@ G_BEGIN_DECLS
 /* settings: what to run (settings->seed already resolved into seed).
  * pipeline: a loaded pipeline to use (ownership passes here), or NULL.
  * source, mask: the working-size inputs (NULL for txt2img; mask NULL for
- * img2img without a selection). interactive: run on a worker thread behind
- * a small window with a Cancel button (a cancelled run fails with
- * LCM_ERROR_CANCELLED); otherwise run here. Returns the model's result at
- * the working size. */
+ * img2img without a selection). interactive (after the dialog, so GTK is
+ * set up): run on a worker thread behind a small window with a Cancel
+ * button (a cancelled run fails with LCM_ERROR_CANCELLED); otherwise run
+ * here, with GIMP's progress bar only. Returns the model's result at the
+ * working size. */
 LcmImage *lcm_generation_run(const LcmSettings *settings, LcmPipeline *pipeline, uint64_t seed,
                              const LcmImage *source, const LcmImage *mask, gboolean interactive,
                              GError **error);

@@ -41,7 +41,7 @@ static const ProcedureInfo procedure_infos[] = {
         "model and back. The result goes on a new layer above the layer or replaces its "
         "pixels."),
      GIMP_PROCEDURE_SENSITIVE_DRAWABLE, 0.6},
-    {"plug-in-lcm-inpaint", LCM_MODE_INPAINT, N_("_Inpaint Selection (LCM)…"),
+    {"plug-in-lcm-inpaint", LCM_MODE_INPAINT, N_("In_paint Selection (LCM)…"),
      N_("Repaint the selected part of a layer following a text prompt"),
      N_("Repaints the selection of the selected layer following the prompt; feathered edges "
         "blend softly and pixels outside the selection stay exactly as they were. The "
@@ -212,7 +212,7 @@ static GimpValueArray *run(GimpProcedure *procedure, GimpRunMode run_mode, GimpI
   if (proceed && run_mode == GIMP_RUN_INTERACTIVE)
     proceed = run_dialog(image, drawables, config, &settings, &pipeline, &error);
   if (proceed)
-    layer = generate(image, drawables, &settings, pipeline, run_mode != GIMP_RUN_NONINTERACTIVE,
+    layer = generate(image, drawables, &settings, pipeline, run_mode == GIMP_RUN_INTERACTIVE,
                      &error);
   lcm_settings_clear(&settings);
 

@@ -199,7 +199,22 @@ static void test_typing_cancels_stale_preview(void) {
   destroy_dialog(dialog);
 }
 
+/* GIMP 3's dark theme when GIMP is installed, so the screenshot shows the
+ * dialog as it looks inside GIMP (which themes plug-ins in gimp_ui_init). */
+static GtkCssProvider *load_gimp_theme(void) {
+  const char *path = "/usr/share/gimp/3.0/themes/Default/gimp-dark.css";
+  if (!g_file_test(path, G_FILE_TEST_IS_REGULAR)) return NULL;
+  GtkCssProvider *provider = gtk_css_provider_new();
+  /* GIMP's own widgets' rules do not parse in plain GTK; the rest loads. */
+  gtk_css_provider_load_from_path(provider, path, NULL);
+  g_object_set(gtk_settings_get_default(), "gtk-application-prefer-dark-theme", TRUE, NULL);
+  gtk_style_context_add_provider_for_screen(gdk_screen_get_default(), GTK_STYLE_PROVIDER(provider),
+                                            GTK_STYLE_PROVIDER_PRIORITY_APPLICATION);
+  return provider;
+}
+
 static void test_screenshot(void) {
+  GtkCssProvider *theme = load_gimp_theme();
   GtkWidget *dialog = new_test_dialog();
   LcmDialog *lcm = LCM_DIALOG(dialog);
   gtk_widget_show(dialog);
@@ -221,11 +236,16 @@ static void test_screenshot(void) {
   g_test_message("screenshot: %s (%dx%d)", path, width, height);
   g_assert_cmpint(width, >=, 256);
   destroy_dialog(dialog);
+  if (theme) {
+    gtk_style_context_remove_provider_for_screen(gdk_screen_get_default(),
+                                                 GTK_STYLE_PROVIDER(theme));
+    g_object_set(gtk_settings_get_default(), "gtk-application-prefer-dark-theme", FALSE, NULL);
+    g_object_unref(theme);
+  }
 }
 
 static gboolean find_label(GtkWidget *widget, const char *text) {
-  if (GTK_IS_LABEL(widget) && !g_strcmp0(gtk_label_get_label(GTK_LABEL(widget)), text))
-    return TRUE;
+  if (GTK_IS_LABEL(widget) && !g_strcmp0(gtk_label_get_label(GTK_LABEL(widget)), text)) return TRUE;
   if (!GTK_IS_CONTAINER(widget)) return FALSE;
   GList *children = gtk_container_get_children(GTK_CONTAINER(widget));
   gboolean found = FALSE;
@@ -259,6 +279,13 @@ int main(int argc, char **argv) {
   /* Not gtk_test_init: it forces en_US.UTF-8, which may not exist here. */
   g_test_init(&argc, &argv, NULL);
   gtk_init(&argc, &argv);
+  /* Keep Xvfb's pointer off the dialog, so no tooltip covers the screenshot. */
+  GdkDisplay *display = gdk_display_get_default();
+  GdkRectangle screen;
+  gdk_monitor_get_geometry(gdk_display_get_monitor(display, 0), &screen);
+  gdk_device_warp(gdk_seat_get_pointer(gdk_display_get_default_seat(display)),
+                  gdk_display_get_default_screen(display), screen.width - 1, screen.height - 1);
+  gdk_display_flush(display);
   lcm_dialog_init_i18n(g_getenv("LCM_TEST_LOCALEDIR"));
   g_test_add_func("/dialog/loras-string", test_loras_string);
   g_test_add_func("/dialog/settings-round-trip", test_settings_round_trip);

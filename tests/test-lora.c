@@ -22,23 +22,6 @@
 
 static char *tmp_dir;
 
-static char *golden_path(const char *relative) {
-  g_autofree char *path = g_build_filename("golden", relative, NULL);
-  return test_data_path(path);
-}
-
-/* Asserts `error` has `code` and its message every NULL-terminated part. */
-static void expect_error(GError *error, int code, ...) {
-  g_assert_nonnull(error);
-  g_assert_error(error, LCM_ERROR, code);
-  g_test_message("%s", error->message);
-  va_list args;
-  va_start(args, code);
-  for (const char *part; (part = va_arg(args, const char *));)
-    if (!strstr(error->message, part)) g_error("message '%s' lacks '%s'", error->message, part);
-  va_end(args);
-}
-
 /* ---- Models ----------------------------------------------------------------- */
 
 typedef struct {
@@ -51,17 +34,17 @@ static LcmModel *open_model(gboolean plain_unet, const LoraUse *loras, int n_lor
   g_autoptr(GError) error = NULL;
   LcmModel *model;
   if (plain_unet) {
-    g_autofree char *unet = golden_path("tiny-sd/unet");
+    g_autofree char *unet = test_golden_path("tiny-sd/unet");
     LcmModelParts parts = {.unet = unet};
     model = lcm_model_open_parts(&parts, &error);
   } else {
-    g_autofree char *folder = golden_path("tiny-lcm");
+    g_autofree char *folder = test_golden_path("tiny-lcm");
     model = lcm_model_open(folder, &error);
   }
   g_assert_no_error(error);
   for (int i = 0; i < n_loras; i++) {
     g_autofree char *path =
-        loras[i].file[0] == '/' ? g_strdup(loras[i].file) : golden_path(loras[i].file);
+        loras[i].file[0] == '/' ? g_strdup(loras[i].file) : test_golden_path(loras[i].file);
     g_assert_true(lcm_model_add_lora(model, path, loras[i].scale, &error));
     g_assert_no_error(error);
   }
@@ -77,34 +60,6 @@ static float *read_weight(LcmModel *model, const char *network, const char *name
   *numel = 1;
   for (int d = 0; d < ndims; d++) *numel *= shape[d];
   return data;
-}
-
-static float *golden_tensor(StFile *file, const char *name, int64_t *numel) {
-  const StTensor *t = st_find(file, name);
-  g_assert_nonnull(t);
-  *numel = st_numel(t);
-  float *data = g_new(float, MAX(*numel, 1));
-  st_tensor_to_f32(t, data);
-  return data;
-}
-
-static StFile *open_case(const char *name) {
-  g_autofree char *file = g_strdup_printf("cases/%s.safetensors", name);
-  g_autofree char *path = golden_path(file);
-  g_autoptr(GError) error = NULL;
-  StFile *st = st_open(path, &error);
-  g_assert_no_error(error);
-  return st;
-}
-
-/* Every element within atol + rtol*|g|. */
-static void assert_close(const char *what, const float *got, const float *golden, int64_t n,
-                         double atol, double rtol) {
-  int64_t bad = 0;
-  for (int64_t i = 0; i < n; i++)
-    if (!(fabs((double)got[i] - golden[i]) <= atol + rtol * fabs(golden[i]))) bad++;
-  g_test_message("%s: max |err| %.3g", what, test_max_abs_diff(got, golden, (size_t)n));
-  g_assert_cmpint(bad, ==, 0);
 }
 
 /* ---- Merged weights and outputs against the goldens ----------------------- */
@@ -130,7 +85,8 @@ static const LoraCase lora_cases[] = {
  * the same weight without them must differ, or the check proves nothing. */
 static void test_merged_weights(gconstpointer data) {
   const LoraCase *c = data;
-  StFile *golden = open_case(c->name);
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(c->name);
+  const StFile *golden = gc->file;
   LcmModel *merged = open_model(c->plain_unet, c->loras, c->n_loras);
   LcmModel *base = open_model(c->plain_unet, NULL, 0);
   int checked = 0;
@@ -143,37 +99,31 @@ static void test_merged_weights(gconstpointer data) {
     int64_t n, n_golden, n_base;
     g_autofree float *got = read_weight(merged, network, name, &n);
     g_autofree float *original = read_weight(base, network, name, &n_base);
-    g_autofree float *expected = golden_tensor(golden, key, &n_golden);
+    g_autofree float *expected = test_golden_tensor(golden, key, &n_golden);
     g_assert_cmpint(n, ==, n_golden);
-    assert_close(key, got, expected, n, MERGED_ATOL, MERGED_RTOL);
+    test_assert_close(key, got, expected, (size_t)n, MERGED_ATOL, MERGED_RTOL);
     g_assert_cmpfloat(test_max_abs_diff(original, expected, (size_t)n), >, 1e-4);
     checked++;
   }
   g_assert_cmpint(checked, >=, 4);
   lcm_model_free(base);
   lcm_model_free(merged);
-  st_close(golden);
-}
-
-static float *case_input(StFile *file, const char *name, int64_t *numel) {
-  return golden_tensor(file, name, numel);
 }
 
 /* NULL (and the test skipped) when this CPU cannot compute in `precision`. */
-static float *run_unet(LcmModel *model, StFile *inputs, LcmPrecision precision, int64_t *numel) {
+static float *run_unet(LcmModel *model, const StFile *inputs, LcmPrecision precision,
+                       int64_t *numel) {
   g_autoptr(GError) error = NULL;
   LcmUNet *unet = lcm_unet_load(model, precision, &error);
-  if (precision == LCM_PRECISION_BF16 && g_error_matches(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED)) {
-    g_test_skip(error->message);
-    return NULL;
-  }
+  if (test_skip_if_unsupported(error, precision)) return NULL;
   g_assert_no_error(error);
   int64_t n_sample, n_t, n_ctx, n_cond;
-  g_autofree float *sample = case_input(inputs, "sample", &n_sample);
-  g_autofree float *timestep = case_input(inputs, "timestep", &n_t);
-  g_autofree float *context = case_input(inputs, "encoder_hidden_states", &n_ctx);
-  g_autofree float *cond =
-      st_find(inputs, "timestep_cond") ? case_input(inputs, "timestep_cond", &n_cond) : NULL;
+  g_autofree float *sample = test_golden_tensor(inputs, "sample", &n_sample);
+  g_autofree float *timestep = test_golden_tensor(inputs, "timestep", &n_t);
+  g_autofree float *context = test_golden_tensor(inputs, "encoder_hidden_states", &n_ctx);
+  g_autofree float *cond = st_find(inputs, "timestep_cond")
+                               ? test_golden_tensor(inputs, "timestep_cond", &n_cond)
+                               : NULL;
   const StTensor *shape = st_find(inputs, "sample");
   int h = (int)shape->shape[2], w = (int)shape->shape[3];
   float *out = g_new(float, n_sample);
@@ -188,19 +138,20 @@ static float *run_unet(LcmModel *model, StFile *inputs, LcmPrecision precision, 
 /* The UNet (and text encoder) with the LoRAs merged, on the case's inputs. */
 static void test_outputs(gconstpointer data) {
   const LoraCase *c = data;
-  StFile *golden = open_case(c->name);
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(c->name);
+  const StFile *golden = gc->file;
   LcmModel *model = open_model(c->plain_unet, c->loras, c->n_loras);
   const char *unet_output = c->plain_unet ? "unet_out_merged" : "unet_out";
   int64_t n, n_golden;
   g_autofree float *out = run_unet(model, golden, LCM_PRECISION_FP32, &n);
-  g_autofree float *expected = golden_tensor(golden, unet_output, &n_golden);
+  g_autofree float *expected = test_golden_tensor(golden, unet_output, &n_golden);
   g_assert_cmpint(n, ==, n_golden);
-  assert_close(unet_output, out, expected, n, UNET_ATOL, UNET_RTOL);
+  test_assert_close(unet_output, out, expected, (size_t)n, UNET_ATOL, UNET_RTOL);
 
   if (st_find(golden, "text_encoder_last_hidden_state")) {
     g_autoptr(GError) error = NULL;
     int64_t n_ids;
-    g_autofree float *ids_f = case_input(golden, "input_ids", &n_ids);
+    g_autofree float *ids_f = test_golden_tensor(golden, "input_ids", &n_ids);
     int32_t ids[LCM_CLIP_TOKENS];
     for (int i = 0; i < LCM_CLIP_TOKENS; i++) ids[i] = (int32_t)ids_f[i];
     LcmTextEncoder *encoder = lcm_text_encoder_load(model, LCM_PRECISION_FP32, &error);
@@ -211,29 +162,28 @@ static void test_outputs(gconstpointer data) {
     g_assert_no_error(error);
     lcm_text_encoder_free(encoder);
     g_autofree float *expected_text =
-        golden_tensor(golden, "text_encoder_last_hidden_state", &n_golden);
+        test_golden_tensor(golden, "text_encoder_last_hidden_state", &n_golden);
     g_assert_cmpint(n_golden, ==, LCM_CLIP_TOKENS * hidden);
-    assert_close("text_encoder_last_hidden_state", hidden_state, expected_text, n_golden, TEXT_ATOL,
-                 TEXT_RTOL);
+    test_assert_close("text_encoder_last_hidden_state", hidden_state, expected_text,
+                      (size_t)n_golden, TEXT_ATOL, TEXT_RTOL);
   }
   lcm_model_free(model);
-  st_close(golden);
 }
 
 /* Merging happens in fp32 before the conversion to bf16, so a bf16 UNet
  * sees the same merged weights; judged by direction, as bf16 rounds. */
 static void test_unet_bf16(void) {
   const LoraCase *c = &lora_cases[0];
-  StFile *golden = open_case(c->name);
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(c->name);
+  const StFile *golden = gc->file;
   LcmModel *model = open_model(FALSE, c->loras, c->n_loras);
   int64_t n, n_golden;
   g_autofree float *out = run_unet(model, golden, LCM_PRECISION_BF16, &n);
   if (out) {
-    g_autofree float *expected = golden_tensor(golden, "unet_out", &n_golden);
+    g_autofree float *expected = test_golden_tensor(golden, "unet_out", &n_golden);
     g_assert_cmpfloat(test_cosine(out, expected, (size_t)n), >=, BF16_MIN_COSINE);
   }
   lcm_model_free(model);
-  st_close(golden);
 }
 
 /* ---- Spellings ---------------------------------------------------------------- */
@@ -322,7 +272,7 @@ static void lora_copy_module(LoraWriter *writer, StFile *source, const char *fro
     const StTensor *t = st_find(source, src_name);
     if (!t) g_error("%s has no %s", st_path(source), src_name);
     int64_t n;
-    g_autofree float *data = golden_tensor(source, src_name, &n);
+    g_autofree float *data = test_golden_tensor(source, src_name, &n);
     lora_add(writer, dst_name, t->ndims, t->shape, data);
   }
 }
@@ -342,7 +292,7 @@ static char *lora_write(LoraWriter *writer, const char *file_name) {
 }
 
 static StFile *open_golden_lora(const char *name) {
-  g_autofree char *path = golden_path(name);
+  g_autofree char *path = test_golden_path(name);
   g_autoptr(GError) error = NULL;
   StFile *file = st_open(path, &error);
   g_assert_no_error(error);
@@ -420,10 +370,10 @@ static void test_unknown_keys_refused(void) {
   LcmModel *model = open_model(FALSE, NULL, 0);
   g_autoptr(GError) error = NULL;
   g_assert_false(lcm_model_add_lora(model, path, 1.0f, &error));
-  expect_error(error, LCM_ERROR_UNSUPPORTED, path, "3 LoRA modules or keys",
-               "lora_unet_down_blocks_0_attentions_0_no_such_layer",
-               "lora_te_text_model_encoder_layers_9_mlp_fc1",
-               "lora_unet_mid_block_attentions_0_proj_in.hada_w1_a", NULL);
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, path, "3 LoRA modules or keys",
+                    "lora_unet_down_blocks_0_attentions_0_no_such_layer",
+                    "lora_te_text_model_encoder_layers_9_mlp_fc1",
+                    "lora_unet_mid_block_attentions_0_proj_in.hada_w1_a", NULL);
   assert_unchanged(model);
   lcm_model_free(model);
 }
@@ -440,17 +390,17 @@ static void test_other_architecture_refused(void) {
   LcmModel *model = open_model(FALSE, NULL, 0);
   g_autoptr(GError) error = NULL;
   g_assert_false(lcm_model_add_lora(model, unet_path, 1.0f, &error));
-  expect_error(error, LCM_ERROR_UNSUPPORTED, unet_path, "none of the LoRA's 2 modules",
-               "lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q",
-               "different architecture", NULL);
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, unet_path, "none of the LoRA's 2 modules",
+                    "lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q",
+                    "different architecture", NULL);
   g_clear_error(&error);
 
   LoraWriter *with_te = lora_writer_new();
   lora_add_linear(with_te, "lora_te1_text_model_encoder_layers_0_mlp_fc1", 3072, 768);
   g_autofree char *te_path = lora_write(with_te, "sdxl-te.safetensors");
   g_assert_false(lcm_model_add_lora(model, te_path, 1.0f, &error));
-  expect_error(error, LCM_ERROR_UNSUPPORTED, te_path, "Stable Diffusion XL",
-               "lora_te1_text_model_encoder_layers_0_mlp_fc1", NULL);
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, te_path, "Stable Diffusion XL",
+                    "lora_te1_text_model_encoder_layers_0_mlp_fc1", NULL);
   assert_unchanged(model);
   lcm_model_free(model);
 }
@@ -466,10 +416,10 @@ static void test_shape_mismatch_refused(void) {
   LcmModel *model = open_model(FALSE, NULL, 0);
   g_autoptr(GError) error = NULL;
   g_assert_false(lcm_model_add_lora(model, path, 1.0f, &error));
-  expect_error(error, LCM_ERROR_SHAPE, path,
-               "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
-               "'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight'", "[4, 2048]",
-               "[32, 32]", NULL);
+  test_expect_error(error, LCM_ERROR_SHAPE, path,
+                    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k",
+                    "'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight'",
+                    "[4, 2048]", "[32, 32]", NULL);
   assert_unchanged(model);
   lcm_model_free(model);
 }
@@ -480,7 +430,7 @@ static void test_not_a_lora_refused(void) {
   g_autofree char *plain_path = lora_write(plain, "plain.safetensors");
   g_autoptr(GError) error = NULL;
   g_assert_null(lcm_lora_networks(plain_path, &error));
-  expect_error(error, LCM_ERROR_FORMAT, plain_path, "not a LoRA", "'conv_in.weight'", NULL);
+  test_expect_error(error, LCM_ERROR_FORMAT, plain_path, "not a LoRA", "'conv_in.weight'", NULL);
   g_clear_error(&error);
 
   LoraWriter *half = lora_writer_new();
@@ -489,11 +439,11 @@ static void test_not_a_lora_refused(void) {
   g_autofree char *half_path = lora_write(half, "half.safetensors");
   LcmModel *model = open_model(FALSE, NULL, 0);
   g_assert_false(lcm_model_add_lora(model, half_path, 1.0f, &error));
-  expect_error(error, LCM_ERROR_FORMAT, half_path, "lora_unet_mid_block_attentions_0_proj_in",
-               "no up matrix", NULL);
+  test_expect_error(error, LCM_ERROR_FORMAT, half_path, "lora_unet_mid_block_attentions_0_proj_in",
+                    "no up matrix", NULL);
   g_clear_error(&error);
   g_assert_false(lcm_model_add_lora(model, half_path, NAN, &error));
-  expect_error(error, LCM_ERROR_INVALID, "scale", NULL);
+  test_expect_error(error, LCM_ERROR_INVALID, "scale", NULL);
   lcm_model_free(model);
 }
 
@@ -502,10 +452,10 @@ static void test_late_add_refused(void) {
   LcmModel *model = open_model(FALSE, NULL, 0);
   int64_t n;
   g_free(read_weight(model, "unet", probe_weight, &n));
-  g_autofree char *path = golden_path("lora/lora_a_kohya.safetensors");
+  g_autofree char *path = test_golden_path("lora/lora_a_kohya.safetensors");
   g_autoptr(GError) error = NULL;
   g_assert_false(lcm_model_add_lora(model, path, 1.0f, &error));
-  expect_error(error, LCM_ERROR_INVALID, path, "already loaded", NULL);
+  test_expect_error(error, LCM_ERROR_INVALID, path, "already loaded", NULL);
   lcm_model_free(model);
 }
 
@@ -531,7 +481,7 @@ static void test_lora_networks(void) {
       {"lora/lcm_lora_like_kohya.safetensors", "unet"},
   };
   for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
-    g_autofree char *path = golden_path(cases[i].file);
+    g_autofree char *path = test_golden_path(cases[i].file);
     g_autoptr(GError) error = NULL;
     g_auto(GStrv) networks = lcm_lora_networks(path, &error);
     g_assert_no_error(error);

@@ -18,17 +18,6 @@ static char *tmp_path(const char *name) {
   return g_build_filename(tmp_dir, name, NULL);
 }
 
-/* Asserts `error` has `code` and its message every NULL-terminated part. */
-static void expect_error(GError *error, int code, ...) {
-  g_assert_nonnull(error);
-  g_assert_error(error, LCM_ERROR, code);
-  va_list args;
-  va_start(args, code);
-  for (const char *part; (part = va_arg(args, const char *));)
-    if (!strstr(error->message, part)) g_error("message '%s' lacks '%s'", error->message, part);
-  va_end(args);
-}
-
 typedef struct {
   const char *name;
   int ndims;
@@ -167,7 +156,7 @@ static void test_unmapped_keys_reported(void) {
   g_ptr_array_unref(unmapped);
   /* the file has no VAE: that is MISSING, naming the expected keys */
   g_assert_null(weights_open_checkpoint(file, COMPONENT_VAE, &error));
-  expect_error(error, LCM_ERROR_MISSING, path, "no VAE tensors", "first_stage_model.", NULL);
+  test_expect_error(error, LCM_ERROR_MISSING, path, "no VAE tensors", "first_stage_model.", NULL);
   g_clear_error(&error);
   st_close(file);
   g_unlink(path);
@@ -187,14 +176,14 @@ static void test_weights_errors_and_unused(void) {
   g_ptr_array_unref(names);
 
   g_assert_null(weights_get(weights, "conv_in.weight", 3, (int64_t[]){32, 4, 3}, &error));
-  expect_error(error, LCM_ERROR_SHAPE, path,
-               "tensor 'conv_in.weight' has shape [32, 4, 3, 3], expected [32, 4, 3]", NULL);
+  test_expect_error(error, LCM_ERROR_SHAPE, path,
+                    "tensor 'conv_in.weight' has shape [32, 4, 3, 3], expected [32, 4, 3]", NULL);
   g_clear_error(&error);
   g_assert_null(weights_get(weights, "conv_in.weight", 4, (int64_t[]){32, 9, 3, 3}, &error));
-  expect_error(error, LCM_ERROR_SHAPE, "expected [32, 9, 3, 3]", NULL);
+  test_expect_error(error, LCM_ERROR_SHAPE, "expected [32, 9, 3, 3]", NULL);
   g_clear_error(&error);
   g_assert_null(weights_get(weights, "no.such.weight", 1, (int64_t[]){1}, &error));
-  expect_error(error, LCM_ERROR_MISSING, path, "tensor 'no.such.weight' is missing", NULL);
+  test_expect_error(error, LCM_ERROR_MISSING, path, "tensor 'no.such.weight' is missing", NULL);
   g_clear_error(&error);
   g_assert_false(weights_contains(weights, "no.such.weight"));
 
@@ -228,11 +217,13 @@ static void test_checkpoint_vae_attention_shape(void) {
   g_assert_no_error(error);
   g_free(data);
   g_assert_null(weights_get(vae, to_q, 4, (int64_t[]){64, 64, 1, 1}, &error));
-  expect_error(error, LCM_ERROR_SHAPE, path, to_q, "first_stage_model.decoder.mid.attn_1.q.weight",
-               "has shape [64, 64], expected [64, 64, 1, 1]", NULL);
+  test_expect_error(error, LCM_ERROR_SHAPE, path, to_q,
+                    "first_stage_model.decoder.mid.attn_1.q.weight",
+                    "has shape [64, 64], expected [64, 64, 1, 1]", NULL);
   g_clear_error(&error);
   g_assert_null(weights_get(vae, "decoder.missing.weight", 1, (int64_t[]){1}, &error));
-  expect_error(error, LCM_ERROR_MISSING, path, "'decoder.missing.weight' (VAE) is missing", NULL);
+  test_expect_error(error, LCM_ERROR_MISSING, path, "'decoder.missing.weight' (VAE) is missing",
+                    NULL);
   g_clear_error(&error);
   weights_free(vae);
   st_close(file);
@@ -265,8 +256,8 @@ static void test_legacy_vae_attention_names(void) {
   };
   write_zeros(path, both, G_N_ELEMENTS(both));
   g_assert_null(weights_open_file(path, &error));
-  expect_error(error, LCM_ERROR_FORMAT, path,
-               "both map to 'decoder.mid_block.attentions.0.to_q.weight'", NULL);
+  test_expect_error(error, LCM_ERROR_FORMAT, path,
+                    "both map to 'decoder.mid_block.attentions.0.to_q.weight'", NULL);
   g_clear_error(&error);
   g_unlink(path);
   g_free(path);
@@ -376,12 +367,12 @@ static void test_config_read(void) {
   /* the wrong kind of config is refused by class */
   path = test_data_path("golden/tiny-lcm/vae/config.json");
   g_assert_false(unet_config_read(path, &unet, &error));
-  expect_error(error, LCM_ERROR_UNSUPPORTED, path, "AutoencoderKL", NULL);
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, path, "AutoencoderKL", NULL);
   g_clear_error(&error);
   g_free(path);
   path = tmp_path("absent-config.json");
   g_assert_false(vae_config_read(path, &vae, &error));
-  expect_error(error, LCM_ERROR_MISSING, path, NULL);
+  test_expect_error(error, LCM_ERROR_MISSING, path, NULL);
   g_clear_error(&error);
   g_free(path);
 }
@@ -421,32 +412,32 @@ static void test_config_variants(void) {
 
   path = unet_config_variant("\"attention_head_dim\": 8", "\"attention_head_dim\": [8, 8]");
   g_assert_false(unet_config_read(path, &unet, &error));
-  expect_error(error, LCM_ERROR_FORMAT, path, "'attention_head_dim'", "list of 3", NULL);
+  test_expect_error(error, LCM_ERROR_FORMAT, path, "'attention_head_dim'", "list of 3", NULL);
   g_clear_error(&error);
   g_free(path);
 
   path = unet_config_variant("\"DownBlock2D\"", "\"SimpleCrossAttnDownBlock2D\"");
   g_assert_false(unet_config_read(path, &unet, &error));
-  expect_error(error, LCM_ERROR_UNSUPPORTED, path, "SimpleCrossAttnDownBlock2D", NULL);
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, path, "SimpleCrossAttnDownBlock2D", NULL);
   g_clear_error(&error);
   g_free(path);
 
   path = unet_config_variant("\"addition_embed_type\": null",
                              "\"addition_embed_type\": \"text_time\"");
   g_assert_false(unet_config_read(path, &unet, &error));
-  expect_error(error, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion XL", NULL);
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion XL", NULL);
   g_clear_error(&error);
   g_free(path);
 
   path = unet_config_variant("\"block_out_channels\": [", "\"block_out_channels\": [-1, ");
   g_assert_false(unet_config_read(path, &unet, &error));
-  expect_error(error, LCM_ERROR_FORMAT, path, "'block_out_channels'", NULL);
+  test_expect_error(error, LCM_ERROR_FORMAT, path, "'block_out_channels'", NULL);
   g_clear_error(&error);
   g_free(path);
 
   path = unet_config_variant("{", "[");
   g_assert_false(unet_config_read(path, &unet, &error));
-  expect_error(error, LCM_ERROR_FORMAT, path, NULL);
+  test_expect_error(error, LCM_ERROR_FORMAT, path, NULL);
   g_clear_error(&error);
   g_free(path);
 
@@ -490,7 +481,7 @@ static void test_config_infer(void) {
   Weights *text_weights = weights_open_checkpoint(file, COMPONENT_TEXT_ENCODER, &error);
   ClipConfig clip;
   g_assert_false(clip_config_infer(text_weights, &clip, &error));
-  expect_error(error, LCM_ERROR_UNSUPPORTED, checkpoint_path, "32 wide", "config.json", NULL);
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, checkpoint_path, "32 wide", "config.json", NULL);
   g_clear_error(&error);
 
   /* the inpainting UNet (a diffusers file) infers as 9-channel, no cond_proj */
@@ -586,7 +577,7 @@ static void test_open_parts_fp16_unet(void) {
   Weights *weights = model_weights(model, COMPONENT_UNET, &error);
   g_assert_cmpstr(weights_path(weights), ==, weights_file);
   g_assert_null(model_weights(model, COMPONENT_VAE, &error));
-  expect_error(error, LCM_ERROR_MISSING, "has no VAE", NULL);
+  test_expect_error(error, LCM_ERROR_MISSING, "has no VAE", NULL);
   g_clear_error(&error);
   g_assert_null(model_scheduler_config(model));
   lcm_model_free(model);
@@ -622,15 +613,15 @@ static void test_open_checkpoint(void) {
   g_assert_cmpint(shape[1], ==, 64);
   g_free(to_q);
   g_assert_null(lcm_model_read_tensor(model, "unet", "absent.weight", &ndims, shape, &error));
-  expect_error(error, LCM_ERROR_MISSING, path, "UNet tensor 'absent.weight' is missing", NULL);
+  test_expect_error(error, LCM_ERROR_MISSING, path, "UNet tensor 'absent.weight' is missing", NULL);
   g_clear_error(&error);
   g_assert_null(lcm_model_read_tensor(model, "taesd", "x", &ndims, shape, &error));
-  expect_error(error, LCM_ERROR_INVALID, "unknown network 'taesd'", NULL);
+  test_expect_error(error, LCM_ERROR_INVALID, "unknown network 'taesd'", NULL);
   g_clear_error(&error);
 
   ClipConfig clip;
   g_assert_false(model_clip_config(model, &clip, &error));
-  expect_error(error, LCM_ERROR_UNSUPPORTED, "config.json", NULL);
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, "config.json", NULL);
   g_clear_error(&error);
   lcm_model_free(model);
 
@@ -651,7 +642,7 @@ static void test_open_checkpoint(void) {
 static void expect_open_error(const char *path, int code, const char *part1, const char *part2) {
   GError *error = NULL;
   g_assert_null(lcm_model_open(path, &error));
-  expect_error(error, code, part1, part2, NULL);
+  test_expect_error(error, code, part1, part2, NULL);
   g_error_free(error);
 }
 
@@ -698,7 +689,7 @@ static void test_refuse_sd2_and_sdxl(void) {
   g_assert_true(unet.use_linear_projection);
   g_assert_cmpint(unet.cross_attention_dim, ==, 768);
   g_assert_null(model_weights(model, COMPONENT_VAE, &error));
-  expect_error(error, LCM_ERROR_MISSING, "has no VAE", NULL);
+  test_expect_error(error, LCM_ERROR_MISSING, "has no VAE", NULL);
   g_clear_error(&error);
   lcm_model_free(model);
 
@@ -772,7 +763,7 @@ static void test_incomplete_folders(void) {
   g_assert_true(g_rename(sd2_config, config) == 0);
   GError *error = NULL;
   g_assert_null(lcm_model_open_parts(&parts, &error));
-  expect_error(error, LCM_ERROR_UNSUPPORTED, config, "Stable Diffusion 2.x", NULL);
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, config, "Stable Diffusion 2.x", NULL);
   g_clear_error(&error);
 
   for (char **p = (char *[]){weights, config, index, NULL}; *p; p++) g_unlink(*p);

@@ -17,64 +17,21 @@
 
 /* ---- Golden cases ------------------------------------------------------------------ */
 
-typedef struct {
-  JsonObject *obj; /* the case in cases.json */
-  JsonObject *params;
-  char *dir; /* the folder of cases.json */
-  StFile *file;
-} GoldenCase;
-
-static JsonParser *cases_parser;
-
-static JsonArray *all_cases(void) {
-  if (!cases_parser) {
-    g_autofree char *path = test_data_path("golden/cases.json");
-    g_autoptr(GError) error = NULL;
-    cases_parser = json_parser_new();
-    g_assert_true(json_parser_load_from_file(cases_parser, path, &error));
-  }
-  return json_object_get_array_member(json_node_get_object(json_parser_get_root(cases_parser)),
-                                      "cases");
+static JsonObject *case_params_object(const TestGoldenCase *gc) {
+  return json_object_get_object_member(gc->object, "params");
 }
 
-static void golden_case_open(GoldenCase *gc, const char *name) {
-  JsonArray *cases = all_cases();
-  for (guint i = 0; i < json_array_get_length(cases); i++) {
-    JsonObject *c = json_array_get_object_element(cases, i);
-    if (g_strcmp0(json_object_get_string_member(c, "name"), name) != 0) continue;
-    gc->obj = c;
-    gc->params = json_object_get_object_member(c, "params");
-    gc->dir = test_data_path("golden");
-    g_autofree char *file =
-        g_build_filename(gc->dir, json_object_get_string_member(c, "file"), NULL);
-    g_autoptr(GError) error = NULL;
-    gc->file = st_open(file, &error);
-    g_assert_no_error(error);
-    return;
-  }
-  g_error("golden case %s is not in cases.json", name);
-}
-
-static void golden_case_close(GoldenCase *gc) {
-  st_close(gc->file);
-  g_free(gc->dir);
-}
-
-static char *case_path(const GoldenCase *gc, const char *role) {
-  JsonObject *paths = json_object_get_object_member(gc->obj, "paths");
-  if (!json_object_has_member(paths, role)) return NULL;
-  return g_build_filename(gc->dir, json_object_get_string_member(paths, role), NULL);
-}
-
-static gboolean case_has_loras(const GoldenCase *gc) {
-  return json_object_has_member(json_object_get_object_member(gc->obj, "paths"), "loras");
+static gboolean case_has_loras(const TestGoldenCase *gc) {
+  return json_object_has_member(json_object_get_object_member(gc->object, "paths"), "loras");
 }
 
 /* The case's model parts with its LoRAs merged. */
-static LcmModel *case_model(const GoldenCase *gc) {
-  g_autofree char *unet = case_path(gc, "unet"), *vae = case_path(gc, "vae");
-  g_autofree char *text = case_path(gc, "text_encoder"), *tok = case_path(gc, "tokenizer");
-  g_autofree char *sched = case_path(gc, "scheduler");
+static LcmModel *case_model(const TestGoldenCase *gc) {
+  g_autofree char *unet = test_golden_case_path(gc, "unet"),
+                  *vae = test_golden_case_path(gc, "vae");
+  g_autofree char *text = test_golden_case_path(gc, "text_encoder"),
+                  *tok = test_golden_case_path(gc, "tokenizer");
+  g_autofree char *sched = test_golden_case_path(gc, "scheduler");
   LcmModelParts parts = {
       .unet = unet, .vae = vae, .text_encoder = text, .tokenizer = tok, .scheduler = sched};
   g_autoptr(GError) error = NULL;
@@ -82,11 +39,10 @@ static LcmModel *case_model(const GoldenCase *gc) {
   g_assert_no_error(error);
   if (case_has_loras(gc)) {
     JsonArray *loras =
-        json_object_get_array_member(json_object_get_object_member(gc->obj, "paths"), "loras");
+        json_object_get_array_member(json_object_get_object_member(gc->object, "paths"), "loras");
     for (guint i = 0; i < json_array_get_length(loras); i++) {
       JsonObject *lora = json_array_get_object_element(loras, i);
-      g_autofree char *file =
-          g_build_filename(gc->dir, json_object_get_string_member(lora, "file"), NULL);
+      g_autofree char *file = test_golden_path(json_object_get_string_member(lora, "file"));
       g_assert_true(
           lcm_model_add_lora(model, file, json_object_get_double_member(lora, "scale"), &error));
       g_assert_no_error(error);
@@ -103,22 +59,13 @@ static LcmPipeline *pipeline_for(LcmModel *model, LcmPrecision precision) {
   return p;
 }
 
-static float *case_tensor(const GoldenCase *gc, const char *name, int64_t *numel) {
-  const StTensor *t = st_find(gc->file, name);
-  g_assert_nonnull(t);
-  float *v = g_new(float, st_numel(t));
-  st_tensor_to_f32(t, v);
-  if (numel) *numel = st_numel(t);
-  return v;
-}
-
 /* An 8-bit HWC tensor as u8/255, as diffusers preprocesses it. */
-static LcmImage *case_image(const GoldenCase *gc, const char *name) {
+static LcmImage *case_image(const TestGoldenCase *gc, const char *name) {
   const StTensor *t = st_find(gc->file, name);
   g_assert_nonnull(t);
   LcmImage *image =
       lcm_image_new((int)t->shape[1], (int)t->shape[0], t->ndims == 3 ? (int)t->shape[2] : 1);
-  g_autofree float *v = case_tensor(gc, name, NULL);
+  g_autofree float *v = test_golden_tensor(gc->file, name, NULL);
   for (int64_t i = 0; i < st_numel(t); i++) image->data[i] = v[i] / 255.0f;
   return image;
 }
@@ -126,11 +73,11 @@ static LcmImage *case_image(const GoldenCase *gc, const char *name) {
 /* The case's random tensors by draw index (see LcmNoiseFunc), counting the
  * draws. An LCM txt2img case gives its initial latents as `latents`. */
 typedef struct {
-  const GoldenCase *gc;
+  const TestGoldenCase *gc;
   int draws;
 } CaseNoise;
 
-static char *draw_name(const GoldenCase *gc, int index) {
+static char *draw_name(const TestGoldenCase *gc, int index) {
   gboolean explicit_latents = st_find(gc->file, "latents") != NULL;
   if (explicit_latents && index == 0) return g_strdup("latents");
   return g_strdup_printf("rand_%02d", index - (explicit_latents ? 1 : 0));
@@ -151,21 +98,22 @@ static gboolean case_noise(int index, float *out, int64_t n, gpointer data, GErr
 }
 
 /* The case's parameters; images owned by the caller. */
-static void case_params(const GoldenCase *gc, LcmPipelineParams *params, LcmImage **source,
+static void case_params(const TestGoldenCase *gc, LcmPipelineParams *params, LcmImage **source,
                         LcmImage **mask) {
-  const char *component = json_object_get_string_member(gc->obj, "component");
+  const char *component = json_object_get_string_member(gc->object, "component");
+  JsonObject *case_params = case_params_object(gc);
   lcm_pipeline_params_init(params);
   params->mode = strstr(component, "txt2img")   ? LCM_MODE_TXT2IMG
                  : strstr(component, "img2img") ? LCM_MODE_IMG2IMG
                                                 : LCM_MODE_INPAINT;
-  params->prompt = json_object_get_string_member(gc->params, "prompt");
+  params->prompt = json_object_get_string_member(case_params, "prompt");
   params->negative_prompt =
-      json_object_get_string_member_with_default(gc->params, "negative_prompt", NULL);
-  params->steps = (int)json_object_get_int_member(gc->params, "num_inference_steps");
-  params->guidance_scale = json_object_get_double_member(gc->params, "guidance_scale");
-  params->strength = json_object_get_double_member_with_default(gc->params, "strength", 1.0);
-  params->width = (int)json_object_get_int_member_with_default(gc->params, "width", 0);
-  params->height = (int)json_object_get_int_member_with_default(gc->params, "height", 0);
+      json_object_get_string_member_with_default(case_params, "negative_prompt", NULL);
+  params->steps = (int)json_object_get_int_member(case_params, "num_inference_steps");
+  params->guidance_scale = json_object_get_double_member(case_params, "guidance_scale");
+  params->strength = json_object_get_double_member_with_default(case_params, "strength", 1.0);
+  params->width = (int)json_object_get_int_member_with_default(case_params, "width", 0);
+  params->height = (int)json_object_get_int_member_with_default(case_params, "height", 0);
   *source = *mask = NULL;
   if (params->mode != LCM_MODE_TXT2IMG)
     params->image = *source = case_image(gc, "init_image_u8_hwc");
@@ -173,10 +121,10 @@ static void case_params(const GoldenCase *gc, LcmPipelineParams *params, LcmImag
 }
 
 /* The result against the case's `image` (NCHW) and `image_u8_nhwc`. */
-static void assert_matches_golden(const GoldenCase *gc, const LcmImage *image) {
+static void assert_matches_golden(const TestGoldenCase *gc, const LcmImage *image) {
   int64_t n;
-  g_autofree float *golden = case_tensor(gc, "image", &n);
-  g_autofree float *golden_u8 = case_tensor(gc, "image_u8_nhwc", NULL);
+  g_autofree float *golden = test_golden_tensor(gc->file, "image", &n);
+  g_autofree float *golden_u8 = test_golden_tensor(gc->file, "image_u8_nhwc", NULL);
   g_assert_cmpint(n, ==, (int64_t)3 * image->width * image->height);
   size_t plane = (size_t)image->width * image->height;
   double max_abs = 0, max_u8 = 0;
@@ -191,57 +139,47 @@ static void assert_matches_golden(const GoldenCase *gc, const LcmImage *image) {
   g_assert_cmpfloat(max_u8, <=, U8_MAX_ABS);
 }
 
-static int recorded_draws(const GoldenCase *gc) {
+static int recorded_draws(const TestGoldenCase *gc) {
   return (int)json_array_get_length(
-             json_object_get_array_member(gc->params, "random_tensors_in_draw_order")) +
+             json_object_get_array_member(case_params_object(gc), "random_tensors_in_draw_order")) +
          (st_find(gc->file, "latents") ? 1 : 0);
 }
 
-/* A golden case with the case's own random tensors. */
-static void test_golden(gconstpointer data) {
-  GoldenCase gc;
-  golden_case_open(&gc, data);
-  LcmModel *model = case_model(&gc);
+/* A golden case, either with the case's own random tensors (counting the
+ * draws) or, for a case that records its generator seed, with the default
+ * noise source. */
+static void check_golden(const char *name, gboolean default_noise) {
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(name);
+  LcmModel *model = case_model(gc);
   LcmPipeline *p = pipeline_for(model, LCM_PRECISION_FP32);
   lcm_model_free(model);
   LcmPipelineParams params;
   LcmImage *source, *mask;
-  case_params(&gc, &params, &source, &mask);
-  CaseNoise noise = {&gc, 0};
-  params.noise = case_noise;
-  params.noise_data = &noise;
+  case_params(gc, &params, &source, &mask);
+  CaseNoise noise = {gc, 0};
+  if (default_noise) {
+    params.seed = (uint64_t)json_object_get_int_member(case_params_object(gc), "generator_seed");
+  } else {
+    params.noise = case_noise;
+    params.noise_data = &noise;
+  }
   g_autoptr(GError) error = NULL;
   LcmImage *image = lcm_pipeline_run(p, &params, &error);
   g_assert_no_error(error);
-  assert_matches_golden(&gc, image);
-  g_assert_cmpint(noise.draws, ==, recorded_draws(&gc));
+  assert_matches_golden(gc, image);
+  if (!default_noise) g_assert_cmpint(noise.draws, ==, recorded_draws(gc));
   lcm_image_free(image);
   lcm_image_free(source);
   lcm_image_free(mask);
   lcm_pipeline_free(p);
-  golden_case_close(&gc);
 }
 
-/* A case that records its generator seed, with the default noise source. */
-static void test_golden_seed(gconstpointer data) {
-  GoldenCase gc;
-  golden_case_open(&gc, data);
-  LcmModel *model = case_model(&gc);
-  LcmPipeline *p = pipeline_for(model, LCM_PRECISION_FP32);
-  lcm_model_free(model);
-  LcmPipelineParams params;
-  LcmImage *source, *mask;
-  case_params(&gc, &params, &source, &mask);
-  params.seed = (uint64_t)json_object_get_int_member(gc.params, "generator_seed");
-  g_autoptr(GError) error = NULL;
-  LcmImage *image = lcm_pipeline_run(p, &params, &error);
-  g_assert_no_error(error);
-  assert_matches_golden(&gc, image);
-  lcm_image_free(image);
-  lcm_image_free(source);
-  lcm_image_free(mask);
-  lcm_pipeline_free(p);
-  golden_case_close(&gc);
+static void test_golden(gconstpointer name) {
+  check_golden(name, FALSE);
+}
+
+static void test_golden_seed(gconstpointer name) {
+  check_golden(name, TRUE);
 }
 
 /* ---- The tiny LCM model, default noise ----------------------------------------------- */
@@ -601,13 +539,11 @@ static void test_bf16(void) {
   LcmModel *model = lcm_model_open(path, &error);
   g_assert_no_error(error);
   LcmPipeline *bf16 = lcm_pipeline_new(model, LCM_PRECISION_BF16, &error);
-  if (!bf16) {
-    g_assert_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED);
-    g_autofree char *why = g_strdup_printf("bf16 is not available on this CPU: %s", error->message);
-    g_test_skip(why);
+  if (test_skip_if_unsupported(error, LCM_PRECISION_BF16)) {
     lcm_model_free(model);
     return;
   }
+  g_assert_no_error(error);
   LcmPipeline *fp32 = pipeline_for(model, LCM_PRECISION_FP32);
   lcm_model_free(model);
   LcmPipelineParams params;
@@ -624,7 +560,7 @@ static void test_bf16(void) {
 
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
-  JsonArray *cases = all_cases();
+  JsonArray *cases = test_golden_cases();
   GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
   for (guint i = 0; i < json_array_get_length(cases); i++) {
     JsonObject *c = json_array_get_object_element(cases, i);
@@ -647,6 +583,5 @@ int main(int argc, char **argv) {
   g_test_add_func("/pipeline/bf16", test_bf16);
   int status = g_test_run();
   g_ptr_array_unref(names);
-  g_object_unref(cases_parser);
   return status;
 }

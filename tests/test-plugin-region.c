@@ -48,8 +48,8 @@ static void test_grow_to_multiple_of_8(void) {
   /* margin 100: 400..1001 clipped to 1000 -> 600 wide, a multiple already */
   assert_region(&r, 400, 400, 600, 600, 600, 600);
   lcm_region_for_selection(1003, 700, 700, 100, 203, 403, &r);
-  /* x: margin 100 -> 600..1003 (403), grown back to 400 -> 596..1003 (407)? no:
-   * 403 needs 5 more; none forwards, so 595..1003 = 408. */
+  /* x: margin 100 gives 600..1003, 403 wide; the 5 missing pixels cannot go
+   * forwards (the layer ends), so the area starts 5 earlier. */
   g_assert_cmpint(r.x, ==, 595);
   g_assert_cmpint(r.width, ==, 408);
   g_assert_cmpint(r.width % 8, ==, 0);

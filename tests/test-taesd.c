@@ -8,57 +8,17 @@
 #include "testutil.h"
 
 #include <glib/gstdio.h>
-#include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
 
 /* ---- Golden cases ---------------------------------------------------------------- */
 
-typedef struct {
-  StFile *file;
-  double atol, rtol;
-  char *taesd_path; /* the case's paths.taesd, absolute */
-} GoldenCase;
-
-static void golden_case_load(GoldenCase *gc, const char *name) {
-  g_autofree char *cases_json = test_data_path("golden/cases.json");
-  g_autofree char *golden_dir = g_path_get_dirname(cases_json);
-  g_autoptr(JsonParser) parser = json_parser_new();
-  g_autoptr(GError) error = NULL;
-  g_assert_true(json_parser_load_from_file(parser, cases_json, &error));
-  JsonArray *cases =
-      json_object_get_array_member(json_node_get_object(json_parser_get_root(parser)), "cases");
-  for (guint i = 0; i < json_array_get_length(cases); i++) {
-    JsonObject *c = json_array_get_object_element(cases, i);
-    if (g_strcmp0(json_object_get_string_member(c, "name"), name) != 0) continue;
-    JsonObject *tol = json_object_get_object_member(c, "tolerance");
-    gc->atol = json_object_get_double_member(tol, "atol");
-    gc->rtol = json_object_get_double_member(tol, "rtol");
-    const char *taesd =
-        json_object_get_string_member(json_object_get_object_member(c, "paths"), "taesd");
-    gc->taesd_path = g_build_filename(golden_dir, taesd, NULL);
-    g_autofree char *file =
-        g_build_filename(golden_dir, json_object_get_string_member(c, "file"), NULL);
-    gc->file = st_open(file, &error);
-    g_assert_no_error(error);
-    return;
-  }
-  g_error("golden case %s is not in cases.json", name);
-}
-
-static void golden_case_clear(GoldenCase *gc) {
-  st_close(gc->file);
-  g_free(gc->taesd_path);
-}
-
 /* A golden tensor as fp32 with its NCHW shape; g_free it. */
-static float *golden_tensor(const GoldenCase *gc, const char *name, int64_t shape[4]) {
+static float *golden_tensor(const TestGoldenCase *gc, const char *name, int64_t shape[4]) {
+  float *data = test_golden_tensor(gc->file, name, NULL);
   const StTensor *t = st_find(gc->file, name);
-  g_assert_nonnull(t);
   g_assert_cmpint(t->ndims, ==, 4);
   memcpy(shape, t->shape, 4 * sizeof(int64_t));
-  float *data = g_new(float, st_numel(t));
-  st_tensor_to_f32(t, data);
   return data;
 }
 
@@ -66,30 +26,14 @@ static size_t numel4(const int64_t shape[4]) {
   return (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
 }
 
-/* Every element within atol + rtol*|g|. */
-static void assert_close(const char *what, const float *got, const float *golden, size_t n,
-                         double atol, double rtol) {
-  size_t bad = 0, first_bad = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (fabs((double)got[i] - golden[i]) <= atol + rtol * fabs(golden[i])) continue;
-    if (bad++ == 0) first_bad = i;
-  }
-  g_test_message("%s: max |err| %.3g (atol %.3g, rtol %.3g)", what,
-                 test_max_abs_diff(got, golden, n), atol, rtol);
-  if (bad)
-    g_test_message("%s: %zu of %zu out of tolerance, first at %zu: %g vs %g", what, bad, n,
-                   first_bad, got[first_bad], golden[first_bad]);
-  g_assert_cmpuint(bad, ==, 0);
-}
-
-static void check_output(const char *what, LcmPrecision precision, const GoldenCase *gc,
+static void check_output(const char *what, LcmPrecision precision, const TestGoldenCase *gc,
                          const float *got, const float *golden, size_t n) {
   if (precision == LCM_PRECISION_BF16) {
     double cosine = test_cosine(got, golden, n);
     g_test_message("%s: bf16 cosine %.6f", what, cosine);
     g_assert_cmpfloat(cosine, >=, 0.999);
   } else {
-    assert_close(what, got, golden, n, gc->atol, gc->rtol);
+    test_assert_close(what, got, golden, n, gc->atol, gc->rtol);
   }
 }
 
@@ -97,55 +41,50 @@ static void check_output(const char *what, LcmPrecision precision, const GoldenC
 static LcmTaesd *load_or_skip(const char *path, LcmPrecision precision) {
   g_autoptr(GError) error = NULL;
   LcmTaesd *taesd = lcm_taesd_load(path, precision, &error);
-  if (precision == LCM_PRECISION_BF16 && g_error_matches(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED)) {
-    g_test_skip(error->message); /* no bf16 convolutions on this CPU */
-    return NULL;
-  }
+  if (test_skip_if_unsupported(error, precision)) return NULL;
   g_assert_no_error(error);
   return taesd;
 }
 
 /* Decodes the case's latents with the TAESD at `path` (NULL = the case's). */
 static void check_decode_case(const char *case_name, const char *path, LcmPrecision precision) {
-  GoldenCase gc = {0};
-  golden_case_load(&gc, case_name);
-  LcmTaesd *taesd = load_or_skip(path ? path : gc.taesd_path, precision);
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(case_name);
+  g_autofree char *case_taesd = test_golden_case_path(gc, "taesd");
+  LcmTaesd *taesd = load_or_skip(path ? path : case_taesd, precision);
   if (taesd) {
     g_assert_true(lcm_taesd_has_decoder(taesd));
     g_assert_cmpint(lcm_taesd_latent_channels(taesd), ==, 4);
     int64_t zs[4], is[4];
-    g_autofree float *latents = golden_tensor(&gc, "latents", zs);
-    g_autofree float *expected = golden_tensor(&gc, "image", is);
+    g_autofree float *latents = golden_tensor(gc, "latents", zs);
+    g_autofree float *expected = golden_tensor(gc, "image", is);
     g_assert_cmpint(is[2], ==, 8 * zs[2]);
     g_autofree float *image = g_new(float, numel4(is));
     g_autoptr(GError) error = NULL;
     g_assert_true(
         lcm_taesd_decode(taesd, latents, (int)zs[0], (int)zs[2], (int)zs[3], image, &error));
     g_assert_no_error(error);
-    check_output(case_name, precision, &gc, image, expected, numel4(is));
+    check_output(case_name, precision, gc, image, expected, numel4(is));
     lcm_taesd_free(taesd);
   }
-  golden_case_clear(&gc);
 }
 
 static void check_encode_case(const char *case_name, const char *path, LcmPrecision precision) {
-  GoldenCase gc = {0};
-  golden_case_load(&gc, case_name);
-  LcmTaesd *taesd = load_or_skip(path ? path : gc.taesd_path, precision);
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(case_name);
+  g_autofree char *case_taesd = test_golden_case_path(gc, "taesd");
+  LcmTaesd *taesd = load_or_skip(path ? path : case_taesd, precision);
   if (taesd) {
     g_assert_true(lcm_taesd_has_encoder(taesd));
     int64_t is[4], zs[4];
-    g_autofree float *image = golden_tensor(&gc, "image", is);
-    g_autofree float *expected = golden_tensor(&gc, "latents", zs);
+    g_autofree float *image = golden_tensor(gc, "image", is);
+    g_autofree float *expected = golden_tensor(gc, "latents", zs);
     g_autofree float *latents = g_new(float, numel4(zs));
     g_autoptr(GError) error = NULL;
     g_assert_true(
         lcm_taesd_encode(taesd, image, (int)is[0], (int)is[2], (int)is[3], latents, &error));
     g_assert_no_error(error);
-    check_output(case_name, precision, &gc, latents, expected, numel4(zs));
+    check_output(case_name, precision, gc, latents, expected, numel4(zs));
     lcm_taesd_free(taesd);
   }
-  golden_case_clear(&gc);
 }
 
 static void test_decode_8x8(void) {

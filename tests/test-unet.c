@@ -8,91 +8,39 @@
 #include "testutil.h"
 
 #include <glib/gstdio.h>
-#include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
 
 #define SMALL_ATTENTION_CHUNK 7
 #define BF16_MIN_COSINE 0.999
 
-/* What cases.json says about one golden UNet case; paths are absolute. */
-typedef struct {
-  char *name;
-  char *file;
-  char *unet;
-  char *unet_weights; /* NULL: the folder's default weights */
-  double atol, rtol;
-} UNetCase;
-
 /* How one test runs a case. */
 typedef enum { RUN_FP32, RUN_FP32_SMALL_CHUNKS, RUN_BF16, RUN_CHECKPOINT } RunKind;
 
 typedef struct {
-  const UNetCase *golden;
+  const char *case_name;
   RunKind kind;
 } UNetRun;
 
-static void unet_case_free(gpointer data) {
-  UNetCase *c = data;
-  g_free(c->name);
-  g_free(c->file);
-  g_free(c->unet);
-  g_free(c->unet_weights);
-  g_free(c);
-}
-
-static char *golden_path(const char *relative) {
-  g_autofree char *rel = g_build_filename("golden", relative, NULL);
-  return test_data_path(rel);
-}
-
-/* The cases of component "unet" in cases.json, in file order. */
-static GPtrArray *unet_cases_read(void) {
-  g_autofree char *cases_json = golden_path("cases.json");
-  g_autoptr(JsonParser) parser = json_parser_new();
-  g_autoptr(GError) error = NULL;
-  g_assert_true(json_parser_load_from_file(parser, cases_json, &error));
-  g_assert_no_error(error);
-  JsonArray *cases =
-      json_object_get_array_member(json_node_get_object(json_parser_get_root(parser)), "cases");
-  GPtrArray *out = g_ptr_array_new_with_free_func(unet_case_free);
-  for (guint i = 0; i < json_array_get_length(cases); i++) {
-    JsonObject *c = json_array_get_object_element(cases, i);
-    if (g_strcmp0(json_object_get_string_member(c, "component"), "unet") != 0) continue;
-    JsonObject *paths = json_object_get_object_member(c, "paths");
-    JsonObject *tolerance = json_object_get_object_member(c, "tolerance");
-    UNetCase *uc = g_new0(UNetCase, 1);
-    uc->name = g_strdup(json_object_get_string_member(c, "name"));
-    uc->file = golden_path(json_object_get_string_member(c, "file"));
-    uc->unet = golden_path(json_object_get_string_member(paths, "unet"));
-    if (json_object_has_member(paths, "unet_weights"))
-      uc->unet_weights = golden_path(json_object_get_string_member(paths, "unet_weights"));
-    uc->atol = json_object_get_double_member(tolerance, "atol");
-    uc->rtol = json_object_get_double_member(tolerance, "rtol");
-    g_ptr_array_add(out, uc);
-  }
-  return out;
-}
-
 /* A golden tensor as fp32 (g_free it); `shape` receives its dims. */
-static float *golden_tensor(StFile *file, const char *name, int64_t *shape, int max_dims) {
+static float *golden_tensor(const StFile *file, const char *name, int64_t *shape, int max_dims) {
+  float *data = test_golden_tensor(file, name, NULL);
   const StTensor *t = st_find(file, name);
-  g_assert_nonnull(t);
   g_assert_cmpint(t->ndims, <=, max_dims);
   for (int d = 0; d < t->ndims && shape; d++) shape[d] = t->shape[d];
-  float *data = g_new(float, st_numel(t));
-  st_tensor_to_f32(t, data);
   return data;
 }
 
-static LcmModel *open_model(const UNetCase *c, gboolean from_checkpoint) {
-  g_autofree char *checkpoint = golden_path("tiny-lcm.safetensors");
+static LcmModel *open_model(const TestGoldenCase *c, gboolean from_checkpoint) {
+  g_autofree char *checkpoint = test_golden_path("tiny-lcm.safetensors");
+  g_autofree char *unet = test_golden_case_path(c, "unet");
+  g_autofree char *unet_weights = test_golden_case_path(c, "unet_weights");
   LcmModelParts parts = {0};
   if (from_checkpoint) {
     parts.checkpoint = checkpoint;
   } else {
-    parts.unet = c->unet;
-    parts.unet_weights = c->unet_weights;
+    parts.unet = unet;
+    parts.unet_weights = unet_weights; /* NULL: the folder's default weights */
   }
   g_autoptr(GError) error = NULL;
   LcmModel *model = lcm_model_open_parts(&parts, &error);
@@ -101,42 +49,22 @@ static LcmModel *open_model(const UNetCase *c, gboolean from_checkpoint) {
 }
 
 /* NULL (and the test skipped) when this CPU cannot compute in bf16. */
-static LcmUNet *load_unet(const UNetCase *c, gboolean from_checkpoint, LcmPrecision precision) {
+static LcmUNet *load_unet(const TestGoldenCase *c, gboolean from_checkpoint,
+                          LcmPrecision precision) {
   LcmModel *model = open_model(c, from_checkpoint);
   g_autoptr(GError) error = NULL;
   LcmUNet *unet = lcm_unet_load(model, precision, &error);
   /* The UNet keeps its weights in its own layout; the model may go. */
   lcm_model_free(model);
-  if (precision == LCM_PRECISION_BF16 && g_error_matches(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED)) {
-    g_test_skip(error->message);
-    return NULL;
-  }
+  if (test_skip_if_unsupported(error, precision)) return NULL;
   g_assert_no_error(error);
   return unet;
 }
 
-/* Every element within atol + rtol*|g|. */
-static void assert_close(const char *what, const float *got, const float *golden, size_t n,
-                         double atol, double rtol) {
-  size_t bad = 0, first_bad = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (fabs((double)got[i] - golden[i]) <= atol + rtol * fabs(golden[i])) continue;
-    if (bad++ == 0) first_bad = i;
-  }
-  g_test_message("%s: max |err| %.3g (atol %.3g, rtol %.3g)", what,
-                 test_max_abs_diff(got, golden, n), atol, rtol);
-  if (bad)
-    g_test_message("%s: %zu of %zu out of tolerance, first at %zu: %g vs %g", what, bad, n,
-                   first_bad, got[first_bad], golden[first_bad]);
-  g_assert_cmpuint(bad, ==, 0);
-}
-
 static void test_golden(gconstpointer data) {
   const UNetRun *run = data;
-  const UNetCase *c = run->golden;
-  g_autoptr(GError) error = NULL;
-  StFile *file = st_open(c->file, &error);
-  g_assert_no_error(error);
+  g_autoptr(TestGoldenCase) c = test_golden_case_load(run->case_name);
+  const StFile *file = c->file;
 
   int64_t sample_shape[4], context_shape[3];
   g_autofree float *sample = golden_tensor(file, "sample", sample_shape, 4);
@@ -150,10 +78,7 @@ static void test_golden(gconstpointer data) {
 
   LcmUNet *unet = load_unet(c, run->kind == RUN_CHECKPOINT,
                             run->kind == RUN_BF16 ? LCM_PRECISION_BF16 : LCM_PRECISION_FP32);
-  if (!unet) {
-    st_close(file);
-    return;
-  }
+  if (!unet) return;
   g_assert_cmpint(lcm_unet_in_channels(unet), ==, sample_shape[1]);
   g_assert_cmpint(lcm_unet_out_channels(unet), ==, out_shape[1]);
   g_assert_cmpint(lcm_unet_cross_attention_dim(unet), ==, context_shape[2]);
@@ -161,27 +86,25 @@ static void test_golden(gconstpointer data) {
 
   const size_t n = (size_t)batch * out_shape[1] * h * w;
   g_autofree float *out = g_new(float, n);
+  g_autoptr(GError) error = NULL;
   g_assert_true(lcm_unet_run(unet, sample, batch, h, w, timestep[0], context, (int)context_shape[1],
                              timestep_cond, out, &error));
   g_assert_no_error(error);
 
   if (run->kind == RUN_BF16) {
     double cosine = test_cosine(out, expected, n);
-    g_test_message("%s bf16: cosine %.6f, max |err| %.3g", c->name, cosine,
+    g_test_message("%s bf16: cosine %.6f, max |err| %.3g", run->case_name, cosine,
                    test_max_abs_diff(out, expected, n));
     g_assert_cmpfloat(cosine, >=, BF16_MIN_COSINE);
   } else {
-    assert_close(c->name, out, expected, n, c->atol, c->rtol);
+    test_assert_close(run->case_name, out, expected, n, c->atol, c->rtol);
   }
   lcm_unet_free(unet);
-  st_close(file);
 }
 
 static void test_guidance_embedding(void) {
-  g_autofree char *path = golden_path("cases/guidance_embedding.safetensors");
-  g_autoptr(GError) error = NULL;
-  StFile *file = st_open(path, &error);
-  g_assert_no_error(error);
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load("guidance_embedding");
+  const StFile *file = gc->file;
   int64_t w_shape[1], emb_shape[2];
   g_autofree float *w = golden_tensor(file, "w", w_shape, 1);
   g_autofree float *expected = golden_tensor(file, "embedding", emb_shape, 2);
@@ -189,43 +112,34 @@ static void test_guidance_embedding(void) {
   const int dim = emb_shape[1];
   g_autofree float *got = g_new(float, w_shape[0] * dim);
   for (int i = 0; i < w_shape[0]; i++) lcm_guidance_embedding(w[i], dim, got + (size_t)i * dim);
-  assert_close("guidance embedding", got, expected, w_shape[0] * dim, 2e-3, 0);
-  st_close(file);
+  test_assert_close("guidance embedding", got, expected, w_shape[0] * dim, 2e-3, 0);
 }
-
-static const UNetCase *find_case(GPtrArray *cases, const char *name) {
-  for (guint i = 0; i < cases->len; i++) {
-    const UNetCase *c = g_ptr_array_index(cases, i);
-    if (g_strcmp0(c->name, name) == 0) return c;
-  }
-  g_error("golden case %s is not in cases.json", name);
-  return NULL;
-}
-
-static GPtrArray *all_cases;
 
 /* The accessors report the configuration of each kind of UNet. */
 static void test_accessors(void) {
-  LcmUNet *lcm = load_unet(find_case(all_cases, "unet_lcm_a"), FALSE, LCM_PRECISION_FP32);
+  g_autoptr(TestGoldenCase) lcm_case = test_golden_case_load("unet_lcm_a");
+  g_autoptr(TestGoldenCase) inpaint_case = test_golden_case_load("unet_inpaint_a");
+  LcmUNet *lcm = load_unet(lcm_case, FALSE, LCM_PRECISION_FP32);
   g_assert_cmpint(lcm_unet_in_channels(lcm), ==, 4);
   g_assert_cmpint(lcm_unet_out_channels(lcm), ==, 4);
   g_assert_cmpint(lcm_unet_time_cond_proj_dim(lcm), ==, 256);
   g_assert_cmpint(lcm_unet_cross_attention_dim(lcm), ==, 32);
   lcm_unet_free(lcm);
 
-  LcmUNet *inpaint = load_unet(find_case(all_cases, "unet_inpaint_a"), FALSE, LCM_PRECISION_FP32);
+  LcmUNet *inpaint = load_unet(inpaint_case, FALSE, LCM_PRECISION_FP32);
   g_assert_cmpint(lcm_unet_in_channels(inpaint), ==, 9);
   g_assert_cmpint(lcm_unet_time_cond_proj_dim(inpaint), ==, 0);
   lcm_unet_free(inpaint);
 
-  LcmUNet *single = load_unet(find_case(all_cases, "unet_lcm_a"), TRUE, LCM_PRECISION_FP32);
+  LcmUNet *single = load_unet(lcm_case, TRUE, LCM_PRECISION_FP32);
   g_assert_cmpint(lcm_unet_time_cond_proj_dim(single), ==, 256);
   lcm_unet_free(single);
 }
 
 /* Bad arguments give LCM_ERROR_INVALID and leave the UNet usable. */
 static void test_bad_arguments(void) {
-  LcmUNet *unet = load_unet(find_case(all_cases, "unet_inpaint_a"), FALSE, LCM_PRECISION_FP32);
+  g_autoptr(TestGoldenCase) inpaint_case = test_golden_case_load("unet_inpaint_a");
+  LcmUNet *unet = load_unet(inpaint_case, FALSE, LCM_PRECISION_FP32);
   const int h = 4, w = 4, tokens = 3;
   g_autofree float *sample = g_new0(float, 9 * h * w);
   g_autofree float *context = g_new0(float, tokens * 32);
@@ -256,10 +170,11 @@ static void test_bad_arguments(void) {
 /* A weight file of another UNet (9 input channels instead of 4) is refused
  * with a message naming the file and the tensor. */
 static void test_wrong_weights(void) {
-  const UNetCase *lcm = find_case(all_cases, "unet_lcm_a");
+  g_autoptr(TestGoldenCase) lcm_case = test_golden_case_load("unet_lcm_a");
+  g_autofree char *lcm_unet = test_golden_case_path(lcm_case, "unet");
   g_autofree char *inpaint_weights =
-      golden_path("tiny-inpaint/unet/diffusion_pytorch_model.safetensors");
-  LcmModelParts parts = {.unet = lcm->unet, .unet_weights = inpaint_weights};
+      test_golden_path("tiny-inpaint/unet/diffusion_pytorch_model.safetensors");
+  LcmModelParts parts = {.unet = lcm_unet, .unet_weights = inpaint_weights};
   g_autoptr(GError) error = NULL;
   LcmModel *model = lcm_model_open_parts(&parts, &error);
   g_assert_no_error(error);
@@ -275,8 +190,9 @@ static void test_wrong_weights(void) {
 /* Weights with a tensor more than the config describes (the LCM UNet's
  * cond_proj under a plain SD config) are refused, not silently ignored. */
 static void test_unused_weights(void) {
-  g_autofree char *plain_sd = golden_path("tiny-sd/unet");
-  g_autofree char *lcm_weights = golden_path("tiny-lcm/unet/diffusion_pytorch_model.safetensors");
+  g_autofree char *plain_sd = test_golden_path("tiny-sd/unet");
+  g_autofree char *lcm_weights =
+      test_golden_path("tiny-lcm/unet/diffusion_pytorch_model.safetensors");
   LcmModelParts parts = {.unet = plain_sd, .unet_weights = lcm_weights};
   g_autoptr(GError) error = NULL;
   LcmModel *model = lcm_model_open_parts(&parts, &error);
@@ -292,16 +208,17 @@ static void test_unused_weights(void) {
  * layers were built (which must all be freed again), naming the tensor. */
 static void test_missing_tensor(void) {
   static const char *const missing = "up_blocks.2.attentions.1.transformer_blocks.0.ff.net.2.bias";
-  const UNetCase *lcm = find_case(all_cases, "unet_lcm_a");
+  g_autoptr(TestGoldenCase) lcm_case = test_golden_case_load("unet_lcm_a");
+  g_autofree char *lcm_unet = test_golden_case_path(lcm_case, "unet");
   g_autoptr(GError) error = NULL;
   g_autofree char *src_path =
-      g_build_filename(lcm->unet, "diffusion_pytorch_model.safetensors", NULL);
+      g_build_filename(lcm_unet, "diffusion_pytorch_model.safetensors", NULL);
   StFile *src = st_open(src_path, &error);
   g_assert_no_error(error);
   g_autofree char *dir = g_dir_make_tmp("test-unet-XXXXXX", &error);
   g_assert_no_error(error);
   g_autofree char *weights = g_build_filename(dir, "diffusion_pytorch_model.safetensors", NULL);
-  g_autofree char *config_src = g_build_filename(lcm->unet, "config.json", NULL);
+  g_autofree char *config_src = g_build_filename(lcm_unet, "config.json", NULL);
   g_autofree char *config_dst = g_build_filename(dir, "config.json", NULL);
   g_autofree char *config_text = NULL;
   gsize config_len = 0;
@@ -335,27 +252,32 @@ static void test_missing_tensor(void) {
 
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
-  all_cases = unet_cases_read();
-  g_assert_cmpuint(all_cases->len, >=, 8);
 
   static const struct {
     RunKind kind;
     const char *suffix;
   } kinds[] = {{RUN_FP32, "fp32"}, {RUN_FP32_SMALL_CHUNKS, "fp32-chunk7"}, {RUN_BF16, "bf16"}};
+  /* Every case of component "unet" in cases.json. */
   GPtrArray *runs = g_ptr_array_new_with_free_func(g_free);
-  for (guint i = 0; i < all_cases->len; i++) {
-    const UNetCase *c = g_ptr_array_index(all_cases, i);
+  JsonArray *cases = test_golden_cases();
+  guint n_unet_cases = 0;
+  for (guint i = 0; i < json_array_get_length(cases); i++) {
+    JsonObject *c = json_array_get_object_element(cases, i);
+    if (g_strcmp0(json_object_get_string_member(c, "component"), "unet") != 0) continue;
+    const char *name = json_object_get_string_member(c, "name");
+    n_unet_cases++;
     for (size_t k = 0; k < G_N_ELEMENTS(kinds); k++) {
       UNetRun *run = g_new(UNetRun, 1);
-      *run = (UNetRun){c, kinds[k].kind};
+      *run = (UNetRun){name, kinds[k].kind};
       g_ptr_array_add(runs, run);
-      g_autofree char *path = g_strdup_printf("/unet/%s/%s", c->name, kinds[k].suffix);
+      g_autofree char *path = g_strdup_printf("/unet/%s/%s", name, kinds[k].suffix);
       g_test_add_data_func(path, run, test_golden);
     }
   }
+  g_assert_cmpuint(n_unet_cases, >=, 8);
   /* The fp16 single-file checkpoint holds exactly the fp16 diffusers weights. */
   UNetRun *checkpoint_run = g_new(UNetRun, 1);
-  *checkpoint_run = (UNetRun){find_case(all_cases, "unet_lcm_fp16weights"), RUN_CHECKPOINT};
+  *checkpoint_run = (UNetRun){"unet_lcm_fp16weights", RUN_CHECKPOINT};
   g_ptr_array_add(runs, checkpoint_run);
   g_test_add_data_func("/unet/checkpoint/unet_lcm_fp16weights", checkpoint_run, test_golden);
 
@@ -368,6 +290,5 @@ int main(int argc, char **argv) {
 
   int result = g_test_run();
   g_ptr_array_unref(runs);
-  g_ptr_array_unref(all_cases);
   return result;
 }

@@ -7,7 +7,6 @@
 #include "testutil.h"
 
 #include <glib/gstdio.h>
-#include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
 #include <unistd.h>
@@ -22,76 +21,19 @@ typedef struct {
   Source source;
 } VaeRun;
 
-/* The golden case: its tensors and what cases.json says about it. */
-typedef struct {
-  StFile *file;
-  double atol, rtol;
-  char *vae_path; /* the case's paths.vae, absolute */
-} GoldenCase;
-
-static void golden_case_load(GoldenCase *gc, const char *name) {
-  g_autofree char *cases_json = test_data_path("golden/cases.json");
-  g_autofree char *golden_dir = g_path_get_dirname(cases_json);
-  g_autoptr(JsonParser) parser = json_parser_new();
-  g_autoptr(GError) error = NULL;
-  g_assert_true(json_parser_load_from_file(parser, cases_json, &error));
-  JsonArray *cases =
-      json_object_get_array_member(json_node_get_object(json_parser_get_root(parser)), "cases");
-  for (guint i = 0; i < json_array_get_length(cases); i++) {
-    JsonObject *c = json_array_get_object_element(cases, i);
-    if (g_strcmp0(json_object_get_string_member(c, "name"), name) != 0) continue;
-    JsonObject *tol = json_object_get_object_member(c, "tolerance");
-    gc->atol = json_object_get_double_member(tol, "atol");
-    gc->rtol = json_object_get_double_member(tol, "rtol");
-    const char *vae =
-        json_object_get_string_member(json_object_get_object_member(c, "paths"), "vae");
-    gc->vae_path = g_build_filename(golden_dir, vae, NULL);
-    g_autofree char *file =
-        g_build_filename(golden_dir, json_object_get_string_member(c, "file"), NULL);
-    gc->file = st_open(file, &error);
-    g_assert_no_error(error);
-    return;
-  }
-  g_error("golden case %s is not in cases.json", name);
-}
-
-static void golden_case_clear(GoldenCase *gc) {
-  st_close(gc->file);
-  g_free(gc->vae_path);
-}
-
 /* A golden tensor as fp32, checked to hold `numel` values; g_free it. */
-static float *golden_tensor(const GoldenCase *gc, const char *name, size_t numel) {
-  const StTensor *t = st_find(gc->file, name);
-  g_assert_nonnull(t);
-  g_assert_cmpint(st_numel(t), ==, (int64_t)numel);
-  float *data = g_new(float, numel);
-  st_tensor_to_f32(t, data);
+static float *golden_tensor(const TestGoldenCase *gc, const char *name, size_t numel) {
+  int64_t golden_numel;
+  float *data = test_golden_tensor(gc->file, name, &golden_numel);
+  g_assert_cmpint(golden_numel, ==, (int64_t)numel);
   return data;
 }
 
-static int64_t golden_dim(const GoldenCase *gc, const char *name, int axis) {
+static int64_t golden_dim(const TestGoldenCase *gc, const char *name, int axis) {
   const StTensor *t = st_find(gc->file, name);
   g_assert_nonnull(t);
   g_assert_cmpint(axis, <, t->ndims);
   return t->shape[axis];
-}
-
-/* Every element within atol + rtol*|g|; returns the max abs error. */
-static double assert_close(const char *what, const float *got, const float *golden, size_t n,
-                           double atol, double rtol) {
-  size_t bad = 0, first_bad = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (fabs((double)got[i] - golden[i]) <= atol + rtol * fabs(golden[i])) continue;
-    if (bad++ == 0) first_bad = i;
-  }
-  double max_err = test_max_abs_diff(got, golden, n);
-  g_test_message("%s: max |err| %.3g (atol %.3g, rtol %.3g)", what, max_err, atol, rtol);
-  if (bad)
-    g_test_message("%s: %zu of %zu out of tolerance, first at %zu: %g vs %g", what, bad, n,
-                   first_bad, got[first_bad], golden[first_bad]);
-  g_assert_cmpuint(bad, ==, 0);
-  return max_err;
 }
 
 static void assert_cosine(const char *what, const float *got, const float *golden, size_t n) {
@@ -109,32 +51,32 @@ static void assert_cosine(const char *what, const float *got, const float *golde
 #define CHECKPOINT_RTOL 5e-3
 
 /* Compares one output as the run's precision and source allow. */
-static void check_output(const VaeRun *run, const GoldenCase *gc, const char *what,
+static void check_output(const VaeRun *run, const TestGoldenCase *gc, const char *what,
                          const float *got, const float *golden, size_t n) {
   g_autofree char *label = g_strdup_printf("%s %s", run->case_name, what);
   if (run->precision == LCM_PRECISION_BF16)
     assert_cosine(label, got, golden, n);
   else if (run->source == SOURCE_CHECKPOINT)
-    assert_close(label, got, golden, n, gc->atol + CHECKPOINT_ATOL, gc->rtol + CHECKPOINT_RTOL);
+    test_assert_close(label, got, golden, n, gc->atol + CHECKPOINT_ATOL,
+                      gc->rtol + CHECKPOINT_RTOL);
   else
-    assert_close(label, got, golden, n, gc->atol, gc->rtol);
+    test_assert_close(label, got, golden, n, gc->atol, gc->rtol);
 }
 
 /* NULL (test skipped) when the CPU cannot run the run's precision. */
-static LcmVae *load_vae(const VaeRun *run, const GoldenCase *gc) {
+static LcmVae *load_vae(const VaeRun *run, const TestGoldenCase *gc) {
   g_autofree char *checkpoint = test_data_path("golden/tiny-lcm.safetensors");
+  g_autofree char *vae_folder = test_golden_case_path(gc, "vae");
   LcmModelParts parts = {0};
   if (run->source == SOURCE_CHECKPOINT)
     parts.checkpoint = checkpoint;
   else
-    parts.vae = gc->vae_path;
+    parts.vae = vae_folder;
   g_autoptr(GError) error = NULL;
   LcmModel *model = lcm_model_open_parts(&parts, &error);
   g_assert_no_error(error);
   LcmVae *vae = lcm_vae_load(model, run->precision, &error);
-  if (run->precision == LCM_PRECISION_BF16 &&
-      g_error_matches(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED)) {
-    g_test_skip(error->message); /* no bf16 on this CPU */
+  if (test_skip_if_unsupported(error, run->precision)) {
     lcm_model_free(model);
     return NULL;
   }
@@ -149,17 +91,13 @@ static LcmVae *load_vae(const VaeRun *run, const GoldenCase *gc) {
 
 static void test_encode(gconstpointer data) {
   const VaeRun *run = data;
-  GoldenCase gc = {0};
-  golden_case_load(&gc, run->case_name);
-  LcmVae *vae = load_vae(run, &gc);
-  if (!vae) {
-    golden_case_clear(&gc);
-    return;
-  }
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(run->case_name);
+  LcmVae *vae = load_vae(run, gc);
+  if (!vae) return;
 
-  const int h = golden_dim(&gc, "image", 2), w = golden_dim(&gc, "image", 3);
+  const int h = golden_dim(gc, "image", 2), w = golden_dim(gc, "image", 3);
   const size_t latent_n = (size_t)4 * (h / 8) * (w / 8);
-  g_autofree float *image = golden_tensor(&gc, "image", (size_t)3 * h * w);
+  g_autofree float *image = golden_tensor(gc, "image", (size_t)3 * h * w);
   g_autofree float *mean = g_new(float, latent_n);
   g_autofree float *logvar = g_new(float, latent_n);
   g_autoptr(GError) error = NULL;
@@ -168,52 +106,45 @@ static void test_encode(gconstpointer data) {
 
   g_autofree float *std = g_new(float, latent_n);
   for (size_t i = 0; i < latent_n; i++) std[i] = expf(0.5f * logvar[i]);
-  g_autofree float *golden_mean = golden_tensor(&gc, "mean", latent_n);
-  g_autofree float *golden_logvar = golden_tensor(&gc, "logvar", latent_n);
-  g_autofree float *golden_std = golden_tensor(&gc, "std", latent_n);
-  check_output(run, &gc, "mean", mean, golden_mean, latent_n);
-  check_output(run, &gc, "logvar", logvar, golden_logvar, latent_n);
-  check_output(run, &gc, "std", std, golden_std, latent_n);
+  g_autofree float *golden_mean = golden_tensor(gc, "mean", latent_n);
+  g_autofree float *golden_logvar = golden_tensor(gc, "logvar", latent_n);
+  g_autofree float *golden_std = golden_tensor(gc, "std", latent_n);
+  check_output(run, gc, "mean", mean, golden_mean, latent_n);
+  check_output(run, gc, "logvar", logvar, golden_logvar, latent_n);
+  check_output(run, gc, "std", std, golden_std, latent_n);
 
   lcm_vae_free(vae);
-  golden_case_clear(&gc);
 }
 
 static void test_decode(gconstpointer data) {
   const VaeRun *run = data;
-  GoldenCase gc = {0};
-  golden_case_load(&gc, run->case_name);
-  LcmVae *vae = load_vae(run, &gc);
-  if (!vae) {
-    golden_case_clear(&gc);
-    return;
-  }
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(run->case_name);
+  LcmVae *vae = load_vae(run, gc);
+  if (!vae) return;
 
-  const int h = golden_dim(&gc, "z", 2), w = golden_dim(&gc, "z", 3);
+  const int h = golden_dim(gc, "z", 2), w = golden_dim(gc, "z", 3);
   const size_t image_n = (size_t)3 * (8 * h) * (8 * w);
-  g_autofree float *z = golden_tensor(&gc, "z", (size_t)4 * h * w);
+  g_autofree float *z = golden_tensor(gc, "z", (size_t)4 * h * w);
   g_autofree float *image = g_new(float, image_n);
   g_autoptr(GError) error = NULL;
   g_assert_true(lcm_vae_decode(vae, z, 1, h, w, image, &error));
   g_assert_no_error(error);
 
-  g_autofree float *golden_image = golden_tensor(&gc, "image", image_n);
-  check_output(run, &gc, "image", image, golden_image, image_n);
+  g_autofree float *golden_image = golden_tensor(gc, "image", image_n);
+  check_output(run, gc, "image", image, golden_image, image_n);
 
   lcm_vae_free(vae);
-  golden_case_clear(&gc);
 }
 
 /* A batch of two different inputs gives each one's single-image result. */
 static void test_batch(void) {
   const VaeRun run = {"vae_decode_a", LCM_PRECISION_FP32, 0, SOURCE_DIFFUSERS};
-  GoldenCase gc = {0};
-  golden_case_load(&gc, run.case_name);
-  LcmVae *vae = load_vae(&run, &gc);
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(run.case_name);
+  LcmVae *vae = load_vae(&run, gc);
 
   const size_t z_n = 4 * 8 * 8, image_n = 3 * 64 * 64;
-  g_autofree float *golden_z = golden_tensor(&gc, "z", z_n);
-  g_autofree float *golden_image = golden_tensor(&gc, "image", image_n);
+  g_autofree float *golden_z = golden_tensor(gc, "z", z_n);
+  g_autofree float *golden_image = golden_tensor(gc, "image", image_n);
   g_autofree float *z = g_new(float, 2 * z_n);
   for (size_t i = 0; i < z_n; i++) {
     z[i] = -golden_z[i];
@@ -223,20 +154,18 @@ static void test_batch(void) {
   g_autoptr(GError) error = NULL;
   g_assert_true(lcm_vae_decode(vae, z, 2, 8, 8, images, &error));
   g_assert_no_error(error);
-  assert_close("batch item 1", images + image_n, golden_image, image_n, gc.atol, gc.rtol);
+  test_assert_close("batch item 1", images + image_n, golden_image, image_n, gc->atol, gc->rtol);
   /* Item 0 is another input, so it must differ from the golden image. */
   g_assert_cmpfloat(test_max_abs_diff(images, golden_image, image_n), >, 1e-2);
 
   lcm_vae_free(vae);
-  golden_case_clear(&gc);
 }
 
 /* Sizes the encoder cannot take are refused with an error, not a crash. */
 static void test_bad_sizes(void) {
   const VaeRun run = {"vae_decode_a", LCM_PRECISION_FP32, 0, SOURCE_DIFFUSERS};
-  GoldenCase gc = {0};
-  golden_case_load(&gc, run.case_name);
-  LcmVae *vae = load_vae(&run, &gc);
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(run.case_name);
+  LcmVae *vae = load_vae(&run, gc);
   float pixels[3 * 12 * 16] = {0}, latents[4 * 2 * 2];
 
   g_autoptr(GError) error = NULL;
@@ -253,7 +182,6 @@ static void test_bad_sizes(void) {
   g_assert_error(error, LCM_ERROR, LCM_ERROR_INVALID);
 
   lcm_vae_free(vae);
-  golden_case_clear(&gc);
 }
 
 /* A model without a VAE reports what is missing. */

@@ -59,7 +59,7 @@ struct PreviewJob {
   guint serial;
   LcmSettings settings;
   uint64_t seed;
-  int width, height; /* preview size, multiples of 8 */
+  int width, height;       /* preview size, multiples of 8 */
   LcmImage *source, *mask; /* preview-size copies, or NULL */
   char *pipeline_key;
   LcmPipeline *pipeline; /* given by the dialog, or loaded by the worker */
@@ -81,9 +81,8 @@ void lcm_dialog_init_i18n(const char *locale_dir) {
 /* RGB floats to a pixbuf: value = data[pixel * pixel_stride + channel *
  * channel_stride] * scale + offset, clamped to [0, 1]. Covers HWC [0, 1]
  * images and planar [-1, 1] decoder output alike. */
-static GdkPixbuf *pixbuf_from_floats(const float *data, int width, int height,
-                                     size_t pixel_stride, size_t channel_stride, float scale,
-                                     float offset) {
+static GdkPixbuf *pixbuf_from_floats(const float *data, int width, int height, size_t pixel_stride,
+                                     size_t channel_stride, float scale, float offset) {
   GdkPixbuf *pixbuf = gdk_pixbuf_new(GDK_COLORSPACE_RGB, FALSE, 8, width, height);
   int rowstride = gdk_pixbuf_get_rowstride(pixbuf);
   guchar *pixels = gdk_pixbuf_get_pixels(pixbuf);
@@ -378,8 +377,8 @@ void lcm_dialog_get_settings(LcmDialog *self, LcmSettings *out) {
 
 /* What a loaded pipeline depends on: the same key reuses it. */
 static char *pipeline_key(const LcmSettings *s) {
-  return g_strdup_printf("%s\n%s\n%d", s->model_path ? s->model_path : "",
-                         s->loras ? s->loras : "", (int)s->precision);
+  return g_strdup_printf("%s\n%s\n%d", s->model_path ? s->model_path : "", s->loras ? s->loras : "",
+                         (int)s->precision);
 }
 
 /* ---- The preview worker ------------------------------------------------------- */
@@ -394,10 +393,9 @@ typedef struct {
 static void show_preview_pixbuf(LcmDialog *self, GdkPixbuf *pixbuf) {
   int width = gdk_pixbuf_get_width(pixbuf), height = gdk_pixbuf_get_height(pixbuf);
   double scale = (double)PREVIEW_MAX_SIDE / MAX(width, height);
-  g_autoptr(GdkPixbuf) shown =
-      gdk_pixbuf_scale_simple(pixbuf, MAX(1, (int)lrint(width * scale)),
-                              MAX(1, (int)lrint(height * scale)),
-                              scale > 1 ? GDK_INTERP_NEAREST : GDK_INTERP_BILINEAR);
+  g_autoptr(GdkPixbuf) shown = gdk_pixbuf_scale_simple(
+      pixbuf, MAX(1, (int)lrint(width * scale)), MAX(1, (int)lrint(height * scale)),
+      scale > 1 ? GDK_INTERP_NEAREST : GDK_INTERP_BILINEAR);
   gtk_image_set_from_pixbuf(GTK_IMAGE(self->preview_image), shown);
 }
 
@@ -525,8 +523,8 @@ static void complete_job(LcmDialog *self, PreviewJob *job) {
       gtk_progress_bar_set_fraction(bar, 1);
       gtk_progress_bar_set_text(bar, _("Preview ready"));
       gboolean test_model = !g_strcmp0(job->settings.model_path, self->test_model_path);
-      set_status(self, test_model ? _("Test model: random weights, so the preview is noise.")
-                                  : NULL);
+      set_status(self,
+                 test_model ? _("Test model: random weights, so the preview is noise.") : NULL);
     } else if (signal == PREVIEW_FAILED) {
       gtk_progress_bar_set_fraction(bar, 0);
       gtk_progress_bar_set_text(bar, _("Preview failed"));
@@ -831,8 +829,8 @@ static GtkWidget *build_settings_column(LcmDialog *self) {
 
   GtkWidget *seed_row = gtk_box_new(GTK_ORIENTATION_HORIZONTAL, 6);
   self->seed_spin = spin_new(self, 0, 4294967295.0, 1, 0);
-  GtkWidget *dice = gtk_button_new_from_icon_name("media-playlist-shuffle-symbolic",
-                                                  GTK_ICON_SIZE_BUTTON);
+  GtkWidget *dice =
+      gtk_button_new_from_icon_name("media-playlist-shuffle-symbolic", GTK_ICON_SIZE_BUTTON);
   gtk_widget_set_tooltip_text(dice, _("Pick a new random seed"));
   g_signal_connect(dice, "clicked", G_CALLBACK(on_dice_clicked), self);
   self->random_seed_check = gtk_check_button_new_with_mnemonic(_("Ne_w seed each time"));
@@ -876,8 +874,7 @@ static GtkWidget *build_settings_column(LcmDialog *self) {
                               bf16 ? _("bfloat16 is faster and almost as exact")
                                    : _("This CPU has no bfloat16 support (AVX512-BF16 or AMX), "
                                        "so the model runs in fp32"));
-  g_signal_connect_swapped(self->precision_combo, "changed", G_CALLBACK(on_setting_changed),
-                           self);
+  g_signal_connect_swapped(self->precision_combo, "changed", G_CALLBACK(on_setting_changed), self);
   add_row(grid, &row, _("Prec_ision"), self->precision_combo);
 
   self->output_combo = choice_combo_new();
@@ -893,9 +890,8 @@ static void on_map(LcmDialog *self) {
 
 GtkWidget *lcm_dialog_new(GtkWindow *parent, const LcmSettings *initial, const LcmImage *source,
                           const LcmImage *mask) {
-  LcmDialog *self = g_object_new(LCM_TYPE_DIALOG, "title", _("Generate with LCM"),
-                                 "transient-for", parent, "modal", parent != NULL,
-                                 "use-header-bar", FALSE, NULL);
+  LcmDialog *self = g_object_new(LCM_TYPE_DIALOG, "title", _("Generate with LCM"), "transient-for",
+                                 parent, "modal", parent != NULL, "use-header-bar", FALSE, NULL);
   if (source) self->source = lcm_image_resize(source, source->width, source->height);
   if (source && mask && mask->width == source->width && mask->height == source->height)
     self->mask = lcm_image_resize(mask, mask->width, mask->height);
@@ -971,8 +967,8 @@ static void lcm_dialog_init(LcmDialog *self) {
   lcm_settings_init(&self->initial);
   gboolean test_model = FALSE;
   g_autofree char *default_model = lcm_default_model(&test_model);
-  self->test_model_path = test_model ? g_steal_pointer(&default_model)
-                                     : lcm_find_data_file("tiny-lcm");
+  self->test_model_path =
+      test_model ? g_steal_pointer(&default_model) : lcm_find_data_file("tiny-lcm");
 }
 
 static void lcm_dialog_dispose(GObject *object) {
@@ -1001,6 +997,6 @@ static void lcm_dialog_class_init(LcmDialogClass *klass) {
   const char *names[N_SIGNALS] = {"preview-started", "preview-finished", "preview-cancelled",
                                   "preview-failed"};
   for (int i = 0; i < N_SIGNALS; i++)
-    signals[i] = g_signal_new(names[i], G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0, NULL,
-                              NULL, NULL, G_TYPE_NONE, 0);
+    signals[i] = g_signal_new(names[i], G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                              NULL, G_TYPE_NONE, 0);
 }

@@ -49,11 +49,11 @@ typedef struct {
   /* LoRAs merged in this order: "file:scale;file:scale" (the scale follows
    * the LAST ':' of each entry, so paths may contain ':'); NULL or "" = none. */
   char *loras;
-  int steps;       /* LCM_SETTINGS_MIN_STEPS..LCM_SETTINGS_MAX_STEPS, default 4 */
-  double guidance; /* <= 0: the model's default (lcm_pipeline_default_guidance) */
-  double strength; /* img2img / inpaint, (0, 1], default 0.6 */
-  gint64 seed;     /* -1 = a new random seed for each run; else 0..2^32-1 */
-  int width, height; /* txt2img output size, multiples of 8, default 512 */
+  int steps;              /* LCM_SETTINGS_MIN_STEPS..LCM_SETTINGS_MAX_STEPS, default 4 */
+  double guidance;        /* <= 0: the model's default (lcm_pipeline_default_guidance) */
+  double strength;        /* img2img / inpaint, (0, 1], default 0.6 */
+  gint64 seed;            /* -1 = a new random seed for each run; else 0..2^32-1 */
+  int width, height;      /* txt2img output size, multiples of 8, default 512 */
   LcmPrecision precision; /* default AUTO */
   LcmDevice device;       /* default CPU */
   LcmOutput output;       /* default NEW_LAYER */
@@ -90,8 +90,8 @@ uint64_t lcm_settings_resolve_seed(const LcmSettings *settings);
  * prompts, steps, guidance (the pipeline's default when <= 0), strength,
  * size, seed. image and mask stay for the caller to set; the strings point
  * into settings, which must outlive params. */
-void lcm_settings_to_params(const LcmSettings *settings, const LcmPipeline *pipeline,
-                            uint64_t seed, LcmPipelineParams *params);
+void lcm_settings_to_params(const LcmSettings *settings, const LcmPipeline *pipeline, uint64_t seed,
+                            LcmPipelineParams *params);
 
 /* A copy of image resampled (area-averaged when shrinking, bilinear when
  * growing) to width x height, same channels. */

@@ -116,8 +116,8 @@ uint64_t lcm_settings_resolve_seed(const LcmSettings *settings) {
   return g_random_int();
 }
 
-void lcm_settings_to_params(const LcmSettings *settings, const LcmPipeline *pipeline,
-                            uint64_t seed, LcmPipelineParams *params) {
+void lcm_settings_to_params(const LcmSettings *settings, const LcmPipeline *pipeline, uint64_t seed,
+                            LcmPipelineParams *params) {
   params->mode = settings->mode;
   params->prompt = settings->prompt;
   params->negative_prompt = settings->negative_prompt;

@@ -12,8 +12,15 @@
 
 (define (layer-count image) (vector-length (gimp-image-get-layers image)))
 
+; A pixel's colour components, without alpha (layers may differ in having it).
+(define (take items n)
+  (if (= n 0) '() (cons (car items) (take (cdr items) (- n 1)))))
+
+(define (pixel-color drawable x y)
+  (take (gimp-drawable-get-pixel drawable x y) (if (gimp-drawable-is-gray drawable) 1 3)))
+
 (define (same-pixel? a ax ay b bx by)
-  (equal? (gimp-drawable-get-pixel a ax ay) (gimp-drawable-get-pixel b bx by)))
+  (equal? (pixel-color a ax ay) (pixel-color b bx by)))
 
 ; Writes a drawable's pixels alone (its own size, no offsets) to a PNG file.
 (define (export-drawable image drawable path)
@@ -27,22 +34,17 @@
     (gimp-file-save RUN-NONINTERACTIVE copy path -1)
     (gimp-image-delete copy)))
 
-; Writes the selection's raw values over a layer's area to a grey PNG: the
-; channel goes into an 8-bit LINEAR grey image, whose format is the
-; selection's own ("Y u8"), so no value is converted.
-(define (export-selection image layer path)
-  (let* ((offsets (gimp-drawable-get-offsets layer))
-         (saved (gimp-selection-save image))
-         (copy (gimp-image-new-with-precision (gimp-image-get-width image)
-                                               (gimp-image-get-height image)
-                                               GRAY PRECISION-U8-LINEAR))
-         (mask (gimp-layer-new-from-drawable saved copy)))
-    (gimp-image-insert-layer copy mask 0 0)
-    (gimp-image-crop copy (gimp-drawable-get-width layer) (gimp-drawable-get-height layer)
-                     (car offsets) (cadr offsets))
-    (gimp-file-save RUN-NONINTERACTIVE copy path -1)
-    (gimp-image-delete copy)
-    (gimp-image-remove-channel image saved)))
+; Selects a grey picture's values exactly (soft edges included): the
+; picture, alone in the image, becomes a channel through its red component
+; (a raw copy of the 8-bit values), and the channel the selection.
+(define (select-picture image path)
+  (let ((picture (gimp-file-load-layer RUN-NONINTERACTIVE image path)))
+    (gimp-image-insert-layer image picture 0 0)
+    (let ((channel (gimp-channel-new-from-component image CHANNEL-RED "selection")))
+      (gimp-image-insert-channel image channel 0 0)
+      (gimp-image-select-item image CHANNEL-OP-REPLACE channel)
+      (gimp-image-remove-channel image channel))
+    (gimp-image-remove-layer image picture)))
 
 (define (passed name)
   (display (string-append "LCM-TEST-PASSED " name))
@@ -93,33 +95,35 @@
     (gimp-image-delete image)
     (passed "img2img")))
 
-; (3) inpainting through a feathered elliptic selection on a layer placed at
-; an offset in a larger image. The selection plus its context covers the
-; whole 512x384 layer, so the model sees the layer unscaled and the result
-; can be compared with the CLI's bit for bit.
-(define (lcm-test-inpaint model source out)
+; (3) inpainting through a soft-edged elliptic selection (selection.png,
+; made by the runner: feathered by a blur, so the CLI can read the same
+; values) on a layer placed at an offset in a larger image. The selection
+; plus its context covers the whole 512x384 layer, so the model sees the
+; layer unscaled and the result can be compared with the CLI's bit for bit.
+(define (lcm-test-inpaint model source selection out)
   (let* ((image (gimp-image-new 600 440 RGB))
          (background (gimp-layer-new image "background" 600 440 RGB-IMAGE 100
-                                     LAYER-MODE-NORMAL))
-         (source-layer (gimp-file-load-layer RUN-NONINTERACTIVE image source)))
+                                     LAYER-MODE-NORMAL)))
+    (select-picture image selection)
     (gimp-image-insert-layer image background 0 0)
     (gimp-drawable-fill background FILL-WHITE)
-    (gimp-image-insert-layer image source-layer 0 0)
-    (gimp-layer-set-offsets source-layer 40 32)
-    (gimp-image-select-ellipse image CHANNEL-OP-REPLACE 100 80 380 300)
-    (gimp-selection-feather image 24)
-    (export-selection image source-layer (string-append out "/mask.png"))
-    (let ((layer (plug-in-lcm-inpaint #:run-mode RUN-NONINTERACTIVE #:image image
-                                      #:drawables (vector source-layer) #:model model
-                                      #:prompt "a blue bird" #:seed 5)))
-      (check (= (layer-count image) 3) "inpainting adds one layer")
-      (check (= (vector-ref (gimp-image-get-layers image) 0) layer) "the new layer is on top")
-      (check (equal? (gimp-drawable-get-offsets layer) '(40 32)) "the new layer is over the source")
-      (check (= (gimp-drawable-get-width layer) 512) "the new layer covers the source")
-      ; Corners are outside the ellipse: the source's pixels exactly.
-      (check (same-pixel? layer 0 0 source-layer 0 0) "top left pixel unchanged")
-      (check (same-pixel? layer 511 383 source-layer 511 383) "bottom right pixel unchanged")
-      (export-drawable image layer (string-append out "/gimp.png")))
+    (let ((source-layer (gimp-file-load-layer RUN-NONINTERACTIVE image source)))
+      (gimp-image-insert-layer image source-layer 0 0)
+      (gimp-layer-set-offsets source-layer 40 32)
+      (check (< 0 (gimp-selection-value image 290 230) 256) "the selection is loaded")
+      (check (= (gimp-selection-value image 45 40) 0) "the corner is not selected")
+      (let ((layer (plug-in-lcm-inpaint #:run-mode RUN-NONINTERACTIVE #:image image
+                                        #:drawables (vector source-layer) #:model model
+                                        #:prompt "a blue bird" #:seed 5)))
+        (check (= (layer-count image) 3) "inpainting adds one layer")
+        (check (= (vector-ref (gimp-image-get-layers image) 0) layer) "the new layer is on top")
+        (check (equal? (gimp-drawable-get-offsets layer) '(40 32))
+               "the new layer is over the source")
+        (check (= (gimp-drawable-get-width layer) 512) "the new layer covers the source")
+        ; Corners are outside the ellipse: the source's pixels exactly.
+        (check (same-pixel? layer 0 0 source-layer 0 0) "top left pixel unchanged")
+        (check (same-pixel? layer 511 383 source-layer 511 383) "bottom right pixel unchanged")
+        (export-drawable image layer (string-append out "/gimp.png"))))
     (gimp-image-delete image)
     (passed "inpaint")))
 
@@ -186,3 +190,58 @@
     (newline)
     (plug-in-lcm-img2img #:run-mode RUN-NONINTERACTIVE #:image image
                          #:drawables (vector upper) #:model bad-model)))
+
+; The GUI session of gui-demo.sh: shows a picture with a feathered
+; selection, then waits while the runner drives the menus and the dialog:
+; first for the generated layer to appear above the picture, then for one
+; undo (Ctrl+Z) to take it away again, leaving the picture as it was.
+(define (wait-for-layer-count image count what)
+  (let loop ((tries 0))
+    (cond ((= (layer-count image) count) #t)
+          ((> tries 2000000) (error (string-append "timed out waiting for " what)))
+          (else (loop (+ tries 1))))))
+
+(define (lcm-gui-session source)
+  (let* ((image (gimp-file-load RUN-NONINTERACTIVE source))
+         (picture (vector-ref (gimp-image-get-layers image) 0))
+         (before (gimp-drawable-get-pixel picture 250 190)))
+    (gimp-display-new image)
+    (gimp-image-select-ellipse image CHANNEL-OP-REPLACE 150 100 220 180)
+    (gimp-selection-feather image 30)
+    (gimp-displays-flush)
+    (wait-for-layer-count image 2 "the generated layer")
+    (let ((layer (vector-ref (gimp-image-get-layers image) 0)))
+      (check (has-prefix? (gimp-item-get-name layer) "LCM: ")
+             "the new layer is the plug-in's: " (gimp-item-get-name layer))
+      (display (string-append "LCM-GUI-LAYER " (gimp-item-get-name layer)))
+      (newline))
+    (wait-for-layer-count image 1 "the undo")
+    (check (equal? (gimp-drawable-get-pixel picture 250 190) before) "the picture is unchanged")
+    (check (not (gimp-selection-is-empty image)) "the selection is back")
+    (display "LCM-GUI-UNDONE")
+    (newline)
+    ; Filters ▸ Repeat Last runs again with the last values.
+    (wait-for-layer-count image 2 "the repeated run")
+    (check (has-prefix? (gimp-item-get-name (vector-ref (gimp-image-get-layers image) 0))
+                        "LCM: a small red bird")
+           "Repeat Last used the last prompt")
+    (display "LCM-GUI-PASSED")
+    (newline)))
+
+(define (has-prefix? text prefix)
+  (and (>= (string-length text) (string-length prefix))
+       (string=? (substring text 0 (string-length prefix)) prefix)))
+
+; After the GUI session, in a new GIMP with the same profile: the last values
+; were stored and a run with RUN-WITH-LAST-VALS uses them.
+(define (lcm-test-last-values source)
+  (let* ((image (gimp-file-load RUN-NONINTERACTIVE source))
+         (picture (vector-ref (gimp-image-get-layers image) 0)))
+    (gimp-image-select-ellipse image CHANNEL-OP-REPLACE 150 100 220 180)
+    (let ((layer (plug-in-lcm-inpaint #:run-mode RUN-WITH-LAST-VALS #:image image
+                                      #:drawables (vector picture))))
+      (check (has-prefix? (gimp-item-get-name layer) "LCM: a small red bird")
+             "the last values survived the restart: " (gimp-item-get-name layer)))
+    (gimp-image-delete image)
+    (display "LCM-TEST-PASSED last-values")
+    (newline)))

@@ -107,7 +107,12 @@ case $test_name in
     ;;
   inpaint)
     make_picture 512 384 "$work/source.png"
-    expect_passed "(lcm-test-inpaint \"$model\" \"$work/source.png\" \"$work\")"
+    # A feathered ellipse in image coordinates, and its part over the layer
+    # (placed at 40,32) as the CLI's mask.
+    convert -size 600x440 xc:black -fill white -draw "ellipse 290,230 190,150 0,360" -blur 0x10 \
+      -depth 8 -type Grayscale "$work/selection.png"
+    convert "$work/selection.png" -crop 512x384+40+32 +repage "$work/mask.png"
+    expect_passed "(lcm-test-inpaint \"$model\" \"$work/source.png\" \"$work/selection.png\" \"$work\")"
     cli inpaint "a blue bird" -i "$work/source.png" -m "$work/mask.png" --seed 5 -o "$work/cli.png"
     expect_same "$work/gimp.png" "$work/cli.png"
     # Every pixel the selection leaves out is the source's, exactly.
@@ -130,7 +135,10 @@ case $test_name in
     gimp_batch "(lcm-test-errors \"$model\" \"$work/no-such-model\")" || status=$?
     grep -q "LCM-TEST-CAUGHT-ALL" "$work/gimp.out" || fail "a wrong use was not refused"
     [ $status -eq $BATCH_FAILED ] || fail "a failing plug-in call gave status $status, not 70"
-    grep -q "no-such-model" "$work/gimp.err" || fail "GIMP did not show the plug-in's message"
+    for message in "2 layers are selected" "nothing is selected" "Indexed images are not" \
+      "no-such-model: no such file"; do
+      grep -q "$message" "$work/gimp.err" || fail "GIMP did not show the message '$message'"
+    done
     ;;
   *)
     echo "unknown test '$test_name'" >&2
