@@ -31,8 +31,7 @@ static LcmImage *scaled_copy(const LcmImage *image, int width, int height) {
 /* Layers whose pixels a run may read and change (not groups, not masks or
  * channels). */
 static gboolean check_layer(GimpDrawable *drawable, GError **error) {
-  if (!drawable)
-    return refuse(error, _("No layer is selected: select the layer to work on"));
+  if (!drawable) return refuse(error, _("No layer is selected: select the layer to work on"));
   if (!gimp_item_is_layer(GIMP_ITEM(drawable)))
     return refuse(error, _("This works on layers, not on channels or layer masks: select a "
                            "layer"));

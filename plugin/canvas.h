@@ -19,9 +19,9 @@ typedef struct {
   /* The repainted area and the model's size. txt2img onto a new layer: the
    * result's size at the image's origin (x, y are image coordinates then). */
   LcmRegion region;
-  LcmImage *source;   /* the area's RGB at the area's size; NULL for txt2img */
-  float *alpha;       /* the area's alpha, one float per pixel; NULL for txt2img */
-  LcmImage *mask;     /* the selection over the area; NULL when nothing is selected */
+  LcmImage *source; /* the area's RGB at the area's size; NULL for txt2img */
+  float *alpha;     /* the area's alpha, one float per pixel; NULL for txt2img */
+  LcmImage *mask;   /* the selection over the area; NULL when nothing is selected */
 } LcmCanvas;
 
 /* Checks that the run can happen on this image (one drawable at most, not

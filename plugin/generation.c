@@ -24,9 +24,12 @@ typedef struct {
 
 static const char *mode_label(LcmMode mode) {
   switch (mode) {
-  case LCM_MODE_TXT2IMG: return _("text to image");
-  case LCM_MODE_IMG2IMG: return _("image to image");
-  case LCM_MODE_INPAINT: return _("inpainting");
+  case LCM_MODE_TXT2IMG:
+    return _("text to image");
+  case LCM_MODE_IMG2IMG:
+    return _("image to image");
+  case LCM_MODE_INPAINT:
+    return _("inpainting");
   }
   return "";
 }

@@ -100,10 +100,9 @@ static gboolean settings_from_config(GimpProcedureConfig *config, LcmMode mode,
   double seed;
   int output;
   g_autofree char *model = NULL;
-  g_object_get(config, "prompt", &settings->prompt, "negative-prompt",
-               &settings->negative_prompt, "model", &model, "loras", &settings->loras, "steps",
-               &settings->steps, "guidance", &settings->guidance, "seed", &seed, "output", &output,
-               NULL);
+  g_object_get(config, "prompt", &settings->prompt, "negative-prompt", &settings->negative_prompt,
+               "model", &model, "loras", &settings->loras, "steps", &settings->steps, "guidance",
+               &settings->guidance, "seed", &seed, "output", &output, NULL);
   settings->model_path = in_models_dir(model);
   settings->seed = (gint64)seed;
   settings->output = output ? LCM_OUTPUT_REPLACE : LCM_OUTPUT_NEW_LAYER;
@@ -148,16 +147,15 @@ static char *layer_name(const char *prompt, uint64_t seed) {
 static GimpLayer *generate(GimpImage *image, GimpDrawable **drawables, const LcmSettings *settings,
                            LcmPipeline *pipeline, gboolean interactive, GError **error) {
   LcmCanvas canvas;
-  if (!lcm_canvas_init(&canvas, image, drawables, settings->mode, settings->output,
-                       settings->width, settings->height, error)) {
+  if (!lcm_canvas_init(&canvas, image, drawables, settings->mode, settings->output, settings->width,
+                       settings->height, error)) {
     if (pipeline) lcm_pipeline_free(pipeline);
     return NULL;
   }
   LcmImage *source = lcm_canvas_work_source(&canvas);
   LcmImage *mask = lcm_canvas_work_mask(&canvas);
   uint64_t seed = lcm_settings_resolve_seed(settings);
-  LcmImage *result =
-      lcm_generation_run(settings, pipeline, seed, source, mask, interactive, error);
+  LcmImage *result = lcm_generation_run(settings, pipeline, seed, source, mask, interactive, error);
   GimpLayer *layer = NULL;
   if (result) {
     g_autofree char *name = layer_name(settings->prompt, seed);
@@ -173,14 +171,12 @@ static GimpLayer *generate(GimpImage *image, GimpDrawable **drawables, const Lcm
 /* Shows the dialog on the area the run will repaint. TRUE on Generate, with
  * the chosen settings (also stored in config) and the pipeline the preview
  * loaded, if any. FALSE with error unset when the user cancelled. */
-static gboolean run_dialog(GimpImage *image, GimpDrawable **drawables,
-                           GimpProcedureConfig *config, LcmSettings *settings,
-                           LcmPipeline **pipeline, GError **error) {
+static gboolean run_dialog(GimpImage *image, GimpDrawable **drawables, GimpProcedureConfig *config,
+                           LcmSettings *settings, LcmPipeline **pipeline, GError **error) {
   LcmImage *source = NULL, *mask = NULL;
   if (settings->mode != LCM_MODE_TXT2IMG) {
     LcmCanvas canvas;
-    if (!lcm_canvas_init(&canvas, image, drawables, settings->mode, settings->output, 0, 0,
-                         error))
+    if (!lcm_canvas_init(&canvas, image, drawables, settings->mode, settings->output, 0, 0, error))
       return FALSE;
     source = lcm_canvas_work_source(&canvas);
     mask = lcm_canvas_work_mask(&canvas);
@@ -212,8 +208,8 @@ static GimpValueArray *run(GimpProcedure *procedure, GimpRunMode run_mode, GimpI
   if (proceed && run_mode == GIMP_RUN_INTERACTIVE)
     proceed = run_dialog(image, drawables, config, &settings, &pipeline, &error);
   if (proceed)
-    layer = generate(image, drawables, &settings, pipeline, run_mode == GIMP_RUN_INTERACTIVE,
-                     &error);
+    layer =
+        generate(image, drawables, &settings, pipeline, run_mode == GIMP_RUN_INTERACTIVE, &error);
   lcm_settings_clear(&settings);
 
   if (!layer && (!error || g_error_matches(error, LCM_ERROR, LCM_ERROR_CANCELLED))) {
@@ -227,8 +223,8 @@ static GimpValueArray *run(GimpProcedure *procedure, GimpRunMode run_mode, GimpI
 }
 
 static void add_arguments(GimpProcedure *procedure, const ProcedureInfo *info) {
-  gimp_procedure_add_string_argument(procedure, "prompt", _("_Prompt"),
-                                     _("What the picture shows"), "", G_PARAM_READWRITE);
+  gimp_procedure_add_string_argument(procedure, "prompt", _("_Prompt"), _("What the picture shows"),
+                                     "", G_PARAM_READWRITE);
   gimp_procedure_add_string_argument(
       procedure, "negative-prompt", _("_Negative prompt"),
       _("What the picture should not show (used only with classifier-free guidance: SD 1.5 "
@@ -245,10 +241,9 @@ static void add_arguments(GimpProcedure *procedure, const ProcedureInfo *info) {
       _("LoRA files merged in order, as \"file:scale;file:scale\" (a name without a folder is "
         "looked up in the models folder; no scale means 1). Empty: none"),
       "", G_PARAM_READWRITE);
-  gimp_procedure_add_int_argument(procedure, "steps", _("_Steps"),
-                                  _("Denoising steps: 2 to 8 suit LCM models"),
-                                  LCM_SETTINGS_MIN_STEPS, LCM_SETTINGS_MAX_STEPS, 4,
-                                  G_PARAM_READWRITE);
+  gimp_procedure_add_int_argument(
+      procedure, "steps", _("_Steps"), _("Denoising steps: 2 to 8 suit LCM models"),
+      LCM_SETTINGS_MIN_STEPS, LCM_SETTINGS_MAX_STEPS, 4, G_PARAM_READWRITE);
   gimp_procedure_add_double_argument(
       procedure, "guidance", _("_Guidance"),
       _("Guidance scale; 0 = the model's default (8 for LCM models, 1 for SD 1.5 with "
@@ -292,8 +287,8 @@ static GList *query_procedures(GimpPlugIn *plug_in) {
 static GimpProcedure *create_procedure(GimpPlugIn *plug_in, const gchar *name) {
   const ProcedureInfo *info = find_procedure(name);
   if (!info) return NULL;
-  GimpProcedure *procedure = gimp_image_procedure_new(plug_in, name, GIMP_PDB_PROC_TYPE_PLUGIN,
-                                                      run, (gpointer)info, NULL);
+  GimpProcedure *procedure =
+      gimp_image_procedure_new(plug_in, name, GIMP_PDB_PROC_TYPE_PLUGIN, run, (gpointer)info, NULL);
   gimp_procedure_set_image_types(procedure, "RGB*, GRAY*");
   gimp_procedure_set_sensitivity_mask(procedure, info->sensitivity);
   gimp_procedure_set_menu_label(procedure, _(info->menu_label));

@@ -1,8 +1,8 @@
 /* The plug-in's choice of the repainted area and the model's working size. */
 #include "../plugin/region.h"
 
-static void assert_region(const LcmRegion *r, int x, int y, int width, int height,
-                          int work_width, int work_height) {
+static void assert_region(const LcmRegion *r, int x, int y, int width, int height, int work_width,
+                          int work_height) {
   g_assert_cmpint(r->x, ==, x);
   g_assert_cmpint(r->y, ==, y);
   g_assert_cmpint(r->width, ==, width);

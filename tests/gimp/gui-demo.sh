@@ -92,9 +92,9 @@ xdotool windowfocus "$image_window"
 
 step "Filters ▸ Generative ▸ Inpaint Selection (LCM)…"
 xdotool key alt+r # Filte_rs
-sleep 1
+sleep 2
 xdotool key End Right # Generative is the last entry
-sleep 1
+sleep 2
 import -window root "$work/1-menu.png"
 xdotool key p # In_paint Selection (LCM)…
 wait_window "Generate with LCM"
