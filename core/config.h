@@ -19,13 +19,13 @@ typedef struct {
 } ClipConfig;
 
 typedef struct {
-  int in_channels;  /* 4, or 9 for inpainting UNets */
+  int in_channels; /* 4, or 9 for inpainting UNets */
   int out_channels;
-  int n_blocks;     /* len(block_out_channels) */
+  int n_blocks; /* len(block_out_channels) */
   int block_out_channels[CONFIG_MAX_BLOCKS];
   gboolean down_cross_attn[CONFIG_MAX_BLOCKS]; /* CrossAttnDownBlock2D vs DownBlock2D */
   gboolean up_cross_attn[CONFIG_MAX_BLOCKS];   /* in up_blocks order */
-  int heads[CONFIG_MAX_BLOCKS]; /* attention heads per down level (SD1.5: 8) */
+  int heads[CONFIG_MAX_BLOCKS];                /* attention heads per down level (SD1.5: 8) */
   int layers_per_block;
   int transformer_layers_per_block;
   int cross_attention_dim;

@@ -22,9 +22,12 @@ LcmPrecision lcm_precision_resolve(LcmPrecision precision) {
 
 const char *lcm_precision_name(LcmPrecision precision) {
   switch (precision) {
-  case LCM_PRECISION_FP32: return "fp32";
-  case LCM_PRECISION_BF16: return "bf16";
-  default: return "auto";
+  case LCM_PRECISION_FP32:
+    return "fp32";
+  case LCM_PRECISION_BF16:
+    return "bf16";
+  default:
+    return "auto";
   }
 }
 
@@ -32,8 +35,8 @@ gboolean lcm_precision_parse(const char *name, LcmPrecision *out, GError **error
   static const struct {
     const char *name;
     LcmPrecision value;
-  } names[] = {{"auto", LCM_PRECISION_AUTO}, {"fp32", LCM_PRECISION_FP32},
-               {"bf16", LCM_PRECISION_BF16}};
+  } names[] = {
+      {"auto", LCM_PRECISION_AUTO}, {"fp32", LCM_PRECISION_FP32}, {"bf16", LCM_PRECISION_BF16}};
   for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
     if (g_ascii_strcasecmp(name, names[i].name) == 0) {
       *out = names[i].value;

@@ -73,13 +73,13 @@ char *lcm_find_data_file(const char *relative);
 /* Where each part of a model lives. Any field may be NULL when the part is
  * not needed. A single-file checkpoint provides unet, vae and text encoder. */
 typedef struct {
-  const char *unet;          /* diffusers folder: config.json + weights */
-  const char *unet_weights;  /* a non-default weight file inside it (e.g. .fp16) */
-  const char *vae;           /* diffusers folder */
-  const char *text_encoder;  /* diffusers folder */
-  const char *tokenizer;     /* folder with vocab.json + merges.txt */
-  const char *scheduler;     /* folder with scheduler_config.json */
-  const char *checkpoint;    /* A1111 / civitai single-file .safetensors */
+  const char *unet;         /* diffusers folder: config.json + weights */
+  const char *unet_weights; /* a non-default weight file inside it (e.g. .fp16) */
+  const char *vae;          /* diffusers folder */
+  const char *text_encoder; /* diffusers folder */
+  const char *tokenizer;    /* folder with vocab.json + merges.txt */
+  const char *scheduler;    /* folder with scheduler_config.json */
+  const char *checkpoint;   /* A1111 / civitai single-file .safetensors */
   /* A text-encoder config.json to use instead of the one inferred from a
    * checkpoint's shapes (only needed for CLIP variants whose head count does
    * not follow from the width). */
@@ -120,7 +120,7 @@ typedef struct LcmUNet LcmUNet;
 
 LcmUNet *lcm_unet_load(LcmModel *model, LcmPrecision precision, GError **error);
 void lcm_unet_free(LcmUNet *unet);
-int lcm_unet_in_channels(const LcmUNet *unet);      /* 4, or 9 for inpainting */
+int lcm_unet_in_channels(const LcmUNet *unet); /* 4, or 9 for inpainting */
 int lcm_unet_out_channels(const LcmUNet *unet);
 int lcm_unet_time_cond_proj_dim(const LcmUNet *unet); /* 0 unless an LCM UNet */
 int lcm_unet_cross_attention_dim(const LcmUNet *unet);
@@ -129,9 +129,9 @@ int lcm_unet_cross_attention_dim(const LcmUNet *unet);
  * context: batch x context_tokens x cross_attention_dim; timestep_cond:
  * batch x time_cond_proj_dim or NULL (then no guidance embedding is added).
  * out: batch x out_channels x h x w. */
-gboolean lcm_unet_run(LcmUNet *unet, const float *sample, int batch, int h, int w,
-                      float timestep, const float *context, int context_tokens,
-                      const float *timestep_cond, float *out, GError **error);
+gboolean lcm_unet_run(LcmUNet *unet, const float *sample, int batch, int h, int w, float timestep,
+                      const float *context, int context_tokens, const float *timestep_cond,
+                      float *out, GError **error);
 /* Query-block size of chunked attention (0 = built-in); tests split small
  * cases into several chunks with it. */
 void lcm_unet_set_attention_chunk(LcmUNet *unet, int rows);

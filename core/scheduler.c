@@ -44,7 +44,8 @@ static gboolean read_config(const char *json, const char *path, SchedulerConfig 
     return FALSE;
   }
   JsonObject *o = json_node_get_object(root);
-  cfg->train_steps = (int)json_object_get_int_member_with_default(o, "num_train_timesteps", cfg->train_steps);
+  cfg->train_steps =
+      (int)json_object_get_int_member_with_default(o, "num_train_timesteps", cfg->train_steps);
   cfg->original_inference_steps = (int)json_object_get_int_member_with_default(
       o, "original_inference_steps", cfg->original_inference_steps);
   cfg->beta_start = json_object_get_double_member_with_default(o, "beta_start", cfg->beta_start);
@@ -54,9 +55,11 @@ static gboolean read_config(const char *json, const char *path, SchedulerConfig 
   cfg->set_alpha_to_one =
       json_object_get_boolean_member_with_default(o, "set_alpha_to_one", cfg->set_alpha_to_one);
   g_free(cfg->beta_schedule);
-  cfg->beta_schedule = g_strdup(json_object_get_string_member_with_default(o, "beta_schedule", "scaled_linear"));
+  cfg->beta_schedule =
+      g_strdup(json_object_get_string_member_with_default(o, "beta_schedule", "scaled_linear"));
   g_free(cfg->prediction_type);
-  cfg->prediction_type = g_strdup(json_object_get_string_member_with_default(o, "prediction_type", "epsilon"));
+  cfg->prediction_type =
+      g_strdup(json_object_get_string_member_with_default(o, "prediction_type", "epsilon"));
   g_object_unref(parser);
   if (cfg->train_steps < 2 || cfg->train_steps > 100000 || cfg->original_inference_steps < 1 ||
       cfg->original_inference_steps > cfg->train_steps) {
@@ -88,8 +91,8 @@ LcmScheduler *lcm_scheduler_new(const char *config_json, GError **error) {
 
 LcmScheduler *lcm_scheduler_new_from_json(const char *json, const char *config_json,
                                           GError **error) {
-  SchedulerConfig cfg = {1000, 50, 0.00085, 0.012, 10.0, g_strdup("scaled_linear"),
-                         g_strdup("epsilon"), TRUE};
+  SchedulerConfig cfg = {
+      1000, 50, 0.00085, 0.012, 10.0, g_strdup("scaled_linear"), g_strdup("epsilon"), TRUE};
   LcmScheduler *s = NULL;
   if (json && !read_config(json, config_json, &cfg, error)) goto out;
   Prediction prediction;
@@ -196,9 +199,15 @@ void lcm_scheduler_step(const LcmScheduler *s, const float *model_output, int ti
   for (size_t i = 0; i < n; i++) {
     float x0;
     switch (s->prediction) {
-    case PREDICT_SAMPLE: x0 = model_output[i]; break;
-    case PREDICT_V: x0 = sqrt_alpha * sample[i] - sqrt_beta * model_output[i]; break;
-    default: x0 = (sample[i] - sqrt_beta * model_output[i]) / sqrt_alpha; break;
+    case PREDICT_SAMPLE:
+      x0 = model_output[i];
+      break;
+    case PREDICT_V:
+      x0 = sqrt_alpha * sample[i] - sqrt_beta * model_output[i];
+      break;
+    default:
+      x0 = (sample[i] - sqrt_beta * model_output[i]) / sqrt_alpha;
+      break;
     }
     float d = c_out * x0 + c_skip * sample[i];
     denoised[i] = d;

@@ -445,10 +445,14 @@ static void test_attention(const Ctx *ctx) {
     int n, tq, tk, heads, d;
     gboolean causal;
   } cases[] = {
-      {2, 13, 13, 3, 4, TRUE}, {2, 13, 13, 3, 4, FALSE}, {1, 9, 7, 2, 8, FALSE},
-      {3, 5, 11, 1, 6, FALSE}, {1, 77, 77, 4, 8, TRUE},
+      {2, 13, 13, 3, 4, TRUE},
+      {2, 13, 13, 3, 4, FALSE},
+      {1, 9, 7, 2, 8, FALSE},
+      {3, 5, 11, 1, 6, FALSE},
+      {1, 77, 77, 4, 8, TRUE},
       /* >= 1024 queries in fp32 take the flash kernel by default (chunk 0) */
-      {1, 1030, 40, 2, 8, TRUE}, {2, 1024, 96, 2, 4, FALSE},
+      {1, 1030, 40, 2, 8, TRUE},
+      {2, 1024, 96, 2, 4, FALSE},
   };
   const int chunks[] = {0, 1, 4, 5, 13};
   for (size_t ci = 0; ci < G_N_ELEMENTS(cases); ci++) {

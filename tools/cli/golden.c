@@ -54,8 +54,8 @@ static int64_t shape_numel(int ndims, const int64_t *shape) {
 }
 
 /* Takes ownership of data. */
-static void case_add_output(Case *c, const char *name, int ndims, const int64_t *shape,
-                            float *data, gboolean integer) {
+static void case_add_output(Case *c, const char *name, int ndims, const int64_t *shape, float *data,
+                            gboolean integer) {
   Output *o = g_new0(Output, 1);
   o->name = g_strdup(name);
   o->ndims = ndims;
@@ -84,8 +84,9 @@ static float *case_input(Case *c, const char *name, const StTensor **info, GErro
 }
 
 static char *case_path(Case *c, const char *role) {
-  JsonObject *paths =
-      json_object_has_member(c->obj, "paths") ? json_object_get_object_member(c->obj, "paths") : NULL;
+  JsonObject *paths = json_object_has_member(c->obj, "paths")
+                          ? json_object_get_object_member(c->obj, "paths")
+                          : NULL;
   if (!paths || !json_object_has_member(paths, role)) return NULL;
   JsonNode *node = json_object_get_member(paths, role);
   if (JSON_NODE_TYPE(node) != JSON_NODE_VALUE) return NULL;
@@ -156,7 +157,7 @@ static gboolean run_tokenizer(Case *c, GError **error) {
   if (!tok) return FALSE;
   JsonArray *prompts = json_object_get_array_member(c->params, "prompts");
   guint n = json_array_get_length(prompts);
-  float *ids = g_new(float, (size_t)n * LCM_CLIP_TOKENS);
+  float *ids = g_new(float, (size_t)n *LCM_CLIP_TOKENS);
   float *counts = g_new(float, n);
   for (guint i = 0; i < n; i++) {
     int32_t row[LCM_CLIP_TOKENS];
@@ -176,14 +177,14 @@ static gboolean encode_ids(Case *c, LcmModel *model, const char *ids_name, const
   float *idsf = case_input(c, ids_name, &info, error);
   if (!idsf) return FALSE;
   int batch = info->ndims == 2 ? (int)info->shape[0] : 1;
-  int32_t *ids = g_new(int32_t, (size_t)batch * LCM_CLIP_TOKENS);
+  int32_t *ids = g_new(int32_t, (size_t)batch *LCM_CLIP_TOKENS);
   for (int i = 0; i < batch * LCM_CLIP_TOKENS; i++) ids[i] = (int32_t)idsf[i];
   g_free(idsf);
   gboolean ok = FALSE;
   LcmTextEncoder *enc = lcm_text_encoder_load(model, c->options->precision, error);
   if (enc) {
     int hidden = lcm_text_encoder_hidden_size(enc);
-    float *out = g_new(float, (size_t)batch * LCM_CLIP_TOKENS * hidden);
+    float *out = g_new(float, (size_t)batch *LCM_CLIP_TOKENS *hidden);
     ok = lcm_text_encoder_encode(enc, ids, batch, out, error);
     if (ok)
       case_add_output(c, out_name, 3, (int64_t[]){batch, LCM_CLIP_TOKENS, hidden}, out, FALSE);
@@ -209,7 +210,7 @@ static gboolean run_guidance_embedding(Case *c, GError **error) {
   if (!w) return FALSE;
   int dim = (int)json_object_get_int_member(c->params, "embedding_dim");
   int n = (int)st_numel(info);
-  float *emb = g_new(float, (size_t)n * dim);
+  float *emb = g_new(float, (size_t)n *dim);
   for (int i = 0; i < n; i++) lcm_guidance_embedding(w[i], dim, emb + (size_t)i * dim);
   g_free(w);
   case_add_output(c, "embedding", 2, (int64_t[]){n, dim}, emb, FALSE);
@@ -230,7 +231,7 @@ static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, G
     lcm_unet_set_attention_chunk(unet, c->options->attention_chunk);
     int batch = (int)sample_info->shape[0], h = (int)sample_info->shape[2];
     int w = (int)sample_info->shape[3], oc = lcm_unet_out_channels(unet);
-    float *out = g_new(float, (size_t)batch * oc * h * w);
+    float *out = g_new(float, (size_t)batch *oc *h *w);
     ok = lcm_unet_run(unet, sample, batch, h, w, timestep[0], context, (int)ctx_info->shape[1],
                       cond, out, error);
     if (ok)
@@ -292,8 +293,7 @@ static gboolean vae_encode_inputs(Case *c, LcmModel *model, const char *prefix, 
   return ok;
 }
 
-static gboolean vae_decode_inputs(Case *c, LcmModel *model, const char *out_name,
-                                  GError **error) {
+static gboolean vae_decode_inputs(Case *c, LcmModel *model, const char *out_name, GError **error) {
   const StTensor *info;
   float *z = case_input(c, "z", &info, error);
   if (!z) return FALSE;
@@ -352,7 +352,7 @@ static gboolean taesd_run_case(Case *c, gboolean decode, GError **error) {
     int b = (int)info->shape[0], h = (int)info->shape[2], w = (int)info->shape[3];
     int out_ch = decode ? 3 : lcm_taesd_latent_channels(taesd);
     int oh = decode ? 8 * h : h / 8, ow = decode ? 8 * w : w / 8;
-    float *out = g_new(float, (size_t)b * out_ch * oh * ow);
+    float *out = g_new(float, (size_t)b *out_ch *oh *ow);
     ok = decode ? lcm_taesd_decode(taesd, input, b, h, w, out, error)
                 : lcm_taesd_encode(taesd, input, b, h, w, out, error);
     if (ok)
@@ -406,7 +406,8 @@ static gboolean check_timestep_lists(Case *c, LcmScheduler *s) {
     int n = lcm_scheduler_timesteps(s, steps, (float)strength, got, NULL);
     gboolean same = n == (int)json_array_get_length(expected);
     for (int i = 0; same && i < n; i++) same = got[i] == json_array_get_int_element(expected, i);
-    if (!same && wrong++ == 0) g_string_append_printf(c->note, " timesteps %s differ;", (char *)l->data);
+    if (!same && wrong++ == 0)
+      g_string_append_printf(c->note, " timesteps %s differ;", (char *)l->data);
     total++;
   }
   g_list_free(keys);
@@ -465,7 +466,8 @@ static gboolean run_scheduler(Case *c, GError **error) {
     }
     for (int i = 0; ok && sample && i < n; i++) {
       if (ts[i] != (int)recorded[i]) {
-        g_string_append_printf(c->note, " timestep %d is %d, recorded %d;", i, ts[i], (int)recorded[i]);
+        g_string_append_printf(c->note, " timestep %d is %d, recorded %d;", i, ts[i],
+                               (int)recorded[i]);
         ok = FALSE;
         break;
       }
@@ -487,7 +489,8 @@ static gboolean run_scheduler(Case *c, GError **error) {
       g_snprintf(name, sizeof name, "denoised_%d", i);
       case_add_output(c, name, shape_info->ndims, shape_info->shape, denoised, FALSE);
       g_snprintf(name, sizeof name, "prev_sample_%d", i);
-      case_add_output(c, name, shape_info->ndims, shape_info->shape, g_memdup2(prev, count * sizeof(float)), FALSE);
+      case_add_output(c, name, shape_info->ndims, shape_info->shape,
+                      g_memdup2(prev, count * sizeof(float)), FALSE);
       g_free(sample);
       sample = prev;
       g_free(eps);
@@ -518,7 +521,8 @@ static void add_draw(Case *c, LcmRng *rng, JsonArray *shape_json, const char *na
 static char *shape_label(JsonArray *shape) {
   GString *s = g_string_new(NULL);
   for (guint i = 0; i < json_array_get_length(shape); i++)
-    g_string_append_printf(s, "%s%" G_GINT64_FORMAT, i ? "x" : "", json_array_get_int_element(shape, i));
+    g_string_append_printf(s, "%s%" G_GINT64_FORMAT, i ? "x" : "",
+                           json_array_get_int_element(shape, i));
   return g_string_free(s, FALSE);
 }
 
@@ -647,8 +651,9 @@ static gboolean run_pipeline(Case *c, GError **error) {
 
 static Tolerance tolerance_for(Case *c, const char *output) {
   Tolerance t = {FALSE, 1e-4, 1e-4, -1};
-  JsonNode *node =
-      json_object_has_member(c->obj, "tolerance") ? json_object_get_member(c->obj, "tolerance") : NULL;
+  JsonNode *node = json_object_has_member(c->obj, "tolerance")
+                       ? json_object_get_member(c->obj, "tolerance")
+                       : NULL;
   if (!node || JSON_NODE_TYPE(node) != JSON_NODE_OBJECT) return t;
   JsonObject *tol = json_node_get_object(node);
   /* Per-output tolerances: the output's own entry, or one whose name it
@@ -697,7 +702,8 @@ static gboolean compare_output(Case *c, const Output *o, const StFile *golden) {
   }
   int64_t n = shape_numel(o->ndims, o->shape);
   if (st_numel(g) != n) {
-    g_string_append_printf(c->note, " %s: %" G_GINT64_FORMAT " values, golden has %" G_GINT64_FORMAT ";",
+    g_string_append_printf(c->note,
+                           " %s: %" G_GINT64_FORMAT " values, golden has %" G_GINT64_FORMAT ";",
                            o->name, n, st_numel(g));
     return FALSE;
   }
@@ -711,7 +717,7 @@ static gboolean compare_output(Case *c, const Output *o, const StFile *golden) {
     double d = fabs((double)o->data[i] - ref[i]);
     max_abs = fmax(max_abs, d);
     double allowed = (tol.exact || o->integer || integer_golden) ? 0
-                     : tol.max_abs >= 0                         ? tol.max_abs
+                     : tol.max_abs >= 0                          ? tol.max_abs
                                         : tol.atol + tol.rtol * fabs(ref[i]);
     gboolean bits_differ = tol.exact && memcmp(&o->data[i], &ref[i], sizeof(float)) != 0;
     if (d > allowed || bits_differ || isnan(o->data[i]) != isnan(ref[i])) {
@@ -720,8 +726,7 @@ static gboolean compare_output(Case *c, const Output *o, const StFile *golden) {
     }
   }
   gboolean ok;
-  if (c->options->precision == LCM_PRECISION_BF16 && !o->integer && !integer_golden &&
-      !tol.exact) {
+  if (c->options->precision == LCM_PRECISION_BF16 && !o->integer && !integer_golden && !tol.exact) {
     /* bf16 keeps ~3 significant digits: judge the direction of the result. */
     double cs = cosine(o->data, ref, (size_t)n);
     ok = cs >= 0.999;
@@ -730,8 +735,8 @@ static gboolean compare_output(Case *c, const Output *o, const StFile *golden) {
     ok = bad == 0;
     g_string_append_printf(c->note, " %s: max_abs %.2e", o->name, max_abs);
     if (bad)
-      g_string_append_printf(c->note, " (%" G_GINT64_FORMAT " of %" G_GINT64_FORMAT " outside tolerance)",
-                             bad, n);
+      g_string_append_printf(
+          c->note, " (%" G_GINT64_FORMAT " of %" G_GINT64_FORMAT " outside tolerance)", bad, n);
     g_string_append_c(c->note, ';');
   }
   g_free(ref);
@@ -829,7 +834,8 @@ static gboolean run_lora_merge(Case *c, GError **error) {
 
 static gboolean check_keymap(Case *c, LcmModel *model, GError **error) {
   if (!json_object_has_member(c->params, "keymap")) return TRUE;
-  char *path = g_build_filename(c->base_dir, json_object_get_string_member(c->params, "keymap"), NULL);
+  char *path =
+      g_build_filename(c->base_dir, json_object_get_string_member(c->params, "keymap"), NULL);
   JsonParser *parser = json_parser_new();
   gboolean ok = json_parser_load_from_file(parser, path, error);
   g_free(path);
@@ -837,12 +843,14 @@ static gboolean check_keymap(Case *c, LcmModel *model, GError **error) {
     g_object_unref(parser);
     return FALSE;
   }
-  JsonObject *map = json_object_get_object_member(json_node_get_object(json_parser_get_root(parser)), "map");
+  JsonObject *map =
+      json_object_get_object_member(json_node_get_object(json_parser_get_root(parser)), "map");
   GList *keys = json_object_get_members(map);
   guint checked = 0, wrong = 0;
   for (GList *l = keys; l && ok; l = l->next) {
     const char *orig = l->data;
-    const char *target = json_object_get_string_member(json_object_get_object_member(map, orig), "diffusers");
+    const char *target =
+        json_object_get_string_member(json_object_get_object_member(map, orig), "diffusers");
     const char *dot = strchr(target, '.');
     const StTensor *raw = st_find(c->data, orig);
     if (!dot || !raw) {
@@ -968,8 +976,7 @@ static gboolean run_single_file(Case *c, GError **error) {
       g_free(weights);
       if (sib_dtype != dtype) continue;
       gboolean matched;
-      if (!rerun_sibling(c, sib, k, &matched, error))
-        return FALSE;
+      if (!rerun_sibling(c, sib, k, &matched, error)) return FALSE;
       ran++;
       failed += !matched;
     }
@@ -1014,8 +1021,8 @@ static CaseResult run_case(const GoldenOptions *options, JsonArray *all, JsonObj
   Case c = {.options = options, .all_cases = all, .obj = obj, .base_dir = (char *)base_dir};
   c.name = json_object_get_string_member_with_default(obj, "name", "?");
   c.component = json_object_get_string_member_with_default(obj, "component", "?");
-  c.params = json_object_has_member(obj, "params") ? json_object_get_object_member(obj, "params")
-                                                   : NULL;
+  c.params =
+      json_object_has_member(obj, "params") ? json_object_get_object_member(obj, "params") : NULL;
   CaseRunner run = NULL;
   for (size_t i = 0; i < G_N_ELEMENTS(runners); i++)
     if (strcmp(runners[i].component, c.component) == 0) run = runners[i].run;
