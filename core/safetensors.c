@@ -398,6 +398,8 @@ void st_tensor_to_f32(const StTensor *tensor, float *dst) {
     memcpy(dst, src, n * sizeof(float));
     break;
   case ST_F16:
+    /* Most of a model's load time is this conversion: use every core. */
+#pragma omp parallel for schedule(static) if (n > (1u << 16))
     for (size_t i = 0; i < n; i++) {
       uint16_t h;
       memcpy(&h, src + 2 * i, 2);
@@ -405,6 +407,7 @@ void st_tensor_to_f32(const StTensor *tensor, float *dst) {
     }
     break;
   case ST_BF16:
+#pragma omp parallel for schedule(static) if (n > (1u << 16))
     for (size_t i = 0; i < n; i++) {
       uint16_t b;
       memcpy(&b, src + 2 * i, 2);
