@@ -134,6 +134,7 @@ LcmTextEncoder *lcm_text_encoder_load(LcmModel *model, LcmPrecision precision, G
     lcm_text_encoder_free(enc);
     return NULL;
   }
+  ops_load_done(enc->ops);
   return enc;
 }
 

@@ -16,6 +16,10 @@ struct Ops {
   /* One scratchpad for every primitive (they run one at a time). */
   void *scratchpad;
   size_t scratchpad_size;
+  /* Layers convert their weights to fp32 here on the way to being packed:
+   * one buffer reused layer after layer, freed by ops_load_done. */
+  float *load_buffer;
+  size_t load_buffer_size;
   int attention_chunk; /* 0 = default */
 };
 

@@ -173,10 +173,49 @@ int epilogue_args(const Epilogue *ep, OpsArg *args, int n_args, size_t add_offse
 
 /* ---- Loading helpers --------------------------------------------------------- */
 
-static float *load_tensor(const Weights *w, const char *prefix, const char *suffix, int ndims,
+void ops_load_done(Ops *ops) {
+  free(ops->load_buffer);
+  ops->load_buffer = NULL;
+  ops->load_buffer_size = 0;
+}
+
+/* The Ops' load buffer, grown to hold `count` floats. */
+static float *load_buffer(Ops *ops, size_t count, const char *prefix, GError **error) {
+  if (count > ops->load_buffer_size) {
+    ops_load_done(ops);
+    if (!(ops->load_buffer = aligned_buffer(count * sizeof(float)))) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: out of memory loading its weights (%zu MB)",
+                  prefix, count * sizeof(float) >> 20);
+      return NULL;
+    }
+    ops->load_buffer_size = count;
+  }
+  return ops->load_buffer;
+}
+
+/* PREFIX.weight read into `dst` (which holds the shape). */
+static gboolean read_weight(const Weights *w, const char *prefix, int ndims, const int64_t *shape,
+                            float *dst, GError **error) {
+  char *name = g_strdup_printf("%s.weight", prefix);
+  gboolean ok = weights_read(w, name, ndims, shape, dst, error);
+  g_free(name);
+  return ok;
+}
+
+/* PREFIX.weight in the Ops' load buffer, valid until the next load. */
+static float *load_weight(Ops *ops, const Weights *w, const char *prefix, int ndims,
                           const int64_t *shape, GError **error) {
+  size_t count = 1;
+  for (int i = 0; i < ndims; i++) count *= (size_t)shape[i];
+  float *dst = load_buffer(ops, count, prefix, error);
+  return dst && read_weight(w, prefix, ndims, shape, dst, error) ? dst : NULL;
+}
+
+/* PREFIX.SUFFIX, a small vector (bias, norm scale): its own copy (g_free it). */
+static float *load_vector(const Weights *w, const char *prefix, const char *suffix, int64_t count,
+                          GError **error) {
   char *name = g_strdup_printf("%s.%s", prefix, suffix);
-  float *data = weights_get(w, name, ndims, shape, error);
+  float *data = weights_get(w, name, 1, &count, error);
   g_free(name);
   return data;
 }
@@ -261,13 +300,12 @@ Conv2d *conv2d_new(Ops *ops, const float *weight, const float *bias, int in_ch, 
 
 Conv2d *conv2d_load(Ops *ops, const Weights *w, const char *prefix, int in_ch, int out_ch,
                     int kernel, int stride, gboolean has_bias, GError **error) {
-  const int64_t wshape[4] = {out_ch, in_ch, kernel, kernel}, bshape[1] = {out_ch};
-  float *weight = load_tensor(w, prefix, "weight", 4, wshape, error);
+  const int64_t wshape[4] = {out_ch, in_ch, kernel, kernel};
+  float *weight = load_weight(ops, w, prefix, 4, wshape, error);
   if (!weight) return NULL;
-  float *bias = has_bias ? load_tensor(w, prefix, "bias", 1, bshape, error) : NULL;
+  float *bias = has_bias ? load_vector(w, prefix, "bias", out_ch, error) : NULL;
   Conv2d *conv = NULL;
   if (!has_bias || bias) conv = conv2d_new(ops, weight, bias, in_ch, out_ch, kernel, stride, error);
-  g_free(weight);
   g_free(bias);
   return conv;
 }
@@ -405,15 +443,14 @@ Linear *linear_load_rows(Ops *ops, const Weights *w, const char *prefix, int in_
                 row0 + out_features, total_out);
     return NULL;
   }
-  const int64_t wshape[2] = {total_out, in_features}, bshape[1] = {total_out};
-  float *weight = load_tensor(w, prefix, "weight", 2, wshape, error);
+  const int64_t wshape[2] = {total_out, in_features};
+  float *weight = load_weight(ops, w, prefix, 2, wshape, error);
   if (!weight) return NULL;
-  float *bias = has_bias ? load_tensor(w, prefix, "bias", 1, bshape, error) : NULL;
+  float *bias = has_bias ? load_vector(w, prefix, "bias", total_out, error) : NULL;
   Linear *lin = NULL;
   if (!has_bias || bias)
     lin = linear_new(ops, weight + (size_t)row0 * in_features, bias ? bias + row0 : NULL,
                      in_features, out_features, error);
-  g_free(weight);
   g_free(bias);
   return lin;
 }
@@ -426,22 +463,19 @@ Linear *linear_load(Ops *ops, const Weights *w, const char *prefix, int in_featu
 
 Linear *linear_load_fused(Ops *ops, const Weights *w, const char *const *prefixes, int n_parts,
                           int in_features, int out_each, gboolean has_bias, GError **error) {
-  const int64_t wshape[2] = {out_each, in_features}, bshape[1] = {out_each};
+  const int64_t wshape[2] = {out_each, in_features};
   const size_t part = (size_t)out_each * in_features;
-  float *weight = g_new(float, part *n_parts);
+  float *weight = load_buffer(ops, part * n_parts, prefixes[0], error);
   float *bias = has_bias ? g_new(float, (size_t)out_each *n_parts) : NULL;
-  gboolean ok = TRUE;
+  gboolean ok = weight != NULL;
   for (int i = 0; i < n_parts && ok; i++) {
-    float *wi = load_tensor(w, prefixes[i], "weight", 2, wshape, error);
-    float *bi = wi && has_bias ? load_tensor(w, prefixes[i], "bias", 1, bshape, error) : NULL;
-    ok = wi && (!has_bias || bi);
-    if (ok) memcpy(weight + i * part, wi, part * sizeof(float));
+    ok = read_weight(w, prefixes[i], 2, wshape, weight + i * part, error);
+    float *bi = ok && has_bias ? load_vector(w, prefixes[i], "bias", out_each, error) : NULL;
+    ok = ok && (!has_bias || bi);
     if (ok && bi) memcpy(bias + (size_t)i * out_each, bi, out_each * sizeof(float));
-    g_free(wi);
     g_free(bi);
   }
   Linear *lin = ok ? linear_new(ops, weight, bias, in_features, out_each * n_parts, error) : NULL;
-  g_free(weight);
   g_free(bias);
   return lin;
 }
@@ -539,9 +573,8 @@ Norm *norm_new(Ops *ops, const float *scale, const float *shift, int channels, G
 }
 
 Norm *norm_load(Ops *ops, const Weights *w, const char *prefix, int channels, GError **error) {
-  const int64_t shape[1] = {channels};
-  float *scale = load_tensor(w, prefix, "weight", 1, shape, error);
-  float *shift = scale ? load_tensor(w, prefix, "bias", 1, shape, error) : NULL;
+  float *scale = load_vector(w, prefix, "weight", channels, error);
+  float *shift = scale ? load_vector(w, prefix, "bias", channels, error) : NULL;
   Norm *norm = shift ? norm_new(ops, scale, shift, channels, error) : NULL;
   g_free(scale);
   g_free(shift);

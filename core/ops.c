@@ -4,6 +4,7 @@
 #include <math.h>
 #include <oneapi/dnnl/dnnl_debug.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 /* ---- Backend helpers ------------------------------------------------------- */
 
@@ -116,6 +117,7 @@ void ops_free(Ops *ops) {
   if (!ops) return;
   if (ops->primitives) g_hash_table_destroy(ops->primitives);
   free(ops->scratchpad);
+  ops_load_done(ops);
   if (ops->stream) dnnl_stream_destroy(ops->stream);
   if (ops->engine) dnnl_engine_destroy(ops->engine);
   g_free(ops);
@@ -153,9 +155,21 @@ const Primitive *ops_primitive_add(Ops *ops, const char *key, dnnl_status_t stat
   return p;
 }
 
+/* Buffers from this size on are placed on 2 MB boundaries and marked for
+ * transparent huge pages: a full-size model's weights and a 512² image's
+ * activations are gigabytes, and faulting them in 4 kB at a time costs more
+ * than filling them. */
+#define HUGE_PAGE_SIZE ((size_t)2 << 20)
+#define HUGE_BUFFER_MIN (4 * HUGE_PAGE_SIZE)
+
 void *aligned_buffer(size_t bytes) {
-  size_t rounded = (MAX(bytes, 1) + 63) & ~(size_t)63;
-  return aligned_alloc(64, rounded);
+  if (bytes < HUGE_BUFFER_MIN) return aligned_alloc(64, (MAX(bytes, 1) + 63) & ~(size_t)63);
+  size_t rounded = (bytes + HUGE_PAGE_SIZE - 1) & ~(HUGE_PAGE_SIZE - 1);
+  void *buffer = aligned_alloc(HUGE_PAGE_SIZE, rounded);
+#ifdef MADV_HUGEPAGE
+  if (buffer) madvise(buffer, rounded, MADV_HUGEPAGE); /* a hint: failure changes nothing */
+#endif
+  return buffer;
 }
 
 gboolean ops_execute(Ops *ops, const Primitive *p, const OpsArg *args, int n_args, GError **error) {

@@ -18,6 +18,9 @@ typedef struct Ops Ops;
 
 Ops *ops_new(LcmPrecision precision, GError **error);
 void ops_free(Ops *ops);
+/* Frees what loading layers needed and running them does not; call once a
+ * network has loaded (loading more layers later still works). */
+void ops_load_done(Ops *ops);
 LcmPrecision ops_precision(const Ops *ops); /* FP32 or BF16, never AUTO */
 dnnl_data_type_t ops_dtype(const Ops *ops);
 

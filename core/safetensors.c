@@ -12,6 +12,8 @@
 #include <json-glib/json-glib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* Real headers are a few hundred kB; anything this large is corrupt. */
 #define ST_MAX_HEADER_BYTES ((guint64)100 * 1024 * 1024)
@@ -378,15 +380,34 @@ static float f32_from_bits(uint32_t bits) {
   return f;
 }
 
+static uint32_t f32_bits(float f) {
+  uint32_t bits;
+  memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
+/* Branch-free so that the conversion loop vectorises: the half's exponent and
+ * mantissa shifted into place read as a float 2^-112 times too small, exact
+ * for subnormals too; all-ones exponents (inf, nan) are set apart. */
 static float f16_to_f32(uint16_t h) {
+  uint32_t magnitude = (uint32_t)(h & 0x7fffu) << 13;
   uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-  uint32_t exponent = (h >> 10) & 0x1fu;
-  uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0x1f) return f32_from_bits(sign | 0x7f800000u | (mantissa << 13)); /* inf/nan */
-  if (exponent != 0) return f32_from_bits(sign | ((exponent + 112) << 23) | (mantissa << 13));
-  /* zero or subnormal: mantissa * 2^-24, exact in fp32 */
-  float magnitude = (float)mantissa * 0x1p-24f;
-  return sign ? -magnitude : magnitude;
+  float scaled = f32_from_bits(magnitude) * 0x1p112f;
+  uint32_t special = 0u - (uint32_t)(magnitude >= (0x7c00u << 13)); /* all ones for inf/nan */
+  uint32_t bits = (f32_bits(scaled) & ~special) | ((magnitude | 0x7f800000u) & special);
+  return f32_from_bits(bits | sign);
+}
+
+void st_tensor_drop_pages(const StTensor *tensor) {
+#ifdef MADV_DONTNEED
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t start = ((uintptr_t)tensor->data + page - 1) & ~(page - 1);
+  uintptr_t end = ((uintptr_t)tensor->data + tensor->nbytes) & ~(page - 1);
+  /* Whole pages inside the tensor only: its neighbours may still be read. */
+  if (end > start) madvise((void *)start, end - start, MADV_DONTNEED);
+#else
+  (void)tensor;
+#endif
 }
 
 void st_tensor_to_f32(const StTensor *tensor, float *dst) {

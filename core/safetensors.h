@@ -36,6 +36,10 @@ const char *st_dtype_name(StDtype dtype);
 size_t st_dtype_size(StDtype dtype);
 /* Converts any float or integer dtype to fp32 (dst holds st_numel floats). */
 void st_tensor_to_f32(const StTensor *tensor, float *dst);
+/* Drops the tensor's pages from this process's mapping (they stay in the
+ * page cache; a later read maps them again): loaders call it once a tensor
+ * is converted, so a loaded model is not counted twice in resident memory. */
+void st_tensor_drop_pages(const StTensor *tensor);
 
 /* Writing: tensors are given as fp32 or int data and stored with `dtype`. */
 typedef struct {

@@ -273,6 +273,7 @@ LcmTaesd *lcm_taesd_load(const char *path, LcmPrecision precision, GError **erro
     lcm_taesd_free(t);
     return NULL;
   }
+  ops_load_done(t->ops);
   return t;
 }
 

@@ -396,6 +396,7 @@ LcmUNet *lcm_unet_load(LcmModel *model, LcmPrecision precision, GError **error) 
             conv2d_load(u->ops, weights, "conv_out", ch0, c->out_channels, 3, 1, TRUE, error)) ||
       !check_all_used(weights, error))
     goto fail;
+  ops_load_done(u->ops);
   return u;
 
 fail:

@@ -236,6 +236,7 @@ LcmVae *lcm_vae_load(LcmModel *model, LcmPrecision precision, GError **error) {
     lcm_vae_free(vae);
     return NULL;
   }
+  ops_load_done(vae->ops);
   return vae;
 }
 

@@ -420,15 +420,15 @@ static gboolean merge_updates(const Weights *weights, const char *name, const We
   return TRUE;
 }
 
-float *weights_get(const Weights *weights, const char *name, int ndims, const int64_t *shape,
-                   GError **error) {
+gboolean weights_read(const Weights *weights, const char *name, int ndims, const int64_t *shape,
+                      float *dst, GError **error) {
   gpointer key = NULL, value = NULL;
   if (!g_hash_table_lookup_extended(weights->entries, name, &key, &value)) {
     char *what = describe_tensor(weights, name, NULL);
     g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING, "%s: tensor %s is missing", weights->path,
                 what);
     g_free(what);
-    return NULL;
+    return FALSE;
   }
   const WeightEntry *entry = value;
   int actual_ndims;
@@ -444,23 +444,34 @@ float *weights_get(const Weights *weights, const char *name, int ndims, const in
     g_free(what);
     g_free(actual);
     g_free(expected);
-    return NULL;
+    return FALSE;
   }
-  size_t numel = (size_t)st_numel(entry->tensor);
+  st_tensor_to_f32(entry->tensor, dst);
+  st_tensor_drop_pages(entry->tensor);
+  if (entry->updates && !merge_updates(weights, name, entry, dst, error)) return FALSE;
+  g_hash_table_add(weights->requested, key);
+  return TRUE;
+}
+
+static size_t shape_numel(int ndims, const int64_t *shape) {
+  size_t numel = 1;
+  for (int i = 0; i < ndims; i++) numel *= (size_t)MAX(shape[i], 0);
+  return numel;
+}
+
+float *weights_get(const Weights *weights, const char *name, int ndims, const int64_t *shape,
+                   GError **error) {
+  size_t numel = shape_numel(ndims, shape);
   float *data = g_try_new(float, MAX(numel, 1));
   if (!data) {
-    char *what = describe_tensor(weights, name, entry);
-    g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: out of memory loading tensor %s (%zu MB)",
-                weights->path, what, numel * sizeof(float) >> 20);
-    g_free(what);
+    g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: out of memory loading tensor '%s' (%zu MB)",
+                weights->path, name, numel * sizeof(float) >> 20);
     return NULL;
   }
-  st_tensor_to_f32(entry->tensor, data);
-  if (entry->updates && !merge_updates(weights, name, entry, data, error)) {
+  if (!weights_read(weights, name, ndims, shape, data, error)) {
     g_free(data);
     return NULL;
   }
-  g_hash_table_add(weights->requested, key);
   return data;
 }
 

@@ -133,6 +133,32 @@ static void test_f16_conversion(void) {
   g_assert_cmpfloat(bf_out[3], ==, 3.140625f);
 }
 
+/* Every one of the 65536 halves, twice over so that the parallel
+ * (large-tensor) path runs, against the definition: (-1)^s * 2^(e-15) * (1 + m/1024), or m * 2^-24
+ * for e = 0. */
+static void test_f16_all_values(void) {
+  const guint count = 2 * 65536;
+  uint16_t *bits = g_new(uint16_t, count);
+  for (guint i = 0; i < count; i++) bits[i] = (uint16_t)i;
+  StTensor tensor = {.dtype = ST_F16, .ndims = 1, .shape = {count}, .data = bits};
+  float *out = g_new(float, count);
+  st_tensor_to_f32(&tensor, out);
+  for (guint n = 0; n < count; n++) {
+    guint i = n & 0xffff;
+    int exponent = (i >> 10) & 0x1f, mantissa = i & 0x3ff;
+    float magnitude = exponent == 0 ? ldexpf((float)mantissa, -24)
+                                    : ldexpf(1.0f + mantissa / 1024.0f, exponent - 15);
+    float expected = (i & 0x8000) ? -magnitude : magnitude;
+    if (exponent == 0x1f)
+      g_assert_true(mantissa ? isnan(out[n]) : out[n] == expected * INFINITY);
+    else
+      g_assert_cmpfloat(out[n], ==, expected);
+    g_assert_cmpint(signbit(out[n]) != 0, ==, (i & 0x8000) != 0);
+  }
+  g_free(bits);
+  g_free(out);
+}
+
 /* Writes: u64 header length (`declared_len`, or the JSON's own when 0),
  * the JSON, then `data_len` zero bytes. */
 static char *write_raw(const char *name, guint64 declared_len, const char *json, size_t data_len) {
@@ -322,6 +348,7 @@ int main(int argc, char **argv) {
   g_assert_nonnull(tmp_dir);
   g_test_add_func("/safetensors/round-trip", test_round_trip);
   g_test_add_func("/safetensors/f16-bf16-conversion", test_f16_conversion);
+  g_test_add_func("/safetensors/f16-all-values", test_f16_all_values);
   g_test_add_func("/safetensors/malformed", test_malformed);
   g_test_add_func("/safetensors/truncated-and-foreign", test_truncated_and_foreign);
   g_test_add_func("/safetensors/pickle-lookalike-header", test_pickle_lookalike_header);
