@@ -14,35 +14,44 @@
 /* ---- JSON helpers ---------------------------------------------------------- */
 
 typedef struct {
-  const char *path;
+  const char *path; /* the file, or what names the text, in messages */
   JsonParser *parser;
   JsonObject *root;
 } ConfigFile;
 
-static gboolean config_open(ConfigFile *config, const char *path, GError **error) {
+static void config_close(ConfigFile *config) {
+  g_clear_object(&config->parser);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(ConfigFile, config_close)
+
+/* Parses `json`, the text of a config.json, or the file at `path` when json
+ * is NULL (loading the file itself keeps its name in parse errors). */
+static gboolean config_open(ConfigFile *config, const char *path, const char *json,
+                            GError **error) {
   config->path = path;
   config->parser = json_parser_new();
   GError *json_error = NULL;
-  if (!json_parser_load_from_file(config->parser, path, &json_error)) {
-    gboolean missing = g_error_matches(json_error, G_FILE_ERROR, G_FILE_ERROR_NOENT);
-    g_set_error(error, LCM_ERROR, missing ? LCM_ERROR_MISSING : LCM_ERROR_FORMAT, "%s: %s", path,
-                missing ? "config file is missing" : json_error->message);
+  gboolean loaded = json ? json_parser_load_from_data(config->parser, json, -1, &json_error)
+                         : json_parser_load_from_file(config->parser, path, &json_error);
+  if (!loaded) {
+    if (g_error_matches(json_error, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+      g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING, "%s: config file is missing", path);
+    else if (json_error->domain == G_FILE_ERROR)
+      g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: %s", path, json_error->message);
+    else
+      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: not valid JSON: %s", path,
+                  json_error->message);
     g_error_free(json_error);
-    g_object_unref(config->parser);
     return FALSE;
   }
   JsonNode *root = json_parser_get_root(config->parser);
   if (!root || !JSON_NODE_HOLDS_OBJECT(root)) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: not a JSON object", path);
-    g_object_unref(config->parser);
     return FALSE;
   }
   config->root = json_node_get_object(root);
   return TRUE;
-}
-
-static void config_close(ConfigFile *config) {
-  g_object_unref(config->parser);
 }
 
 static gboolean config_fail(const ConfigFile *config, const char *key, const char *expected,
@@ -188,6 +197,16 @@ static gboolean config_block_types(const ConfigFile *config, const char *key, in
   return TRUE;
 }
 
+/* Fails unless `key` is absent, null or `expected`, the only kind supported. */
+static gboolean config_expect_string(const ConfigFile *config, const char *key,
+                                     const char *expected, GError **error) {
+  const char *value = config_string(config, key);
+  if (!value || strcmp(value, expected) == 0) return TRUE;
+  g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED, "%s: %s '%s' is not supported (%s)",
+              config->path, key, value, expected);
+  return FALSE;
+}
+
 static gboolean config_expect_class(const ConfigFile *config, const char *expected,
                                     GError **error) {
   const char *class_name = config_string(config, "_class_name");
@@ -199,8 +218,12 @@ static gboolean config_expect_class(const ConfigFile *config, const char *expect
 
 /* ---- Reading --------------------------------------------------------------- */
 
-static gboolean clip_config_parse(const ConfigFile *config, ClipConfig *out, GError **error) {
+static gboolean clip_config_parse(ConfigFile *config, ClipConfig *out, GError **error) {
   memset(out, 0, sizeof *out);
+  /* a full CLIPConfig (text + vision) keeps the text part under text_config */
+  JsonNode *text_config = json_object_get_member(config->root, "text_config");
+  if (text_config && JSON_NODE_HOLDS_OBJECT(text_config))
+    config->root = json_node_get_object(text_config);
   /* transformers' CLIPTextConfig defaults */
   if (!config_int(config, "vocab_size", 49408, 1, &out->vocab_size, error) ||
       !config_int(config, "hidden_size", 512, 1, &out->hidden_size, error) ||
@@ -229,18 +252,6 @@ static gboolean clip_config_parse(const ConfigFile *config, ClipConfig *out, GEr
   return TRUE;
 }
 
-gboolean clip_config_read(const char *config_json, ClipConfig *out, GError **error) {
-  ConfigFile config;
-  if (!config_open(&config, config_json, error)) return FALSE;
-  /* a full CLIPConfig (text + vision) keeps the text part under text_config */
-  JsonNode *text_config = json_object_get_member(config.root, "text_config");
-  if (text_config && JSON_NODE_HOLDS_OBJECT(text_config))
-    config.root = json_node_get_object(text_config);
-  gboolean ok = clip_config_parse(&config, out, error);
-  config_close(&config);
-  return ok;
-}
-
 static gboolean unet_config_parse(const ConfigFile *config, UNetConfig *out, GError **error) {
   memset(out, 0, sizeof *out);
   if (!config_expect_class(config, "UNet2DConditionModel", error)) return FALSE;
@@ -257,14 +268,9 @@ static gboolean unet_config_parse(const ConfigFile *config, UNetConfig *out, GEr
                 "%s: class-conditioned UNets (class_embed_type) are not supported", config->path);
     return FALSE;
   }
-  const char *mid_type = config_string(config, "mid_block_type");
-  if (mid_type && strcmp(mid_type, "UNetMidBlock2DCrossAttn") != 0) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                "%s: mid_block_type '%s' is not supported (UNetMidBlock2DCrossAttn)", config->path,
-                mid_type);
-    return FALSE;
-  }
-  if (!config_int_list(config, "block_out_channels", out->block_out_channels, &out->n_blocks,
+  if (!config_expect_string(config, "mid_block_type", "UNetMidBlock2DCrossAttn", error) ||
+      !config_expect_string(config, "time_embedding_type", "positional", error) ||
+      !config_int_list(config, "block_out_channels", out->block_out_channels, &out->n_blocks,
                        error) ||
       !config_block_types(config, "down_block_types", out->n_blocks, "CrossAttnDownBlock2D",
                           "DownBlock2D", out->down_cross_attn, error) ||
@@ -296,14 +302,6 @@ static gboolean unet_config_parse(const ConfigFile *config, UNetConfig *out, GEr
   return TRUE;
 }
 
-gboolean unet_config_read(const char *config_json, UNetConfig *out, GError **error) {
-  ConfigFile config;
-  if (!config_open(&config, config_json, error)) return FALSE;
-  gboolean ok = unet_config_parse(&config, out, error);
-  config_close(&config);
-  return ok;
-}
-
 static gboolean vae_config_parse(const ConfigFile *config, VaeConfig *out, GError **error) {
   memset(out, 0, sizeof *out);
   return config_expect_class(config, "AutoencoderKL", error) &&
@@ -315,15 +313,45 @@ static gboolean vae_config_parse(const ConfigFile *config, VaeConfig *out, GErro
          config_int(config, "layers_per_block", 1, 1, &out->layers_per_block, error) &&
          config_int(config, "norm_num_groups", 32, 1, &out->norm_num_groups, error) &&
          config_float(config, "scaling_factor", 0.18215f, &out->scaling_factor, error) &&
-         config_bool(config, "mid_block_add_attention", TRUE, &out->mid_block_add_attention, error);
+         config_bool(config, "mid_block_add_attention", TRUE, &out->mid_block_add_attention,
+                     error) &&
+         config_bool(config, "use_quant_conv", TRUE, &out->use_quant_conv, error) &&
+         config_bool(config, "use_post_quant_conv", TRUE, &out->use_post_quant_conv, error);
 }
 
-gboolean vae_config_read(const char *config_json, VaeConfig *out, GError **error) {
-  ConfigFile config;
-  if (!config_open(&config, config_json, error)) return FALSE;
-  gboolean ok = vae_config_parse(&config, out, error);
-  config_close(&config);
-  return ok;
+/* Each network's config from a file (json NULL) or from text. */
+
+gboolean clip_config_read(const char *path, ClipConfig *out, GError **error) {
+  g_auto(ConfigFile) config = {0};
+  return config_open(&config, path, NULL, error) && clip_config_parse(&config, out, error);
+}
+
+gboolean clip_config_from_json(const char *json, const char *source, ClipConfig *out,
+                               GError **error) {
+  g_auto(ConfigFile) config = {0};
+  return config_open(&config, source, json, error) && clip_config_parse(&config, out, error);
+}
+
+gboolean unet_config_read(const char *path, UNetConfig *out, GError **error) {
+  g_auto(ConfigFile) config = {0};
+  return config_open(&config, path, NULL, error) && unet_config_parse(&config, out, error);
+}
+
+gboolean unet_config_from_json(const char *json, const char *source, UNetConfig *out,
+                               GError **error) {
+  g_auto(ConfigFile) config = {0};
+  return config_open(&config, source, json, error) && unet_config_parse(&config, out, error);
+}
+
+gboolean vae_config_read(const char *path, VaeConfig *out, GError **error) {
+  g_auto(ConfigFile) config = {0};
+  return config_open(&config, path, NULL, error) && vae_config_parse(&config, out, error);
+}
+
+gboolean vae_config_from_json(const char *json, const char *source, VaeConfig *out,
+                              GError **error) {
+  g_auto(ConfigFile) config = {0};
+  return config_open(&config, source, json, error) && vae_config_parse(&config, out, error);
 }
 
 /* ---- Inference from shapes ------------------------------------------------- */
@@ -449,6 +477,8 @@ gboolean vae_config_infer(const Weights *w, VaeConfig *out, GError **error) {
   out->norm_num_groups = 32;
   out->scaling_factor = 0.18215f;
   out->mid_block_add_attention = weights_contains(w, "decoder.mid_block.attentions.0.to_q.weight");
+  out->use_quant_conv = weights_contains(w, "quant_conv.weight");
+  out->use_post_quant_conv = weights_contains(w, "post_quant_conv.weight");
   return TRUE;
 }
 

@@ -48,11 +48,21 @@ typedef struct {
   int norm_num_groups;
   float scaling_factor;
   gboolean mid_block_add_attention;
+  gboolean use_quant_conv;      /* quant_conv after the encoder */
+  gboolean use_post_quant_conv; /* post_quant_conv before the decoder */
 } VaeConfig;
 
-gboolean clip_config_read(const char *config_json, ClipConfig *out, GError **error);
-gboolean unet_config_read(const char *config_json, UNetConfig *out, GError **error);
-gboolean vae_config_read(const char *config_json, VaeConfig *out, GError **error);
+/* From the config.json file at `path`. */
+gboolean clip_config_read(const char *path, ClipConfig *out, GError **error);
+gboolean unet_config_read(const char *path, UNetConfig *out, GError **error);
+gboolean vae_config_read(const char *path, VaeConfig *out, GError **error);
+
+/* From the text of a config.json; `source` names it in error messages. */
+gboolean clip_config_from_json(const char *json, const char *source, ClipConfig *out,
+                               GError **error);
+gboolean unet_config_from_json(const char *json, const char *source, UNetConfig *out,
+                               GError **error);
+gboolean vae_config_from_json(const char *json, const char *source, VaeConfig *out, GError **error);
 
 /* Inferred from shapes (single-file checkpoints). */
 gboolean clip_config_infer(const Weights *w, ClipConfig *out, GError **error);

@@ -135,6 +135,10 @@ gboolean lcm_unet_run(LcmUNet *unet, const float *sample, int batch, int h, int 
 /* Query-block size of chunked attention (0 = built-in); tests split small
  * cases into several chunks with it. */
 void lcm_unet_set_attention_chunk(LcmUNet *unet, int rows);
+/* While set, lcm_unet_run checks *cancel before each resnet block and fails
+ * with LCM_ERROR_CANCELLED once it is non-zero, so a long step can be
+ * stopped within a fraction of itself. NULL (the default) turns it off. */
+void lcm_unet_set_cancel(LcmUNet *unet, volatile gint *cancel);
 
 /* LCM's guidance-scale embedding of w = guidance_scale - 1: dim floats,
  * [sin(1000 w f_i), cos(1000 w f_i)] with f_i = exp(-i ln(10000)/(dim/2 - 1)). */
@@ -158,6 +162,8 @@ gboolean lcm_vae_encode(LcmVae *vae, const float *image, int batch, int h, int w
 gboolean lcm_vae_decode(LcmVae *vae, const float *z, int batch, int h, int w, float *image,
                         GError **error);
 void lcm_vae_set_attention_chunk(LcmVae *vae, int rows);
+/* The same as lcm_unet_set_cancel, for lcm_vae_encode and lcm_vae_decode. */
+void lcm_vae_set_cancel(LcmVae *vae, volatile gint *cancel);
 
 /* ---- Random numbers (torch CPU generator, bit for bit) -------------------- */
 
@@ -306,8 +312,9 @@ typedef struct {
   gpointer noise_data;
   LcmProgressFunc progress; /* may be NULL */
   gpointer progress_data;
-  /* Checked before each UNet call and before decoding: when it holds a
-   * non-zero value the run stops with LCM_ERROR_CANCELLED. May be NULL. */
+  /* Checked between the stages of a run and before every resnet block of the
+   * UNet and the VAE: when it holds a non-zero value the run stops with
+   * LCM_ERROR_CANCELLED within a block's time. May be NULL. */
   volatile gint *cancel;
 } LcmPipelineParams;
 

@@ -65,6 +65,20 @@ static void weight_layout_clear(WeightLayout *layout) {
   free(layout->data);
 }
 
+/* The plain (row-major) layout of a weights descriptor's dims and type. */
+static dnnl_memory_desc_t plain_like(const_dnnl_memory_desc_t md) {
+  static const dnnl_format_tag_t plain_tags[] = {dnnl_a, dnnl_ab, dnnl_abc, dnnl_abcd, dnnl_abcde};
+  int ndims = 0;
+  const dnnl_dims_t *dims = NULL;
+  dnnl_data_type_t dtype = dnnl_f32;
+  dnnl_memory_desc_query(md, dnnl_query_ndims_s32, &ndims);
+  dnnl_memory_desc_query(md, dnnl_query_dims, &dims);
+  dnnl_memory_desc_query(md, dnnl_query_data_type, &dtype);
+  dnnl_memory_desc_t plain = NULL;
+  dnnl_memory_desc_create_with_tag(&plain, ndims, *dims, dtype, plain_tags[ndims - 1]);
+  return plain;
+}
+
 const void *packed_weights_for(Ops *ops, PackedWeights *pw, const Primitive *p, GError **error) {
   const_dnnl_memory_desc_t wanted =
       dnnl_primitive_desc_query_md(p->pd, dnnl_query_exec_arg_md, DNNL_ARG_WEIGHTS);
@@ -73,8 +87,17 @@ const void *packed_weights_for(Ops *ops, PackedWeights *pw, const Primitive *p, 
       pw->layouts[i].used = TRUE;
       return pw->layouts[i].data;
     }
-  if (!packed_weights_append(ops, pw, pw->layouts[0].md, pw->layouts[0].data, wanted, error))
-    return NULL;
+  /* Through the plain layout: oneDNN has fast (JIT) reorders between plain
+   * and blocked layouts, but only a slow generic one between two blocked
+   * layouts (about 50x slower: seconds for a UNet). */
+  dnnl_memory_desc_t plain_md = plain_like(pw->layouts[0].md);
+  void *plain = NULL;
+  gboolean ok =
+      reorder_into(ops, pw->layouts[0].md, pw->layouts[0].data, plain_md, &plain, error) &&
+      packed_weights_append(ops, pw, plain_md, plain, wanted, error);
+  free(plain);
+  dnnl_memory_desc_destroy(plain_md);
+  if (!ok) return NULL;
   WeightLayout *added = &pw->layouts[pw->n_layouts - 1];
   added->used = TRUE;
   if (!pw->layouts[0].used) { /* the load-time guess was wrong: forget it */

@@ -131,6 +131,16 @@ dnnl_data_type_t ops_dtype(const Ops *ops) {
   return ops->dtype;
 }
 
+void ops_set_cancel(Ops *ops, volatile gint *cancel) {
+  ops->cancel = cancel;
+}
+
+gboolean ops_check_cancel(const Ops *ops, GError **error) {
+  if (!ops->cancel || !g_atomic_int_get(ops->cancel)) return TRUE;
+  g_set_error(error, LCM_ERROR, LCM_ERROR_CANCELLED, "cancelled");
+  return FALSE;
+}
+
 void ops_set_attention_chunk(Ops *ops, int rows) {
   ops->attention_chunk = MAX(rows, 0);
 }

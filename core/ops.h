@@ -120,6 +120,11 @@ Tensor *attention_fused_qkv(Ops *ops, const Tensor *qkv, int heads, gboolean cau
 /* Query-block size of the chunked attention (0 = the built-in choice); tests
  * set it small to split even tiny cases into several chunks. */
 void ops_set_attention_chunk(Ops *ops, int rows);
+/* A flag the networks check between their blocks (ops_check_cancel); NULL
+ * for none. */
+void ops_set_cancel(Ops *ops, volatile gint *cancel);
+/* FALSE with LCM_ERROR_CANCELLED once the cancel flag is non-zero. */
+gboolean ops_check_cancel(const Ops *ops, GError **error);
 
 /* ---- Data movement --------------------------------------------------------- */
 

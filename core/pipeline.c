@@ -626,11 +626,17 @@ LcmImage *lcm_pipeline_run(LcmPipeline *p, const LcmPipelineParams *params, GErr
   r.noise = (NoiseSource){params->noise, params->noise_data,
                           params->noise ? NULL : lcm_rng_new(params->seed), 0};
   LcmImage *image = NULL;
+  /* The networks watch the flag too, so a cancel lands within a block, not
+   * after a whole UNet step or VAE pass. */
+  lcm_unet_set_cancel(p->unet, params->cancel);
+  lcm_vae_set_cancel(p->vae, params->cancel);
   if (check_params(p, params, &r, error) && choose_timesteps(p, params, &r, error) &&
       !cancelled(params, error) && prepare_conditioning(p, params, &r, error) &&
       prepare_latents(p, params, &r, error) && denoise(p, params, &r, error) &&
       !cancelled(params, error))
     image = lcm_pipeline_decode_latents(p, r.latents, r.lw, r.lh, error);
+  lcm_unet_set_cancel(p->unet, NULL);
+  lcm_vae_set_cancel(p->vae, NULL);
   run_clear(&r);
   return image;
 }

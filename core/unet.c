@@ -424,6 +424,10 @@ void lcm_unet_set_attention_chunk(LcmUNet *unet, int rows) {
   ops_set_attention_chunk(unet->ops, rows);
 }
 
+void lcm_unet_set_cancel(LcmUNet *unet, volatile gint *cancel) {
+  ops_set_cancel(unet->ops, cancel);
+}
+
 /* ---- Embeddings -------------------------------------------------------------- */
 
 /* diffusers get_timestep_embedding, in float32 like PyTorch. */
@@ -504,6 +508,7 @@ static Tensor *resnet_forward(LcmUNet *u, const Resnet *r, const Tensor *x, cons
   Ops *ops = u->ops;
   int groups = u->config.norm_num_groups;
   float eps = u->config.norm_eps;
+  if (!ops_check_cancel(ops, error)) return NULL;
   Tensor *temb = linear(ops, r->time_emb_proj, temb_silu, NULL, ACT_NONE, error);
   if (!temb) return NULL;
   Tensor *h = group_norm(ops, r->norm1, x, groups, eps, ACT_SILU, error);

@@ -228,11 +228,13 @@ LcmVae *lcm_vae_load(LcmModel *model, LcmPrecision precision, GError **error) {
       !(vae->ops = ops_new(precision, error)) ||
       !encoder_load(&vae->encoder, vae->ops, w, &vae->config, error) ||
       !decoder_load(&vae->decoder, vae->ops, w, &vae->config, error) ||
-      !(vae->quant_conv = conv2d_load(vae->ops, w, "quant_conv", 2 * vae->config.latent_channels,
-                                      2 * vae->config.latent_channels, 1, 1, TRUE, error)) ||
-      !(vae->post_quant_conv =
-            conv2d_load(vae->ops, w, "post_quant_conv", vae->config.latent_channels,
-                        vae->config.latent_channels, 1, 1, TRUE, error))) {
+      (vae->config.use_quant_conv &&
+       !(vae->quant_conv = conv2d_load(vae->ops, w, "quant_conv", 2 * vae->config.latent_channels,
+                                       2 * vae->config.latent_channels, 1, 1, TRUE, error))) ||
+      (vae->config.use_post_quant_conv &&
+       !(vae->post_quant_conv =
+             conv2d_load(vae->ops, w, "post_quant_conv", vae->config.latent_channels,
+                         vae->config.latent_channels, 1, 1, TRUE, error)))) {
     lcm_vae_free(vae);
     return NULL;
   }
@@ -262,6 +264,10 @@ void lcm_vae_set_attention_chunk(LcmVae *vae, int rows) {
   ops_set_attention_chunk(vae->ops, rows);
 }
 
+void lcm_vae_set_cancel(LcmVae *vae, volatile gint *cancel) {
+  ops_set_cancel(vae->ops, cancel);
+}
+
 /* ---- Forward ----------------------------------------------------------------
  * Each stage takes ownership of x (freed on success and on failure) and
  * returns a new tensor, or NULL with error set. */
@@ -283,6 +289,10 @@ static Tensor *norm_silu_conv(Ops *ops, const Norm *norm, const Conv2d *conv, in
 }
 
 static Tensor *resnet_forward(Ops *ops, const VaeResnet *r, int groups, Tensor *x, GError **error) {
+  if (!ops_check_cancel(ops, error)) {
+    tensor_free(x);
+    return NULL;
+  }
   Tensor *shortcut = NULL, *out = NULL;
   Tensor *h = norm_silu_conv(ops, r->norm1, r->conv1, groups, x, NULL, error);
   if (h && r->conv_shortcut) {
@@ -391,7 +401,7 @@ gboolean lcm_vae_encode(LcmVae *vae, const float *image, int batch, int h, int w
   if (!check_size("encode", batch, h, w, factor, error)) return FALSE;
   Tensor *x = tensor_from_nchw(vae->ops, image, batch, vae->config.in_channels, h, w);
   x = encoder_forward(vae->ops, &vae->encoder, vae->config.norm_num_groups, x, error);
-  if (x) x = conv_step(vae->ops, vae->quant_conv, x, error);
+  if (x && vae->quant_conv) x = conv_step(vae->ops, vae->quant_conv, x, error);
   if (!x) return FALSE;
 
   /* moments: [batch, 2*latent, h/f, w/f]; mean is the first half of the channels. */
@@ -417,7 +427,7 @@ gboolean lcm_vae_decode(LcmVae *vae, const float *z, int batch, int h, int w, fl
   if (!check_size("decode", batch, (gint64)h * factor, (gint64)w * factor, factor, error))
     return FALSE;
   Tensor *x = tensor_from_nchw(vae->ops, z, batch, vae->config.latent_channels, h, w);
-  x = conv_step(vae->ops, vae->post_quant_conv, x, error);
+  if (vae->post_quant_conv) x = conv_step(vae->ops, vae->post_quant_conv, x, error);
   if (x) x = decoder_forward(vae->ops, &vae->decoder, vae->config.norm_num_groups, x, error);
   if (!x) return FALSE;
   tensor_to_nchw(x, image);

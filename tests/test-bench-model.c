@@ -159,6 +159,7 @@ static void test_bad_configs(void) {
     g_assert_null(model_gen_tensors(cases[i].network, cases[i].json, &error));
     g_assert_error(error, LCM_ERROR, (gint)cases[i].code);
     g_assert_nonnull(strstr(error->message, cases[i].mention));
+    g_assert_nonnull(strstr(error->message, "config.json")); /* names what was wrong */
     g_clear_error(&error);
     double flops = -1;
     g_assert_false(model_gen_stage_flops(cases[i].stage, cases[i].json, 8, 8, &flops, &error));
@@ -365,6 +366,82 @@ static void test_generated_model_runs(void) {
   remove_tree(dir);
 }
 
+static gboolean lists_tensor(GArray *tensors, const char *name) {
+  for (guint i = 0; i < tensors->len; i++)
+    if (strcmp(g_array_index(tensors, GenTensor, i).name, name) == 0) return TRUE;
+  return FALSE;
+}
+
+/* A VAE config with use_quant_conv and use_post_quant_conv false: the
+ * generator leaves both 1x1 convolutions out, in tensors and FLOPs, and the
+ * loader runs such a VAE without them. */
+static void test_vae_without_quant_convs(void) {
+  g_autofree char *with = tiny_config("vae");
+  GString *edited = g_string_new(with);
+  g_assert_cmpuint(g_string_replace(edited, "{",
+                                    "{\"use_quant_conv\": false, \"use_post_quant_conv\": false,",
+                                    1),
+                   ==, 1);
+  g_autofree char *without = g_string_free(edited, FALSE);
+
+  g_autoptr(GError) error = NULL;
+  GArray *all = model_gen_tensors(GEN_VAE, with, &error);
+  g_assert_no_error(error);
+  GArray *fewer = model_gen_tensors(GEN_VAE, without, &error);
+  g_assert_no_error(error);
+  const char *names[] = {"quant_conv.weight", "quant_conv.bias", "post_quant_conv.weight",
+                         "post_quant_conv.bias"};
+  for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
+    g_assert_true(lists_tensor(all, names[i]));
+    g_assert_false(lists_tensor(fewer, names[i]));
+  }
+  g_assert_cmpuint(all->len, ==, fewer->len + 4);
+  /* 8 -> 8 and 4 -> 4 channels, 1x1, with biases */
+  g_assert_cmpint(tensor_list_params(all) - tensor_list_params(fewer), ==, 8 * 8 + 8 + 4 * 4 + 4);
+  g_array_unref(all);
+  /* 2 x the multiply-accumulates of the 1x1 convs at the 8x8 latent size */
+  g_assert_cmpfloat(stage_flops(GEN_STAGE_VAE_DECODE, with, 8) -
+                        stage_flops(GEN_STAGE_VAE_DECODE, without, 8),
+                    ==, 2.0 * 4 * 4 * 8 * 8);
+  g_assert_cmpfloat(stage_flops(GEN_STAGE_VAE_ENCODE, with, 8) -
+                        stage_flops(GEN_STAGE_VAE_ENCODE, without, 8),
+                    ==, 2.0 * 8 * 8 * 8 * 8);
+
+  char *texts[3];
+  GenConfigs configs = tiny_configs(texts);
+  configs.vae = without;
+  g_autofree char *dir = g_dir_make_tmp("lcm-bench-model-XXXXXX", &error);
+  g_assert_no_error(error);
+  g_assert_true(model_gen_make_model(dir, &configs, 5, &error));
+  g_assert_no_error(error);
+  for (int i = 0; i < 3; i++) g_free(texts[i]);
+  g_autofree char *weights_path = g_build_filename(dir, model_gen_weights_file(GEN_VAE), NULL);
+  StFile *file = st_open(weights_path, &error);
+  g_assert_no_error(error);
+  assert_same_tensors(fewer, file);
+  st_close(file);
+  g_array_unref(fewer);
+
+  LcmModel *model = lcm_model_open(dir, &error);
+  g_assert_no_error(error);
+  LcmVae *vae = lcm_vae_load(model, LCM_PRECISION_FP32, &error);
+  g_assert_no_error(error);
+  enum { SIDE = 64, LATENT = SIDE / 8 };
+  float image[3 * SIDE * SIDE], mean[4 * LATENT * LATENT], logvar[4 * LATENT * LATENT];
+  LcmRng *rng = lcm_rng_new(9);
+  lcm_rng_randn(rng, image, G_N_ELEMENTS(image));
+  lcm_rng_free(rng);
+  g_assert_true(lcm_vae_encode(vae, image, 1, SIDE, SIDE, mean, logvar, &error));
+  g_assert_no_error(error);
+  g_assert_true(finite_and_nonzero(mean, G_N_ELEMENTS(mean)));
+  g_assert_true(lcm_vae_decode(vae, mean, 1, LATENT, LATENT, image, &error));
+  g_assert_no_error(error);
+  g_assert_true(finite_and_nonzero(image, G_N_ELEMENTS(image)));
+  lcm_vae_free(vae);
+  lcm_model_free(model);
+  remove_tree(dir);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/bench-model/tiny-tensor-lists", test_tiny_tensor_lists);
@@ -374,5 +451,6 @@ int main(int argc, char **argv) {
   g_test_add_func("/bench-model/make-model-writes-folder", test_make_model_writes_folder);
   g_test_add_func("/bench-model/make-model-is-reproducible", test_make_model_is_reproducible);
   g_test_add_func("/bench-model/generated-model-runs", test_generated_model_runs);
+  g_test_add_func("/bench-model/vae-without-quant-convs", test_vae_without_quant_convs);
   return g_test_run();
 }

@@ -167,6 +167,33 @@ static void test_bad_arguments(void) {
   lcm_unet_free(unet);
 }
 
+/* A set cancel flag stops a step with LCM_ERROR_CANCELLED; a clear one, or
+ * none, lets it run. */
+static void test_cancel_flag(void) {
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load("unet_lcm_a");
+  LcmUNet *unet = load_unet(gc, FALSE, LCM_PRECISION_FP32);
+  const int h = 4, w = 4, tokens = 3;
+  g_autofree float *sample = g_new0(float, 4 * h * w);
+  g_autofree float *context = g_new0(float, tokens * 32);
+  g_autofree float *cond = g_new0(float, lcm_unet_time_cond_proj_dim(unet));
+  g_autofree float *out = g_new(float, 4 * h * w);
+  volatile gint cancel = 1;
+  GError *error = NULL;
+
+  lcm_unet_set_cancel(unet, &cancel);
+  g_assert_false(lcm_unet_run(unet, sample, 1, h, w, 999, context, tokens, cond, out, &error));
+  g_assert_error(error, LCM_ERROR, LCM_ERROR_CANCELLED);
+  g_clear_error(&error);
+  g_atomic_int_set(&cancel, 0);
+  g_assert_true(lcm_unet_run(unet, sample, 1, h, w, 999, context, tokens, cond, out, &error));
+  g_assert_no_error(error);
+  g_atomic_int_set(&cancel, 1);
+  lcm_unet_set_cancel(unet, NULL);
+  g_assert_true(lcm_unet_run(unet, sample, 1, h, w, 999, context, tokens, cond, out, &error));
+  g_assert_no_error(error);
+  lcm_unet_free(unet);
+}
+
 /* A weight file of another UNet (9 input channels instead of 4) is refused
  * with a message naming the file and the tensor. */
 static void test_wrong_weights(void) {
@@ -284,6 +311,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/unet/guidance-embedding", test_guidance_embedding);
   g_test_add_func("/unet/accessors", test_accessors);
   g_test_add_func("/unet/bad-arguments", test_bad_arguments);
+  g_test_add_func("/unet/cancel-flag", test_cancel_flag);
   g_test_add_func("/unet/wrong-weights", test_wrong_weights);
   g_test_add_func("/unet/unused-weights", test_unused_weights);
   g_test_add_func("/unet/missing-tensor", test_missing_tensor);

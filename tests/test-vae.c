@@ -161,6 +161,33 @@ static void test_batch(void) {
   lcm_vae_free(vae);
 }
 
+/* A set cancel flag stops decoding and encoding with LCM_ERROR_CANCELLED;
+ * cleared, both run again. */
+static void test_cancel_flag(void) {
+  const VaeRun run = {"vae_decode_a", LCM_PRECISION_FP32, 0, SOURCE_DIFFUSERS};
+  g_autoptr(TestGoldenCase) gc = test_golden_case_load(run.case_name);
+  LcmVae *vae = load_vae(&run, gc);
+  g_autofree float *z = g_new0(float, 4 * 8 * 8);
+  g_autofree float *image = g_new0(float, 3 * 64 * 64);
+  g_autofree float *mean = g_new(float, 4 * 8 * 8);
+  g_autofree float *logvar = g_new(float, 4 * 8 * 8);
+  volatile gint cancel = 1;
+  GError *error = NULL;
+
+  lcm_vae_set_cancel(vae, &cancel);
+  g_assert_false(lcm_vae_decode(vae, z, 1, 8, 8, image, &error));
+  g_assert_error(error, LCM_ERROR, LCM_ERROR_CANCELLED);
+  g_clear_error(&error);
+  g_assert_false(lcm_vae_encode(vae, image, 1, 64, 64, mean, logvar, &error));
+  g_assert_error(error, LCM_ERROR, LCM_ERROR_CANCELLED);
+  g_clear_error(&error);
+  g_atomic_int_set(&cancel, 0);
+  g_assert_true(lcm_vae_decode(vae, z, 1, 8, 8, image, &error));
+  g_assert_true(lcm_vae_encode(vae, image, 1, 64, 64, mean, logvar, &error));
+  g_assert_no_error(error);
+  lcm_vae_free(vae);
+}
+
 /* Sizes the encoder cannot take are refused with an error, not a crash. */
 static void test_bad_sizes(void) {
   const VaeRun run = {"vae_decode_a", LCM_PRECISION_FP32, 0, SOURCE_DIFFUSERS};
@@ -260,6 +287,7 @@ int main(int argc, char **argv) {
     g_test_add_data_func(path, run, encode ? test_encode : test_decode);
   }
   g_test_add_func("/vae/batch", test_batch);
+  g_test_add_func("/vae/cancel-flag", test_cancel_flag);
   g_test_add_func("/vae/bad-sizes", test_bad_sizes);
   g_test_add_func("/vae/missing", test_missing_vae);
   g_test_add_func("/vae/config-mismatch", test_config_mismatch);

@@ -40,6 +40,7 @@ static double now_ms(void) {
 }
 
 typedef struct {
+  double first_ms; /* the warm-up run: primitives are created then */
   double min_ms, median_ms;
 } Timing;
 
@@ -52,7 +53,9 @@ typedef gboolean (*StageRun)(gpointer data, GError **error);
 
 /* One warm-up, then `repeat` timed runs. */
 static gboolean time_stage(StageRun run, gpointer data, int repeat, Timing *out, GError **error) {
+  const double start = now_ms();
   if (!run(data, error)) return FALSE;
+  out->first_ms = now_ms() - start;
   double *ms = g_new(double, repeat);
   gboolean ok = TRUE;
   for (int i = 0; i < repeat && ok; i++) {
@@ -321,6 +324,17 @@ typedef struct {
   gboolean hwm_reset;
 } MemoryRow;
 
+/* A whole txt2img run at one size, and how fast a cancel stops one. */
+typedef struct {
+  LcmPrecision precision;
+  int size;
+  double load_ms; /* lcm_pipeline_new, files in the page cache */
+  Timing timing;
+  double unet_step_ms;        /* that size's UNet step (median), for comparison */
+  double cancel_in_step_ms;   /* cancel half-way through the third UNet step */
+  double cancel_in_decode_ms; /* cancel a quarter of the way through the VAE decode */
+} PipelineRow;
+
 typedef struct {
   const char *model_dir;
   int n_sizes, sizes[MAX_SIZES];
@@ -330,7 +344,7 @@ typedef struct {
   char *config_texts[G_N_ELEMENTS(networks)]; /* NULL when the model has no config.json */
   double peak[LCM_PRECISION_BF16 + 1];        /* FLOP/s by precision, 0 = not measured */
   char *unsupported[LCM_PRECISION_BF16 + 1];  /* why the CPU cannot run a precision, or NULL */
-  GArray *stages, *loads, *memory;
+  GArray *stages, *loads, *memory, *pipelines;
 } Run;
 
 /* FLOPs of a stage from the model's own config.json (0 if unknown). */
@@ -414,6 +428,137 @@ static gboolean bench_precision(Run *run, LcmPrecision precision, GError **error
   return ok;
 }
 
+/* ---- Whole runs and cancelling -------------------------------------------------- */
+
+#define PIPELINE_STEPS 4
+
+typedef struct {
+  LcmPipeline *pipeline;
+  LcmPipelineParams params;
+  int runs; /* each run gets a new prompt, so its text encoding is timed too */
+  char *prompt;
+} PipelineData;
+
+static gboolean run_txt2img(gpointer p, GError **error) {
+  PipelineData *d = p;
+  g_free(d->prompt);
+  d->prompt = g_strdup_printf("%s, variation %d", PROMPT, d->runs++);
+  d->params.prompt = d->prompt;
+  LcmImage *image = lcm_pipeline_run(d->pipeline, &d->params, error);
+  lcm_image_free(image);
+  return image != NULL;
+}
+
+typedef struct {
+  LcmPipeline *pipeline;
+  LcmPipelineParams params;
+  volatile gint cancel;
+  volatile gint steps_done;
+  volatile gint finished;
+  double step_end_ms[PIPELINE_STEPS]; /* written before steps_done counts the step */
+  LcmImage *image;
+  GError *error;
+} CancelledRun;
+
+static void count_steps(const LcmProgress *progress, gpointer data) {
+  CancelledRun *c = data;
+  c->step_end_ms[progress->step] = now_ms();
+  g_atomic_int_set(&c->steps_done, progress->step + 1);
+}
+
+static gpointer cancelled_run_thread(gpointer data) {
+  CancelledRun *c = data;
+  c->image = lcm_pipeline_run(c->pipeline, &c->params, &c->error);
+  g_atomic_int_set(&c->finished, 1);
+  return NULL;
+}
+
+/* Runs txt2img on a thread and sets its cancel flag once `after_steps`
+ * steps are done: half a step later when the run has steps left (the step
+ * time as this run measures it), else `decode_delay_ms` later, inside the
+ * decode. Returns how long the run took to stop after that (ms); -1 with
+ * error set if it failed otherwise or finished first. */
+static double cancel_latency(LcmPipeline *pipeline, const LcmPipelineParams *params,
+                             int after_steps, double decode_delay_ms, GError **error) {
+  CancelledRun c = {.pipeline = pipeline, .params = *params};
+  c.params.progress = count_steps;
+  c.params.progress_data = &c;
+  c.params.cancel = &c.cancel;
+  GThread *thread = g_thread_new("cancelled-run", cancelled_run_thread, &c);
+  while (g_atomic_int_get(&c.steps_done) < after_steps && !g_atomic_int_get(&c.finished))
+    g_usleep(1000);
+  const double delay_ms =
+      after_steps < c.params.steps
+          ? (c.step_end_ms[after_steps - 1] - c.step_end_ms[after_steps - 2]) / 2
+          : decode_delay_ms;
+  g_usleep((gulong)(delay_ms * 1000));
+  const double cancelled_at = now_ms();
+  g_atomic_int_set(&c.cancel, 1);
+  g_thread_join(thread);
+  const double latency = now_ms() - cancelled_at;
+  if (g_error_matches(c.error, LCM_ERROR, LCM_ERROR_CANCELLED)) {
+    g_error_free(c.error);
+    return latency;
+  }
+  if (c.error)
+    g_propagate_error(error, c.error);
+  else
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                "a run meant to be cancelled finished first (the cancel came %.0f ms too late)",
+                latency);
+  lcm_image_free(c.image);
+  return -1;
+}
+
+/* The median of a stage already timed at this precision and size. */
+static double stage_median(const Run *run, LcmPrecision precision, int size, const char *stage) {
+  for (guint i = 0; i < run->stages->len; i++) {
+    const StageRow *r = &g_array_index(run->stages, StageRow, i);
+    if (r->precision == precision && r->size == size && strcmp(r->stage, stage) == 0)
+      return r->timing.median_ms;
+  }
+  return 0;
+}
+
+/* The pipeline as the plug-in uses it: load, 4-step txt2img at each size,
+ * and cancelling in the middle of a UNet step and of the decode. */
+static gboolean bench_pipeline(Run *run, LcmPrecision precision, GError **error) {
+  LcmModel *model = lcm_model_open(run->model_dir, error);
+  if (!model) return FALSE;
+  g_printerr("%s: pipeline load...\n", lcm_precision_name(precision));
+  const double t0 = now_ms();
+  PipelineData d = {.pipeline = lcm_pipeline_new(model, precision, error)};
+  const double load_ms = now_ms() - t0;
+  lcm_model_free(model);
+  if (!d.pipeline) return FALSE;
+  lcm_pipeline_params_init(&d.params);
+  d.params.steps = PIPELINE_STEPS;
+  d.params.guidance_scale = lcm_pipeline_default_guidance(d.pipeline);
+  gboolean ok = TRUE;
+  for (int s = 0; s < run->n_sizes && ok; s++) {
+    const int size = run->sizes[s];
+    PipelineRow row = {.precision = precision, .size = size, .load_ms = load_ms};
+    d.params.width = d.params.height = size;
+    g_printerr("  %s %dx%d: txt2img, %d steps...\n", lcm_precision_name(precision), size, size,
+               PIPELINE_STEPS);
+    ok = time_stage(run_txt2img, &d, run->repeat, &row.timing, error);
+    row.unet_step_ms = stage_median(run, precision, size, "UNet step");
+    const double decode_ms = stage_median(run, precision, size, "VAE decode");
+    g_printerr("  %s %dx%d: cancelling...\n", lcm_precision_name(precision), size, size);
+    /* In the third step: the second one's time tells where its middle is. */
+    if (ok) row.cancel_in_step_ms = cancel_latency(d.pipeline, &d.params, 2, 0, error);
+    ok = ok && row.cancel_in_step_ms >= 0;
+    if (ok)
+      row.cancel_in_decode_ms =
+          cancel_latency(d.pipeline, &d.params, PIPELINE_STEPS, decode_ms / 4, error);
+    ok = ok && row.cancel_in_decode_ms >= 0;
+    if (ok) g_array_append_val(run->pipelines, row);
+  }
+  g_free(d.prompt);
+  lcm_pipeline_free(d.pipeline);
+  return ok;
+}
+
 /* ---- Report -------------------------------------------------------------------- */
 
 static void print_report(const Run *run, const char *load_before, const char *load_after) {
@@ -456,28 +601,31 @@ static void print_report(const Run *run, const char *load_before, const char *lo
   }
 
   printf("\n### Stages (ms)\n\n");
-  printf("GFLOP: 2 × multiply-accumulates of every convolution, matrix product and attention "
-         "product, from the model's config. TFLOP/s from the min time; \"of peak\" compares it "
-         "with the convolution peak of the same precision.\n\n");
-  printf("| precision | size | stage | GFLOP | min | median | TFLOP/s | of peak |\n");
-  printf("|---|---|---|---:|---:|---:|---:|---:|\n");
+  printf(
+      "GFLOP: 2 × multiply-accumulates of every convolution, matrix product and attention "
+      "product, from the model's config. First: the first call at that size (its oneDNN primitives "
+      "created then); TFLOP/s from the min time; \"of peak\" compares it with the convolution "
+      "peak of the same precision.\n\n");
+  printf("| precision | size | stage | GFLOP | first | min | median | TFLOP/s | of peak |\n");
+  printf("|---|---|---|---:|---:|---:|---:|---:|---:|\n");
   for (guint i = 0; i < run->stages->len; i++) {
     const StageRow *r = &g_array_index(run->stages, StageRow, i);
     g_autofree char *size =
         r->size ? g_strdup_printf("%d×%d", r->size, r->size) : g_strdup("77 tokens");
     printf("| %s | %s | %s%s | ", lcm_precision_name(r->precision), size, r->stage,
            r->finite ? "" : " (**non-finite output**)");
+    g_autofree char *times = g_strdup_printf("%.1f | %.1f | %.1f", r->timing.first_ms,
+                                             r->timing.min_ms, r->timing.median_ms);
     const double peak = run->peak[r->precision];
     if (r->flops > 0) {
       const double rate = r->flops / (r->timing.min_ms * 1e-3);
-      printf("%.4g | %.1f | %.1f | %.3f | ", r->flops / 1e9, r->timing.min_ms, r->timing.median_ms,
-             rate / 1e12);
+      printf("%.4g | %s | %.3f | ", r->flops / 1e9, times, rate / 1e12);
       if (peak > 0)
         printf("%.0f%% |\n", 100 * rate / peak);
       else
         printf("– |\n");
     } else {
-      printf("– | %.1f | %.1f | – | – |\n", r->timing.min_ms, r->timing.median_ms);
+      printf("– | %s | – | – |\n", times);
     }
   }
 
@@ -490,6 +638,24 @@ static void print_report(const Run *run, const char *load_before, const char *lo
     printf("| %s | %d×%d | %.0f%s | %.0f | %.0f |\n", lcm_precision_name(m->precision), m->size,
            m->size, m->hwm_kib / 1024.0, m->hwm_reset ? "" : " (not reset)", m->rss_kib / 1024.0,
            m->max_rss_kib / 1024.0);
+  }
+
+  printf("\n### txt2img, %d steps, and cancelling (ms)\n\n", PIPELINE_STEPS);
+  printf("The whole run as the plug-in makes it (lcm_pipeline_run: text encoding of a new prompt, "
+         "%d UNet steps with the LCM guidance embedding, VAE decode): the first run at a size "
+         "(oneDNN primitives created), then min and median. Cancel: the flag is set half-way "
+         "through the third UNet step, or a quarter of the way through the decode; latency is "
+         "the time until the run returns, next to one UNet step.\n\n",
+         PIPELINE_STEPS);
+  printf("| precision | size | pipeline load | first run | min | median | cancel in a step | "
+         "cancel in the decode | one UNet step |\n");
+  printf("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (guint i = 0; i < run->pipelines->len; i++) {
+    const PipelineRow *r = &g_array_index(run->pipelines, PipelineRow, i);
+    printf("| %s | %d×%d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n",
+           lcm_precision_name(r->precision), r->size, r->size, r->load_ms, r->timing.first_ms,
+           r->timing.min_ms, r->timing.median_ms, r->cancel_in_step_ms, r->cancel_in_decode_ms,
+           r->unet_step_ms);
   }
 }
 
@@ -578,9 +744,12 @@ static gboolean bench_run(Run *run, GError **error) {
       return FALSE;
     }
   }
-  for (int p = 0; p < run->n_precisions; p++)
-    if (!run->unsupported[run->precisions[p]] && !bench_precision(run, run->precisions[p], error))
+  for (int p = 0; p < run->n_precisions; p++) {
+    const LcmPrecision precision = run->precisions[p];
+    if (!run->unsupported[precision] &&
+        !(bench_precision(run, precision, error) && bench_pipeline(run, precision, error)))
       return FALSE;
+  }
   g_autofree char *load_after = load_average();
   print_report(run, load_before, load_after);
   return TRUE;
@@ -652,12 +821,14 @@ static int command_run(int argc, char **argv) {
   run.stages = g_array_new(FALSE, FALSE, sizeof(StageRow));
   run.loads = g_array_new(FALSE, FALSE, sizeof(LoadRow));
   run.memory = g_array_new(FALSE, FALSE, sizeof(MemoryRow));
+  run.pipelines = g_array_new(FALSE, FALSE, sizeof(PipelineRow));
   const gboolean ok = bench_run(&run, &error);
   for (size_t n = 0; n < G_N_ELEMENTS(networks); n++) g_free(run.config_texts[n]);
   for (size_t p = 0; p < G_N_ELEMENTS(run.unsupported); p++) g_free(run.unsupported[p]);
   g_array_unref(run.stages);
   g_array_unref(run.loads);
   g_array_unref(run.memory);
+  g_array_unref(run.pipelines);
   return ok ? 0 : report_error(error);
 }
 

@@ -2,16 +2,15 @@
  * and the diffusers folder writer. */
 #include "model-gen.h"
 
+#include "config.h"
 #include "lcm.h"
 #include "safetensors.h"
 
 #include <errno.h>
 #include <glib/gstdio.h>
-#include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
 
-#define MAX_LEVELS 8
 /* Generation works in chunks of this many values, each with its own random
  * stream, so threads can share large tensors and the bytes do not depend on
  * the thread count. */
@@ -20,221 +19,25 @@
 
 /* ---- Configurations ---------------------------------------------------------- */
 
-typedef struct {
-  int vocab_size, hidden_size, intermediate_size, layers, positions;
-} ClipShape;
-
-typedef struct {
-  int in_channels, out_channels;
-  int n_levels, channels[MAX_LEVELS];
-  gboolean down_attention[MAX_LEVELS], up_attention[MAX_LEVELS]; /* up: in up_blocks order */
-  int layers_per_block, transformer_layers, cross_attention_dim, time_cond_proj_dim;
-  gboolean linear_projection;
-} UNetShape;
-
-typedef struct {
-  int in_channels, out_channels, latent_channels;
-  int n_levels, channels[MAX_LEVELS];
-  int layers_per_block;
-  gboolean mid_attention, quant_conv, post_quant_conv;
-} VaeShape;
-
-/* Reads members of a config object; the first problem is kept in `error` and
- * later reads return neutral values, so a parser checks `ok` once at the end. */
-typedef struct {
-  JsonObject *object;
-  const char *network; /* for messages */
-  GError **error;
-  gboolean ok;
-} ConfigReader;
-
-static void config_fail(ConfigReader *r, LcmErrorCode code, const char *key, const char *problem) {
-  if (r->ok)
-    g_set_error(r->error, LCM_ERROR, code, "%s config.json: '%s' %s", r->network, key, problem);
-  r->ok = FALSE;
-}
-
-/* The member's node, or NULL when absent or null (then fallbacks apply). */
-static JsonNode *config_member(ConfigReader *r, const char *key) {
-  JsonNode *node = json_object_get_member(r->object, key);
-  return node && !JSON_NODE_HOLDS_NULL(node) ? node : NULL;
-}
-
-static gboolean node_is_size(JsonNode *node) {
-  if (!JSON_NODE_HOLDS_VALUE(node) || json_node_get_value_type(node) != G_TYPE_INT64) return FALSE;
-  const gint64 value = json_node_get_int(node);
-  return value > 0 && value <= (1 << 20);
-}
-
-/* A positive size; `fallback` when absent (0 = required). */
-static int config_size(ConfigReader *r, const char *key, int fallback) {
-  JsonNode *node = config_member(r, key);
-  if (!node) {
-    if (!fallback) config_fail(r, LCM_ERROR_FORMAT, key, "is missing");
-    return fallback;
-  }
-  if (!node_is_size(node)) {
-    config_fail(r, LCM_ERROR_FORMAT, key, "is not a positive integer");
-    return 1;
-  }
-  return (int)json_node_get_int(node);
-}
-
-/* A size that may be null or absent (0 then). */
-static int config_optional_size(ConfigReader *r, const char *key) {
-  return config_member(r, key) ? config_size(r, key, 0) : 0;
-}
-
-static gboolean config_bool(ConfigReader *r, const char *key, gboolean fallback) {
-  JsonNode *node = config_member(r, key);
-  if (!node) return fallback;
-  if (!JSON_NODE_HOLDS_VALUE(node) || json_node_get_value_type(node) != G_TYPE_BOOLEAN) {
-    config_fail(r, LCM_ERROR_FORMAT, key, "is not true or false");
-    return fallback;
-  }
-  return json_node_get_boolean(node);
-}
-
-static JsonArray *config_array(ConfigReader *r, const char *key, guint min_len) {
-  JsonNode *node = config_member(r, key);
-  if (!node || !JSON_NODE_HOLDS_ARRAY(node)) {
-    config_fail(r, LCM_ERROR_FORMAT, key, "is missing or not a list");
-    return NULL;
-  }
-  JsonArray *array = json_node_get_array(node);
-  const guint len = json_array_get_length(array);
-  if (len < min_len || len > MAX_LEVELS) {
-    config_fail(r, LCM_ERROR_UNSUPPORTED, key, "has an unsupported number of entries");
-    return NULL;
-  }
-  return array;
-}
-
-/* A list of positive sizes; returns its length (0 on failure). */
-static int config_sizes(ConfigReader *r, const char *key, int *out) {
-  JsonArray *array = config_array(r, key, 1);
-  if (!array) return 0;
-  const guint len = json_array_get_length(array);
-  for (guint i = 0; i < len; i++) {
-    JsonNode *node = json_array_get_element(array, i);
-    if (!node_is_size(node)) {
-      config_fail(r, LCM_ERROR_FORMAT, key, "holds something other than positive integers");
-      return 0;
-    }
-    out[i] = (int)json_node_get_int(node);
-  }
-  return (int)len;
-}
-
-/* Reads a list of `n` block types, each `with_attention` or `plain`. */
-static void config_block_types(ConfigReader *r, const char *key, int n, const char *with_attention,
-                               const char *plain, gboolean *attention) {
-  JsonArray *array = config_array(r, key, 1);
-  if (!array) return;
-  if ((int)json_array_get_length(array) != n) {
-    config_fail(r, LCM_ERROR_FORMAT, key, "does not match block_out_channels in length");
-    return;
-  }
-  for (int i = 0; i < n; i++) {
-    const char *type = json_array_get_string_element(array, (guint)i);
-    if (g_strcmp0(type, with_attention) != 0 && g_strcmp0(type, plain) != 0) {
-      config_fail(r, LCM_ERROR_UNSUPPORTED, key, "holds a block type other than the SD1.5 ones");
-      return;
-    }
-    attention[i] = g_strcmp0(type, with_attention) == 0;
-  }
-}
-
-/* Fails unless the member is absent, null or `expected`. */
-static void config_expect_string(ConfigReader *r, const char *key, const char *expected) {
-  JsonNode *node = config_member(r, key);
-  if (node && g_strcmp0(json_node_get_string(node), expected) != 0)
-    config_fail(r, LCM_ERROR_UNSUPPORTED, key, "is not the SD1.5 value");
-}
-
-static void read_clip(ConfigReader *r, ClipShape *c) {
-  c->vocab_size = config_size(r, "vocab_size", 0);
-  c->hidden_size = config_size(r, "hidden_size", 0);
-  c->intermediate_size = config_size(r, "intermediate_size", 0);
-  c->layers = config_size(r, "num_hidden_layers", 0);
-  c->positions = config_size(r, "max_position_embeddings", LCM_CLIP_TOKENS);
-}
-
-static void read_unet(ConfigReader *r, UNetShape *u) {
-  u->in_channels = config_size(r, "in_channels", 0);
-  u->out_channels = config_size(r, "out_channels", 0);
-  u->n_levels = config_sizes(r, "block_out_channels", u->channels);
-  config_block_types(r, "down_block_types", u->n_levels, "CrossAttnDownBlock2D", "DownBlock2D",
-                     u->down_attention);
-  config_block_types(r, "up_block_types", u->n_levels, "CrossAttnUpBlock2D", "UpBlock2D",
-                     u->up_attention);
-  u->layers_per_block = config_size(r, "layers_per_block", 0);
-  u->transformer_layers = config_size(r, "transformer_layers_per_block", 1);
-  u->cross_attention_dim = config_size(r, "cross_attention_dim", 0);
-  u->time_cond_proj_dim = config_optional_size(r, "time_cond_proj_dim");
-  u->linear_projection = config_bool(r, "use_linear_projection", FALSE);
-  config_expect_string(r, "mid_block_type", "UNetMidBlock2DCrossAttn");
-  config_expect_string(r, "time_embedding_type", "positional");
-  config_expect_string(r, "class_embed_type", NULL);
-  config_expect_string(r, "addition_embed_type", NULL);
-}
-
-static void read_vae(ConfigReader *r, VaeShape *v) {
-  v->in_channels = config_size(r, "in_channels", 0);
-  v->out_channels = config_size(r, "out_channels", 0);
-  v->latent_channels = config_size(r, "latent_channels", 0);
-  v->n_levels = config_sizes(r, "block_out_channels", v->channels);
-  v->layers_per_block = config_size(r, "layers_per_block", 0);
-  v->mid_attention = config_bool(r, "mid_block_add_attention", TRUE);
-  v->quant_conv = config_bool(r, "use_quant_conv", TRUE);
-  v->post_quant_conv = config_bool(r, "use_post_quant_conv", TRUE);
-}
-
-static const char *network_name(GenNetwork network) {
-  switch (network) {
-  case GEN_TEXT_ENCODER:
-    return "text encoder";
-  case GEN_UNET:
-    return "UNet";
-  case GEN_VAE:
-    return "VAE";
-  }
-  return "?";
-}
-
 typedef union {
-  ClipShape clip;
-  UNetShape unet;
-  VaeShape vae;
-} NetworkShape;
+  ClipConfig clip;
+  UNetConfig unet;
+  VaeConfig vae;
+} NetworkConfig;
 
-static gboolean read_config(GenNetwork network, const char *config_json, NetworkShape *shape,
+/* Reads config_json with the loader's own reader, so a generated model and
+ * the FLOP counts follow exactly the configs the loader accepts. */
+static gboolean read_config(GenNetwork network, const char *config_json, NetworkConfig *config,
                             GError **error) {
-  memset(shape, 0, sizeof *shape);
-  g_autoptr(JsonParser) parser = json_parser_new();
-  GError *parse_error = NULL;
-  if (!json_parser_load_from_data(parser, config_json, -1, &parse_error) ||
-      !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser))) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s config.json is not a JSON object%s%s",
-                network_name(network), parse_error ? ": " : "",
-                parse_error ? parse_error->message : "");
-    g_clear_error(&parse_error);
-    return FALSE;
-  }
-  ConfigReader reader = {json_node_get_object(json_parser_get_root(parser)), network_name(network),
-                         error, TRUE};
   switch (network) {
   case GEN_TEXT_ENCODER:
-    read_clip(&reader, &shape->clip);
-    break;
+    return clip_config_from_json(config_json, "text encoder config.json", &config->clip, error);
   case GEN_UNET:
-    read_unet(&reader, &shape->unet);
-    break;
+    return unet_config_from_json(config_json, "UNet config.json", &config->unet, error);
   case GEN_VAE:
-    read_vae(&reader, &shape->vae);
-    break;
+    return vae_config_from_json(config_json, "VAE config.json", &config->vae, error);
   }
-  return reader.ok;
+  g_return_val_if_reached(FALSE);
 }
 
 /* ---- Module-tree walks ----------------------------------------------------------- */
@@ -308,9 +111,9 @@ static void resnet(Walk *walk, const char *prefix, int in, int out, int temb_dim
 }
 
 /* proj_in / proj_out of a Transformer2DModel. */
-static void projection(Walk *walk, const UNetShape *u, const char *prefix, int channels, int h,
+static void projection(Walk *walk, const UNetConfig *u, const char *prefix, int channels, int h,
                        int w) {
-  if (u->linear_projection)
+  if (u->use_linear_projection)
     linear(walk, prefix, channels, channels, TRUE, (int64_t)h * w);
   else
     conv(walk, prefix, channels, channels, 1, h, w);
@@ -318,7 +121,7 @@ static void projection(Walk *walk, const UNetShape *u, const char *prefix, int c
 
 /* diffusers Transformer2DModel over h x w tokens, cross-attending to the
  * text encoder's LCM_CLIP_TOKENS states. */
-static void transformer(Walk *walk, const UNetShape *u, const char *prefix, int channels, int h,
+static void transformer(Walk *walk, const UNetConfig *u, const char *prefix, int channels, int h,
                         int w) {
   const int64_t tokens = (int64_t)h * w;
   g_autofree char *norm_name = g_strconcat(prefix, ".norm", NULL);
@@ -326,7 +129,7 @@ static void transformer(Walk *walk, const UNetShape *u, const char *prefix, int 
   g_autofree char *proj_out = g_strconcat(prefix, ".proj_out", NULL);
   norm(walk, norm_name, channels);
   projection(walk, u, proj_in, channels, h, w);
-  for (int t = 0; t < u->transformer_layers; t++) {
+  for (int t = 0; t < u->transformer_layers_per_block; t++) {
     g_autofree char *block = g_strdup_printf("%s.transformer_blocks.%d", prefix, t);
     g_autofree char *norm1 = g_strconcat(block, ".norm1", NULL);
     g_autofree char *attn1 = g_strconcat(block, ".attn1", NULL);
@@ -354,9 +157,9 @@ static void level_sizes(int n_levels, int side, int *sides) {
   for (int i = 1; i < n_levels; i++) sides[i] = (sides[i - 1] + 1) / 2;
 }
 
-static void walk_unet(Walk *walk, const UNetShape *u, int latent_h, int latent_w) {
-  const int n = u->n_levels, c0 = u->channels[0], temb = 4 * c0;
-  int lh[MAX_LEVELS], lw[MAX_LEVELS];
+static void walk_unet(Walk *walk, const UNetConfig *u, int latent_h, int latent_w) {
+  const int n = u->n_blocks, c0 = u->block_out_channels[0], temb = 4 * c0;
+  int lh[CONFIG_MAX_BLOCKS], lw[CONFIG_MAX_BLOCKS];
   level_sizes(n, latent_h, lh);
   level_sizes(n, latent_w, lw);
 
@@ -369,12 +172,12 @@ static void walk_unet(Walk *walk, const UNetShape *u, int latent_h, int latent_w
   int out = c0;
   for (int i = 0; i < n; i++) {
     const int in = out;
-    out = u->channels[i];
+    out = u->block_out_channels[i];
     for (int j = 0; j < u->layers_per_block; j++) {
       g_autofree char *res = g_strdup_printf("down_blocks.%d.resnets.%d", i, j);
       g_autofree char *attn = g_strdup_printf("down_blocks.%d.attentions.%d", i, j);
       resnet(walk, res, j == 0 ? in : out, out, temb, lh[i], lw[i]);
-      if (u->down_attention[i]) transformer(walk, u, attn, out, lh[i], lw[i]);
+      if (u->down_cross_attn[i]) transformer(walk, u, attn, out, lh[i], lw[i]);
     }
     if (i < n - 1) {
       g_autofree char *down = g_strdup_printf("down_blocks.%d.downsamplers.0.conv", i);
@@ -382,7 +185,7 @@ static void walk_unet(Walk *walk, const UNetShape *u, int latent_h, int latent_w
     }
   }
 
-  const int deepest = u->channels[n - 1];
+  const int deepest = u->block_out_channels[n - 1];
   resnet(walk, "mid_block.resnets.0", deepest, deepest, temb, lh[n - 1], lw[n - 1]);
   transformer(walk, u, "mid_block.attentions.0", deepest, lh[n - 1], lw[n - 1]);
   resnet(walk, "mid_block.resnets.1", deepest, deepest, temb, lh[n - 1], lw[n - 1]);
@@ -393,14 +196,14 @@ static void walk_unet(Walk *walk, const UNetShape *u, int latent_h, int latent_w
   int prev = deepest;
   for (int i = 0; i < n; i++) {
     const int level = n - 1 - i;
-    const int width = u->channels[level];
-    const int skip_last = u->channels[level > 0 ? level - 1 : 0];
+    const int width = u->block_out_channels[level];
+    const int skip_last = u->block_out_channels[level > 0 ? level - 1 : 0];
     for (int j = 0; j <= u->layers_per_block; j++) {
       const int skip = j == u->layers_per_block ? skip_last : width;
       g_autofree char *res = g_strdup_printf("up_blocks.%d.resnets.%d", i, j);
       g_autofree char *attn = g_strdup_printf("up_blocks.%d.attentions.%d", i, j);
       resnet(walk, res, (j == 0 ? prev : width) + skip, width, temb, lh[level], lw[level]);
-      if (u->up_attention[i]) transformer(walk, u, attn, width, lh[level], lw[level]);
+      if (u->up_cross_attn[i]) transformer(walk, u, attn, width, lh[level], lw[level]);
     }
     if (level > 0) {
       g_autofree char *up = g_strdup_printf("up_blocks.%d.upsamplers.0.conv", i);
@@ -414,14 +217,14 @@ static void walk_unet(Walk *walk, const UNetShape *u, int latent_h, int latent_w
 }
 
 /* AutoencoderKL's mid block: resnet, single-head self-attention, resnet. */
-static void vae_mid_block(Walk *walk, const VaeShape *v, const char *prefix, int h, int w) {
-  const int c = v->channels[v->n_levels - 1];
+static void vae_mid_block(Walk *walk, const VaeConfig *v, const char *prefix, int h, int w) {
+  const int c = v->block_out_channels[v->n_blocks - 1];
   g_autofree char *res0 = g_strconcat(prefix, ".resnets.0", NULL);
   g_autofree char *attn = g_strconcat(prefix, ".attentions.0", NULL);
   g_autofree char *attn_norm = g_strconcat(prefix, ".attentions.0.group_norm", NULL);
   g_autofree char *res1 = g_strconcat(prefix, ".resnets.1", NULL);
   resnet(walk, res0, c, c, 0, h, w);
-  if (v->mid_attention) {
+  if (v->mid_block_add_attention) {
     norm(walk, attn_norm, c);
     attention(walk, attn, diffusers_projections, c, c, TRUE, (int64_t)h * w, (int64_t)h * w);
   }
@@ -430,14 +233,14 @@ static void vae_mid_block(Walk *walk, const VaeShape *v, const char *prefix, int
 
 /* Encoder of an image_h x image_w image (downsampling pads right and bottom
  * by one: each level halves the side, rounding down), then quant_conv. */
-static void walk_vae_encoder(Walk *walk, const VaeShape *v, int image_h, int image_w) {
-  const int n = v->n_levels;
+static void walk_vae_encoder(Walk *walk, const VaeConfig *v, int image_h, int image_w) {
+  const int n = v->n_blocks;
   int h = image_h, w = image_w;
-  conv(walk, "encoder.conv_in", v->in_channels, v->channels[0], 3, h, w);
-  int out = v->channels[0];
+  conv(walk, "encoder.conv_in", v->in_channels, v->block_out_channels[0], 3, h, w);
+  int out = v->block_out_channels[0];
   for (int i = 0; i < n; i++) {
     const int in = out;
-    out = v->channels[i];
+    out = v->block_out_channels[i];
     for (int j = 0; j < v->layers_per_block; j++) {
       g_autofree char *res = g_strdup_printf("encoder.down_blocks.%d.resnets.%d", i, j);
       resnet(walk, res, j == 0 ? in : out, out, 0, h, w);
@@ -453,21 +256,21 @@ static void walk_vae_encoder(Walk *walk, const VaeShape *v, int image_h, int ima
   norm(walk, "encoder.conv_norm_out", out);
   const int moments = 2 * v->latent_channels; /* mean and log-variance */
   conv(walk, "encoder.conv_out", out, moments, 3, h, w);
-  if (v->quant_conv) conv(walk, "quant_conv", moments, moments, 1, h, w);
+  if (v->use_quant_conv) conv(walk, "quant_conv", moments, moments, 1, h, w);
 }
 
 /* post_quant_conv, then the decoder from latent_h x latent_w. */
-static void walk_vae_decoder(Walk *walk, const VaeShape *v, int latent_h, int latent_w) {
-  const int n = v->n_levels;
+static void walk_vae_decoder(Walk *walk, const VaeConfig *v, int latent_h, int latent_w) {
+  const int n = v->n_blocks;
   int h = latent_h, w = latent_w;
-  if (v->post_quant_conv)
+  if (v->use_post_quant_conv)
     conv(walk, "post_quant_conv", v->latent_channels, v->latent_channels, 1, h, w);
-  int out = v->channels[n - 1];
+  int out = v->block_out_channels[n - 1];
   conv(walk, "decoder.conv_in", v->latent_channels, out, 3, h, w);
   vae_mid_block(walk, v, "decoder.mid_block", h, w);
   for (int i = 0; i < n; i++) {
     const int prev = out;
-    out = v->channels[n - 1 - i];
+    out = v->block_out_channels[n - 1 - i];
     for (int j = 0; j <= v->layers_per_block; j++) {
       g_autofree char *res = g_strdup_printf("decoder.up_blocks.%d.resnets.%d", i, j);
       resnet(walk, res, j == 0 ? prev : out, out, 0, h, w);
@@ -485,13 +288,13 @@ static void walk_vae_decoder(Walk *walk, const VaeShape *v, int latent_h, int la
 
 /* transformers CLIPTextModel over LCM_CLIP_TOKENS tokens (the causal mask is
  * not subtracted from the attention count: the kernels compute it in full). */
-static void walk_clip(Walk *walk, const ClipShape *c) {
+static void walk_clip(Walk *walk, const ClipConfig *c) {
   const int hidden = c->hidden_size, tokens = LCM_CLIP_TOKENS;
   add_param(walk, "text_model.embeddings.token_embedding", ".weight", GEN_INIT_EMBEDDING, 2,
             c->vocab_size, hidden, 0, 0);
   add_param(walk, "text_model.embeddings.position_embedding", ".weight", GEN_INIT_EMBEDDING, 2,
-            c->positions, hidden, 0, 0);
-  for (int l = 0; l < c->layers; l++) {
+            c->max_position_embeddings, hidden, 0, 0);
+  for (int l = 0; l < c->num_hidden_layers; l++) {
     g_autofree char *layer = g_strdup_printf("text_model.encoder.layers.%d", l);
     g_autofree char *norm1 = g_strconcat(layer, ".layer_norm1", NULL);
     g_autofree char *attn = g_strconcat(layer, ".self_attn", NULL);
@@ -512,22 +315,22 @@ static void free_gen_tensor(gpointer p) {
 }
 
 GArray *model_gen_tensors(GenNetwork network, const char *config_json, GError **error) {
-  NetworkShape shape;
-  if (!read_config(network, config_json, &shape, error)) return NULL;
+  NetworkConfig config;
+  if (!read_config(network, config_json, &config, error)) return NULL;
   Walk walk = {g_array_new(FALSE, FALSE, sizeof(GenTensor)), 0};
   g_array_set_clear_func(walk.tensors, free_gen_tensor);
   /* Sizes only matter for counting; any valid latent size lists the tensors. */
   const int latent_side = 64;
   switch (network) {
   case GEN_TEXT_ENCODER:
-    walk_clip(&walk, &shape.clip);
+    walk_clip(&walk, &config.clip);
     break;
   case GEN_UNET:
-    walk_unet(&walk, &shape.unet, latent_side, latent_side);
+    walk_unet(&walk, &config.unet, latent_side, latent_side);
     break;
   case GEN_VAE:
-    walk_vae_encoder(&walk, &shape.vae, latent_side, latent_side);
-    walk_vae_decoder(&walk, &shape.vae, latent_side, latent_side);
+    walk_vae_encoder(&walk, &config.vae, latent_side, latent_side);
+    walk_vae_decoder(&walk, &config.vae, latent_side, latent_side);
     break;
   }
   return walk.tensors;
@@ -546,22 +349,22 @@ gboolean model_gen_stage_flops(GenStage stage, const char *config_json, int late
                 latent_w);
     return FALSE;
   }
-  NetworkShape shape;
-  if (!read_config(stage_network[stage], config_json, &shape, error)) return FALSE;
+  NetworkConfig config;
+  if (!read_config(stage_network[stage], config_json, &config, error)) return FALSE;
   Walk walk = {NULL, 0};
   switch (stage) {
   case GEN_STAGE_TEXT_ENCODE:
-    walk_clip(&walk, &shape.clip);
+    walk_clip(&walk, &config.clip);
     break;
   case GEN_STAGE_UNET_STEP:
-    walk_unet(&walk, &shape.unet, latent_h, latent_w);
+    walk_unet(&walk, &config.unet, latent_h, latent_w);
     break;
   case GEN_STAGE_VAE_DECODE:
-    walk_vae_decoder(&walk, &shape.vae, latent_h, latent_w);
+    walk_vae_decoder(&walk, &config.vae, latent_h, latent_w);
     break;
   case GEN_STAGE_VAE_ENCODE: {
-    const int factor = 1 << (shape.vae.n_levels - 1);
-    walk_vae_encoder(&walk, &shape.vae, latent_h * factor, latent_w * factor);
+    const int factor = 1 << (config.vae.n_blocks - 1);
+    walk_vae_encoder(&walk, &config.vae, latent_h * factor, latent_w * factor);
     break;
   }
   }
