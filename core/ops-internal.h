@@ -20,7 +20,7 @@ struct Ops {
    * one buffer reused layer after layer, freed by ops_load_done. */
   float *load_buffer;
   size_t load_buffer_size;
-  int attention_chunk;    /* 0 = default */
+  int attention_chunk;   /* 0 = default */
   volatile gint *cancel; /* see ops_set_cancel; NULL = never */
 };
 
