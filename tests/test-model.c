@@ -297,6 +297,8 @@ static void assert_vae_config_equal(const VaeConfig *a, const VaeConfig *b) {
   g_assert_cmpint(a->norm_num_groups, ==, b->norm_num_groups);
   g_assert_cmpfloat(a->scaling_factor, ==, b->scaling_factor);
   g_assert_cmpint(a->mid_block_add_attention, ==, b->mid_block_add_attention);
+  g_assert_cmpint(a->use_quant_conv, ==, b->use_quant_conv);
+  g_assert_cmpint(a->use_post_quant_conv, ==, b->use_post_quant_conv);
 }
 
 static void test_config_read(void) {
@@ -347,6 +349,8 @@ static void test_config_read(void) {
       .norm_num_groups = 32,
       .scaling_factor = 0.18215f,
       .mid_block_add_attention = TRUE,
+      .use_quant_conv = TRUE,
+      .use_post_quant_conv = TRUE,
   };
   assert_vae_config_equal(&vae, &expected_vae);
   g_free(path);
