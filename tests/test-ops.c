@@ -335,8 +335,11 @@ static void test_group_norm(const Ctx *ctx) {
   float *x = random_values(ctx, count, 2.0f);
   for (size_t i = 0; i < count; i++) x[i] += 0.5f; /* a non-zero mean */
   float *scale = random_values(ctx, c, 1.0f), *shift = random_values(ctx, c, 1.0f);
-  for (int act_i = 0; act_i < 2; act_i++) {
+  /* Then SiLU far into both tails (shifts of about ±50..150): exp's range. */
+  for (int act_i = 0; act_i < 3; act_i++) {
     const Activation act = act_i ? ACT_SILU : ACT_NONE;
+    if (act_i == 2)
+      for (int k = 0; k < c; k++) shift[k] = (k % 2 ? 1.0f : -1.0f) * (50.0f + 6.0f * k);
     float *want = g_new(float, count);
     for (int b = 0; b < n; b++)
       for (int g = 0; g < groups; g++) {
