@@ -230,6 +230,10 @@ typedef struct {
 
 /* A zero-filled image. */
 LcmImage *lcm_image_new(int width, int height, int channels);
+/* The picture a decoder's output shows: planes is 3 x height x width (CHW,
+ * roughly [-1, 1], as lcm_vae_decode and lcm_taesd_decode give it), the
+ * image clamp(planes / 2 + 0.5, 0, 1) in HWC. */
+LcmImage *lcm_image_from_decoded(const float *planes, int width, int height);
 void lcm_image_free(LcmImage *image);
 
 /* The image a caller shows after inpainting: result = (1 - m) source + m
@@ -332,6 +336,8 @@ void lcm_pipeline_free(LcmPipeline *pipeline);
 /* Whether the model can run a mode: an inpainting UNet (9 input channels)
  * runs only LCM_MODE_INPAINT; other UNets run all three. */
 gboolean lcm_pipeline_supports(const LcmPipeline *pipeline, LcmMode mode);
+/* Channels of the model's latents (the VAE's; 4 for SD1.5). */
+int lcm_pipeline_latent_channels(const LcmPipeline *pipeline);
 /* A guidance scale that suits the model: 8 for an LCM UNet, 1 otherwise. */
 double lcm_pipeline_default_guidance(const LcmPipeline *pipeline);
 
@@ -342,6 +348,12 @@ double lcm_pipeline_default_guidance(const LcmPipeline *pipeline);
  * already seen and the VAE encoding of the same source pixels, so changing
  * only the seed, steps or guidance skips that work. */
 LcmImage *lcm_pipeline_run(LcmPipeline *pipeline, const LcmPipelineParams *params, GError **error);
+/* The same run stopped before decoding: the final latents (latent_channels x
+ * latent_height x latent_width, UNet scale, as in LcmProgress; g_free them),
+ * their size in *latent_width and *latent_height. lcm_pipeline_decode_latents
+ * makes the run's picture of them; a live preview may use TAESD instead. */
+float *lcm_pipeline_run_latents(LcmPipeline *pipeline, const LcmPipelineParams *params,
+                                int *latent_width, int *latent_height, GError **error);
 /* Decodes latents (latent_channels x latent_height x latent_width, as in
  * LcmProgress) into an RGB image of 8x the size, the way a run's result is
  * decoded. */

@@ -56,6 +56,16 @@ LcmImage *lcm_image_new(int width, int height, int channels) {
   return image;
 }
 
+LcmImage *lcm_image_from_decoded(const float *planes, int width, int height) {
+  LcmImage *image = lcm_image_new(width, height, 3);
+  if (!image) return NULL;
+  const size_t plane = (size_t)width * height;
+  for (size_t i = 0; i < plane; i++)
+    for (int c = 0; c < 3; c++)
+      image->data[3 * i + c] = CLAMP(planes[c * plane + i] / 2.0f + 0.5f, 0.0f, 1.0f);
+  return image;
+}
+
 void lcm_image_free(LcmImage *image) {
   if (!image) return;
   g_free(image->data);
@@ -250,6 +260,10 @@ gboolean lcm_pipeline_supports(const LcmPipeline *p, LcmMode mode) {
   return mode == LCM_MODE_INPAINT || !is_inpainting_unet(p);
 }
 
+int lcm_pipeline_latent_channels(const LcmPipeline *pipeline) {
+  return pipeline->latent_channels;
+}
+
 double lcm_pipeline_default_guidance(const LcmPipeline *p) {
   g_return_val_if_fail(p, 1.0);
   return lcm_unet_time_cond_proj_dim(p->unet) > 0 ? 8.0 : 1.0;
@@ -281,17 +295,10 @@ LcmImage *lcm_pipeline_decode_latents(LcmPipeline *p, const float *latents, int 
   float *z = g_new(float, n);
   for (size_t i = 0; i < n; i++) z[i] = latents[i] / scaling;
   int w = latent_width * LATENT_FACTOR, h = latent_height * LATENT_FACTOR;
-  size_t plane = (size_t)w * h;
-  float *decoded = g_new(float, 3 * plane);
+  float *decoded = g_new(float, (size_t)3 * w * h);
   gboolean ok = lcm_vae_decode(p->vae, z, 1, latent_height, latent_width, decoded, error);
   g_free(z);
-  LcmImage *image = NULL;
-  if (ok) {
-    image = lcm_image_new(w, h, 3);
-    for (size_t i = 0; i < plane; i++)
-      for (int c = 0; c < 3; c++)
-        image->data[3 * i + c] = CLAMP(decoded[c * plane + i] / 2.0f + 0.5f, 0.0f, 1.0f);
-  }
+  LcmImage *image = ok ? lcm_image_from_decoded(decoded, w, h) : NULL;
   g_free(decoded);
   return image;
 }
@@ -617,26 +624,44 @@ static gboolean denoise(LcmPipeline *p, const LcmPipelineParams *params, Run *r,
   return TRUE;
 }
 
-LcmImage *lcm_pipeline_run(LcmPipeline *p, const LcmPipelineParams *params, GError **error) {
-  if (!p || !params) {
-    invalid(error, "no pipeline or parameters given");
+/* The networks watch the run's cancel flag too (NULL: none), so a cancel
+ * lands within a block, not after a whole UNet step or VAE pass. */
+static void watch_cancel(LcmPipeline *p, volatile gint *cancel) {
+  lcm_unet_set_cancel(p->unet, cancel);
+  lcm_vae_set_cancel(p->vae, cancel);
+}
+
+float *lcm_pipeline_run_latents(LcmPipeline *p, const LcmPipelineParams *params, int *latent_width,
+                                int *latent_height, GError **error) {
+  if (!p || !params || !latent_width || !latent_height) {
+    invalid(error, "no pipeline, parameters or latent size given");
     return NULL;
   }
   Run r = {0};
   r.noise = (NoiseSource){params->noise, params->noise_data,
                           params->noise ? NULL : lcm_rng_new(params->seed), 0};
-  LcmImage *image = NULL;
-  /* The networks watch the flag too, so a cancel lands within a block, not
-   * after a whole UNet step or VAE pass. */
-  lcm_unet_set_cancel(p->unet, params->cancel);
-  lcm_vae_set_cancel(p->vae, params->cancel);
+  float *latents = NULL;
+  watch_cancel(p, params->cancel);
   if (check_params(p, params, &r, error) && choose_timesteps(p, params, &r, error) &&
       !cancelled(params, error) && prepare_conditioning(p, params, &r, error) &&
       prepare_latents(p, params, &r, error) && denoise(p, params, &r, error) &&
-      !cancelled(params, error))
-    image = lcm_pipeline_decode_latents(p, r.latents, r.lw, r.lh, error);
-  lcm_unet_set_cancel(p->unet, NULL);
-  lcm_vae_set_cancel(p->vae, NULL);
+      !cancelled(params, error)) {
+    latents = g_steal_pointer(&r.latents);
+    *latent_width = r.lw;
+    *latent_height = r.lh;
+  }
+  watch_cancel(p, NULL);
   run_clear(&r);
+  return latents;
+}
+
+LcmImage *lcm_pipeline_run(LcmPipeline *p, const LcmPipelineParams *params, GError **error) {
+  int latent_width = 0, latent_height = 0;
+  float *latents = lcm_pipeline_run_latents(p, params, &latent_width, &latent_height, error);
+  if (!latents) return NULL;
+  watch_cancel(p, params->cancel);
+  LcmImage *image = lcm_pipeline_decode_latents(p, latents, latent_width, latent_height, error);
+  watch_cancel(p, NULL);
+  g_free(latents);
   return image;
 }

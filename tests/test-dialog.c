@@ -72,10 +72,10 @@ static void type_text(LcmDialog *dialog, const char *text) {
   }
 }
 
-static GtkWidget *new_test_dialog(void) {
+static GtkWidget *new_dialog_for(const char *model_path) {
   LcmSettings settings;
   lcm_settings_init(&settings);
-  settings.model_path = test_data_path("golden/tiny-lcm");
+  settings.model_path = g_strdup(model_path);
   settings.seed = 7;
   settings.width = 512;
   settings.height = 384;
@@ -84,6 +84,11 @@ static GtkWidget *new_test_dialog(void) {
   lcm_dialog_set_debounce(LCM_DIALOG(dialog), TEST_DEBOUNCE_MS);
   gtk_window_move(GTK_WINDOW(dialog), 0, 0);
   return dialog;
+}
+
+static GtkWidget *new_test_dialog(void) {
+  g_autofree char *model = test_data_path("golden/tiny-lcm");
+  return new_dialog_for(model);
 }
 
 static void destroy_dialog(GtkWidget *dialog) {
@@ -244,6 +249,39 @@ static void test_screenshot(void) {
   }
 }
 
+/* A model with TAESD weights (a taesd/ subfolder) gets its previews from
+ * TAESD, with no full VAE decode; one without, from its VAE. */
+static void test_preview_decoder(void) {
+  static const char *const parts[] = {"model_index.json", "scheduler", "text_encoder",
+                                      "tokenizer",        "unet",      "vae"};
+  g_autofree char *plain = test_data_path("golden/tiny-lcm");
+  g_autofree char *taesd = test_data_path("golden/tiny-taesd");
+  g_autofree char *with_taesd = g_dir_make_tmp("lcm-dialog-taesd-XXXXXX", NULL);
+  GPtrArray *links = g_ptr_array_new_with_free_func(g_free);
+  for (size_t i = 0; i <= G_N_ELEMENTS(parts); i++) {
+    const char *name = i < G_N_ELEMENTS(parts) ? parts[i] : "taesd";
+    g_autofree char *target =
+        i < G_N_ELEMENTS(parts) ? g_build_filename(plain, name, NULL) : g_strdup(taesd);
+    char *link = g_build_filename(with_taesd, name, NULL);
+    g_assert_cmpint(symlink(target, link), ==, 0);
+    g_ptr_array_add(links, link);
+  }
+  for (int has_taesd = 0; has_taesd < 2; has_taesd++) {
+    GtkWidget *dialog = new_dialog_for(has_taesd ? with_taesd : plain);
+    LcmDialog *lcm = LCM_DIALOG(dialog);
+    gtk_widget_show(dialog);
+    wait_for_preview_idle(lcm); /* the preview shown when the dialog opens */
+    LcmPreviewStats stats;
+    lcm_dialog_get_preview_stats(lcm, &stats);
+    g_assert_cmpint(stats.finished, ==, 1);
+    g_assert_cmpint(stats.fast_decoded, ==, has_taesd);
+    destroy_dialog(dialog);
+  }
+  for (guint i = 0; i < links->len; i++) g_unlink(links->pdata[i]);
+  g_ptr_array_unref(links);
+  g_rmdir(with_taesd);
+}
+
 static gboolean find_label(GtkWidget *widget, const char *text) {
   if (GTK_IS_LABEL(widget) && !g_strcmp0(gtk_label_get_label(GTK_LABEL(widget)), text)) return TRUE;
   if (!GTK_IS_CONTAINER(widget)) return FALSE;
@@ -291,6 +329,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/dialog/settings-round-trip", test_settings_round_trip);
   g_test_add_func("/dialog/typing-starts-one-preview", test_typing_starts_one_preview);
   g_test_add_func("/dialog/typing-cancels-stale-preview", test_typing_cancels_stale_preview);
+  g_test_add_func("/dialog/preview-decoder", test_preview_decoder);
   g_test_add_func("/dialog/screenshot", test_screenshot);
   g_test_add_func("/dialog/japanese", test_japanese);
   int status = g_test_run();

@@ -328,6 +328,32 @@ static void log_progress(const LcmProgress *progress, gpointer data) {
   if (log->cancel_after && log->calls == log->cancel_after) g_atomic_int_set(log->cancel, 1);
 }
 
+/* A run stopped before decoding gives the latents whose decoding is the
+ * whole run's picture, at the latent size of the image asked for. */
+static void test_run_latents(void) {
+  LcmPipeline *p = tiny_pipeline("tiny-lcm");
+  LcmPipelineParams params;
+  txt2img_params(&params, 77);
+  LcmImage *image = run_ok(p, &params);
+  int w = 0, h = 0;
+  g_autoptr(GError) error = NULL;
+  float *latents = lcm_pipeline_run_latents(p, &params, &w, &h, &error);
+  g_assert_no_error(error);
+  g_assert_nonnull(latents);
+  g_assert_cmpint(w, ==, params.width / 8);
+  g_assert_cmpint(h, ==, params.height / 8);
+  g_assert_cmpint(lcm_pipeline_latent_channels(p), ==, 4);
+  LcmImage *decoded = lcm_pipeline_decode_latents(p, latents, w, h, &error);
+  g_assert_no_error(error);
+  g_assert_true(same_image(image, decoded));
+  g_assert_null(lcm_pipeline_run_latents(p, &params, &w, NULL, &error));
+  g_assert_error(error, LCM_ERROR, LCM_ERROR_INVALID);
+  g_free(latents);
+  lcm_image_free(decoded);
+  lcm_image_free(image);
+  lcm_pipeline_free(p);
+}
+
 /* One callback per step; the last step's preview is the result (txt2img
  * decodes the last `denoised`). */
 static void test_progress_and_preview(void) {
@@ -576,6 +602,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/pipeline/same-seed-same-image", test_same_seed_same_image);
   g_test_add_func("/pipeline/caches-follow-contents", test_caches_follow_contents);
   g_test_add_func("/pipeline/progress-and-preview", test_progress_and_preview);
+  g_test_add_func("/pipeline/run-latents", test_run_latents);
   g_test_add_func("/pipeline/cancel", test_cancel);
   g_test_add_func("/pipeline/bad-params", test_bad_params);
   g_test_add_func("/pipeline/supports", test_supports);

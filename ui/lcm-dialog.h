@@ -130,13 +130,14 @@ LcmPipeline *lcm_dialog_take_pipeline(LcmDialog *dialog);
 /* ---- Hooks for test hosts ---------------------------------------------------- */
 
 /* Counts of preview generations since the dialog was created. "finished"
- * counts runs that produced an image; "cancelled" runs stopped because the
- * settings changed (or the preview was stopped); "failed" runs that hit an
- * error (shown in the dialog). The signals "preview-started",
+ * counts runs that produced an image, "fast_decoded" those of them whose
+ * picture came from TAESD rather than the VAE (the model has TAESD weights);
+ * "cancelled" runs stopped because the settings changed (or the preview was
+ * stopped); "failed" runs that hit an error (shown in the dialog). The signals "preview-started",
  * "preview-finished", "preview-cancelled" and "preview-failed" (no
  * arguments, emitted on the main thread) fire as the counters change. */
 typedef struct {
-  int started, finished, cancelled, failed;
+  int started, finished, fast_decoded, cancelled, failed;
 } LcmPreviewStats;
 
 void lcm_dialog_get_preview_stats(LcmDialog *dialog, LcmPreviewStats *stats);
