@@ -234,6 +234,11 @@ LcmImage *lcm_image_new(int width, int height, int channels);
  * roughly [-1, 1], as lcm_vae_decode and lcm_taesd_decode give it), the
  * image clamp(planes / 2 + 0.5, 0, 1) in HWC. */
 LcmImage *lcm_image_from_decoded(const float *planes, int width, int height);
+/* A rough picture of SD1.5-family latents (4 channels x height x width, UNet
+ * scale, as in LcmProgress) at latent resolution, by the fixed linear
+ * latent-to-RGB map previews commonly use: free next to any decoder, for
+ * step previews when no TAESD is at hand. NULL for other channel counts. */
+LcmImage *lcm_image_from_latents_approx(const float *latents, int channels, int width, int height);
 void lcm_image_free(LcmImage *image);
 
 /* The image a caller shows after inpainting: result = (1 - m) source + m

@@ -66,6 +66,27 @@ LcmImage *lcm_image_from_decoded(const float *planes, int width, int height) {
   return image;
 }
 
+/* RGB of each SD1.5 latent channel (the least-squares fit previews use). */
+static const float latent_rgb[4][3] = {
+    {0.3512f, 0.2297f, 0.3227f},
+    {0.3250f, 0.4974f, 0.2350f},
+    {-0.2829f, 0.1762f, 0.2721f},
+    {-0.2120f, -0.2616f, -0.7177f},
+};
+
+LcmImage *lcm_image_from_latents_approx(const float *latents, int channels, int width, int height) {
+  if (channels != (int)G_N_ELEMENTS(latent_rgb) || width < 1 || height < 1) return NULL;
+  LcmImage *image = lcm_image_new(width, height, 3);
+  const size_t plane = (size_t)width * height;
+  for (size_t i = 0; i < plane; i++)
+    for (int c = 0; c < 3; c++) {
+      float v = 0;
+      for (int k = 0; k < channels; k++) v += latents[k * plane + i] * latent_rgb[k][c];
+      image->data[3 * i + c] = CLAMP(v / 2.0f + 0.5f, 0.0f, 1.0f);
+    }
+  return image;
+}
+
 void lcm_image_free(LcmImage *image) {
   if (!image) return;
   g_free(image->data);

@@ -354,6 +354,29 @@ static void test_run_latents(void) {
   lcm_pipeline_free(p);
 }
 
+/* The latent-to-RGB approximation: a pure first channel gives its RGB row
+ * (display scale), zero latents mid grey, large values clamp; only
+ * 4-channel latents have one. */
+static void test_latents_approx(void) {
+  const int w = 3, h = 2, plane = w * h;
+  float latents[4 * 3 * 2] = {0};
+  latents[0] = 1.0f;                /* pixel 0: channel 0 only */
+  latents[3 * plane + 1] = -100.0f; /* pixel 1: far out on channel 3 */
+  LcmImage *image = lcm_image_from_latents_approx(latents, 4, w, h);
+  g_assert_nonnull(image);
+  g_assert_cmpint(image->width, ==, w);
+  g_assert_cmpint(image->height, ==, h);
+  g_assert_cmpint(image->channels, ==, 3);
+  const float channel0[3] = {0.3512f, 0.2297f, 0.3227f};
+  for (int c = 0; c < 3; c++) {
+    g_assert_cmpfloat_with_epsilon(image->data[c], channel0[c] / 2 + 0.5f, 1e-6);
+    g_assert_cmpfloat(image->data[3 + c], ==, 1.0f); /* -100 x negative factors */
+    g_assert_cmpfloat(image->data[3 * 2 + c], ==, 0.5f);
+  }
+  lcm_image_free(image);
+  g_assert_null(lcm_image_from_latents_approx(latents, 16, w, h));
+}
+
 /* One callback per step; the last step's preview is the result (txt2img
  * decodes the last `denoised`). */
 static void test_progress_and_preview(void) {
@@ -603,6 +626,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/pipeline/caches-follow-contents", test_caches_follow_contents);
   g_test_add_func("/pipeline/progress-and-preview", test_progress_and_preview);
   g_test_add_func("/pipeline/run-latents", test_run_latents);
+  g_test_add_func("/pipeline/latents-approx", test_latents_approx);
   g_test_add_func("/pipeline/cancel", test_cancel);
   g_test_add_func("/pipeline/bad-params", test_bad_params);
   g_test_add_func("/pipeline/supports", test_supports);

@@ -417,24 +417,24 @@ static gboolean preview_update_idle(gpointer data) {
   return G_SOURCE_REMOVE;
 }
 
-/* Latents as a picture: through TAESD when it fits the model's latents
- * (a few percent of the VAE's time: the preview's last step costs no full
- * decode), else through the pipeline's own VAE. */
-static LcmImage *preview_decode(PreviewJob *job, const float *latents, int w, int h, int channels,
-                                gboolean *fast, GError **error) {
-  if (job->taesd && lcm_taesd_latent_channels(job->taesd) == channels) {
-    g_autofree float *planes = g_new(float, (size_t)3 * 64 * w * h);
-    if (lcm_taesd_decode(job->taesd, latents, 1, h, w, planes, NULL)) {
-      if (fast) *fast = TRUE;
-      return lcm_image_from_decoded(planes, 8 * w, 8 * h);
-    }
-  }
-  return lcm_pipeline_decode_latents(job->pipeline, latents, w, h, error);
+/* Latents as a picture through TAESD (a few percent of the VAE's time), or
+ * NULL when there is none for latents of this kind. */
+static LcmImage *taesd_picture(PreviewJob *job, const float *latents, int w, int h, int channels) {
+  if (!job->taesd || lcm_taesd_latent_channels(job->taesd) != channels) return NULL;
+  g_autofree float *planes = g_new(float, (size_t)3 * 64 * w * h);
+  if (!lcm_taesd_decode(job->taesd, latents, 1, h, w, planes, NULL)) return NULL;
+  return lcm_image_from_decoded(planes, 8 * w, 8 * h);
 }
 
+/* A step's `denoised` as a picture: TAESD, else the linear latent-to-RGB
+ * approximation; a full VAE decode per step would cost more than the step
+ * on a CPU, so it is the last resort (latents of another kind). */
 static GdkPixbuf *decode_denoised(PreviewJob *job, const LcmProgress *progress) {
-  LcmImage *image = preview_decode(job, progress->denoised, progress->latent_width,
-                                   progress->latent_height, progress->latent_channels, NULL, NULL);
+  const int w = progress->latent_width, h = progress->latent_height;
+  LcmImage *image = taesd_picture(job, progress->denoised, w, h, progress->latent_channels);
+  if (!image)
+    image = lcm_image_from_latents_approx(progress->denoised, progress->latent_channels, w, h);
+  if (!image) image = lcm_pipeline_decode_latents(job->pipeline, progress->denoised, w, h, NULL);
   GdkPixbuf *pixbuf = image ? pixbuf_from_image(image) : NULL;
   lcm_image_free(image);
   return pixbuf;
@@ -483,9 +483,12 @@ static gpointer preview_worker(gpointer data) {
     int w = 0, h = 0;
     float *latents = lcm_pipeline_run_latents(job->pipeline, &params, &w, &h, &job->error);
     LcmImage *image = NULL;
-    if (latents && !g_atomic_int_get(&job->cancel))
-      image = preview_decode(job, latents, w, h, lcm_pipeline_latent_channels(job->pipeline),
-                             &job->result_fast, &job->error);
+    /* The result through TAESD too when the model has it: no full decode. */
+    if (latents && !g_atomic_int_get(&job->cancel)) {
+      image = taesd_picture(job, latents, w, h, lcm_pipeline_latent_channels(job->pipeline));
+      job->result_fast = image != NULL;
+      if (!image) image = lcm_pipeline_decode_latents(job->pipeline, latents, w, h, &job->error);
+    }
     g_free(latents);
     if (image && job->settings.mode == LCM_MODE_INPAINT)
       lcm_image_composite(image, job->source, job->mask, NULL);
