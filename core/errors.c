@@ -2,10 +2,19 @@
 #include "lcm.h"
 
 #include <oneapi/dnnl/dnnl.h>
+#include <stdarg.h>
 #include <string.h>
 
 GQuark lcm_error_quark(void) {
   return g_quark_from_static_string("lcm-error-quark");
+}
+
+gboolean lcm_error_invalid(GError **error, const char *format, ...) {
+  va_list args;
+  va_start(args, format);
+  g_propagate_error(error, g_error_new_valist(LCM_ERROR, LCM_ERROR_INVALID, format, args));
+  va_end(args);
+  return FALSE;
 }
 
 LcmPrecision lcm_precision_resolve(LcmPrecision precision) {

@@ -25,6 +25,10 @@ typedef enum {
   LCM_ERROR_CANCELLED,   /* the caller cancelled */
 } LcmErrorCode;
 
+/* Sets an LCM_ERROR_INVALID error with the formatted message and returns
+ * FALSE: argument checks in one line, the library's and its clients'. */
+gboolean lcm_error_invalid(GError **error, const char *format, ...) G_GNUC_PRINTF(2, 3);
+
 /* Compute precision. BF16 keeps weights and activations in bfloat16 with
  * fp32 accumulation (the fast path on AMX / AVX512-BF16 CPUs); FP32 is the
  * exact path. AUTO picks BF16 where the CPU has AMX or AVX512-BF16. */

@@ -11,7 +11,6 @@
 #include "model.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <string.h>
 
 /* The VAE's spatial factor (SD1.5 family). */
@@ -386,21 +385,10 @@ static void run_clear(Run *r) {
   g_free(r->prev);
 }
 
-static gboolean invalid(GError **error, const char *format, ...) G_GNUC_PRINTF(2, 3);
-static gboolean invalid(GError **error, const char *format, ...) {
-  va_list args;
-  va_start(args, format);
-  char *message = g_strdup_vprintf(format, args);
-  va_end(args);
-  g_set_error_literal(error, LCM_ERROR, LCM_ERROR_INVALID, message);
-  g_free(message);
-  return FALSE;
-}
-
 static gboolean check_side(const char *what, int side, GError **error) {
   if (side >= LATENT_FACTOR && side <= MAX_SIDE && side % LATENT_FACTOR == 0) return TRUE;
-  return invalid(error, "the %s is %d pixels; it must be a multiple of %d from %d to %d", what,
-                 side, LATENT_FACTOR, LATENT_FACTOR, MAX_SIDE);
+  return lcm_error_invalid(error, "the %s is %d pixels; it must be a multiple of %d from %d to %d",
+                           what, side, LATENT_FACTOR, LATENT_FACTOR, MAX_SIDE);
 }
 
 /* Checks the parameters and fixes the run's sizes. */
@@ -408,18 +396,19 @@ static gboolean check_params(const LcmPipeline *p, const LcmPipelineParams *para
                              GError **error) {
   if (params->mode != LCM_MODE_TXT2IMG && params->mode != LCM_MODE_IMG2IMG &&
       params->mode != LCM_MODE_INPAINT)
-    return invalid(error, "unknown pipeline mode %d", (int)params->mode);
+    return lcm_error_invalid(error, "unknown pipeline mode %d", (int)params->mode);
   if (!lcm_pipeline_supports(p, params->mode))
-    return invalid(error, "this model has an inpainting UNet; it can only inpaint");
+    return lcm_error_invalid(error, "this model has an inpainting UNet; it can only inpaint");
   if (params->steps < 1 || params->steps > LCM_MAX_STEPS)
-    return invalid(error, "%d steps asked for; give 1 to %d", params->steps, LCM_MAX_STEPS);
+    return lcm_error_invalid(error, "%d steps asked for; give 1 to %d", params->steps,
+                             LCM_MAX_STEPS);
   if (!isfinite(params->guidance_scale) || params->guidance_scale < 0 ||
       params->guidance_scale > 100)
-    return invalid(error, "guidance scale %g is out of range; give 0 to 100",
-                   params->guidance_scale);
+    return lcm_error_invalid(error, "guidance scale %g is out of range; give 0 to 100",
+                             params->guidance_scale);
   if (params->strength_rule != LCM_STRENGTH_AUTO && params->strength_rule != LCM_STRENGTH_RESPACE &&
       params->strength_rule != LCM_STRENGTH_SLICE)
-    return invalid(error, "unknown strength rule %d", (int)params->strength_rule);
+    return lcm_error_invalid(error, "unknown strength rule %d", (int)params->strength_rule);
   if (params->mode == LCM_MODE_TXT2IMG) {
     r->width = params->width;
     r->height = params->height;
@@ -427,10 +416,11 @@ static gboolean check_params(const LcmPipeline *p, const LcmPipelineParams *para
       return FALSE;
   } else {
     if (!(params->strength > 0 && params->strength <= 1))
-      return invalid(error, "strength %g is out of range; give a value above 0 and at most 1",
-                     params->strength);
+      return lcm_error_invalid(error,
+                               "strength %g is out of range; give a value above 0 and at most 1",
+                               params->strength);
     if (!params->image || !params->image->data)
-      return invalid(error, "img2img and inpainting need a source image");
+      return lcm_error_invalid(error, "img2img and inpainting need a source image");
     r->width = params->image->width;
     r->height = params->image->height;
     if (!check_image(params->image, "source image", r->width, r->height, 3, error) ||
@@ -471,10 +461,11 @@ static gboolean choose_timesteps(const LcmPipeline *p, const LcmPipelineParams *
   r->count = MIN((int)(steps * params->strength), steps);
   r->first = steps - r->count;
   if (r->count < 1)
-    return invalid(error,
-                   "strength %g with %d steps leaves no step to run; raise the strength to at "
-                   "least %g or the steps",
-                   params->strength, steps, 1.0 / steps);
+    return lcm_error_invalid(
+        error,
+        "strength %g with %d steps leaves no step to run; raise the strength to at "
+        "least %g or the steps",
+        params->strength, steps, 1.0 / steps);
   return TRUE;
 }
 
@@ -655,7 +646,7 @@ static void watch_cancel(LcmPipeline *p, volatile gint *cancel) {
 float *lcm_pipeline_run_latents(LcmPipeline *p, const LcmPipelineParams *params, int *latent_width,
                                 int *latent_height, GError **error) {
   if (!p || !params || !latent_width || !latent_height) {
-    invalid(error, "no pipeline, parameters or latent size given");
+    lcm_error_invalid(error, "no pipeline, parameters or latent size given");
     return NULL;
   }
   Run r = {0};

@@ -7,7 +7,6 @@
 #include <gdk-pixbuf/gdk-pixbuf.h>
 #include <math.h>
 #include <omp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -99,22 +98,11 @@ static const char common_help[] =
     "Writes an 8-bit RGB PNG and prints its name and seed on stdout; progress goes to stderr.\n"
     "Exit status: 0 done, 1 failed, 2 bad arguments.\n";
 
-static gboolean bad_argument(GError **error, const char *format, ...) G_GNUC_PRINTF(2, 3);
-static gboolean bad_argument(GError **error, const char *format, ...) {
-  va_list args;
-  va_start(args, format);
-  char *message = g_strdup_vprintf(format, args);
-  va_end(args);
-  g_set_error_literal(error, LCM_ERROR, LCM_ERROR_INVALID, message);
-  g_free(message);
-  return FALSE;
-}
-
 static gboolean parse_double(const char *option, const char *text, double *out, GError **error) {
   char *end = NULL;
   *out = g_ascii_strtod(text, &end);
   if (!*text || *end || !isfinite(*out))
-    return bad_argument(error, "%s '%s' is not a number", option, text);
+    return lcm_error_invalid(error, "%s '%s' is not a number", option, text);
   return TRUE;
 }
 
@@ -126,9 +114,9 @@ static gboolean parse_seed(const char *text, uint64_t *seed, GError **error) {
   }
   guint64 value;
   if (!g_ascii_string_to_unsigned(text, 10, 0, G_MAXUINT64, &value, NULL))
-    return bad_argument(error,
-                        "--seed '%s' is not a number from 0 to %" G_GUINT64_FORMAT " (or -1)", text,
-                        G_MAXUINT64);
+    return lcm_error_invalid(error,
+                             "--seed '%s' is not a number from 0 to %" G_GUINT64_FORMAT " (or -1)",
+                             text, G_MAXUINT64);
   *seed = value;
   return TRUE;
 }
@@ -142,7 +130,7 @@ static gboolean parse_strength_rule(const char *text, LcmStrengthRule *rule, GEr
       *rule = rules[i];
       return TRUE;
     }
-  return bad_argument(error, "--strength-rule '%s': give auto, respace or slice", text);
+  return lcm_error_invalid(error, "--strength-rule '%s': give auto, respace or slice", text);
 }
 
 typedef struct {
@@ -158,11 +146,11 @@ static gboolean parse_lora(const char *spec, LoraSpec *out, GError **error) {
     char *end = NULL;
     scale = g_ascii_strtod(colon + 1, &end);
     if (!colon[1] || *end || !isfinite(scale))
-      return bad_argument(error, "--lora '%s': expected FILE or FILE:SCALE with a number as SCALE",
-                          spec);
+      return lcm_error_invalid(
+          error, "--lora '%s': expected FILE or FILE:SCALE with a number as SCALE", spec);
   }
   size_t length = colon ? (size_t)(colon - spec) : strlen(spec);
-  if (length == 0) return bad_argument(error, "--lora '%s': no file named", spec);
+  if (length == 0) return lcm_error_invalid(error, "--lora '%s': no file named", spec);
   out->path = g_strndup(spec, length);
   out->scale = (float)scale;
   return TRUE;
@@ -351,14 +339,14 @@ static gboolean prepare_params(LcmMode mode, const Options *o, int argc, char **
                                LcmPipelineParams *params, LcmPrecision *precision, GArray *loras,
                                GError **error) {
   if (argc != 2)
-    return bad_argument(error, "give one PROMPT (quote it); see 'gimp-lcm-cli %s --help'",
-                        mode_name(mode));
-  if (!o->output) return bad_argument(error, "give the output file with -o OUT.png");
+    return lcm_error_invalid(error, "give one PROMPT (quote it); see 'gimp-lcm-cli %s --help'",
+                             mode_name(mode));
+  if (!o->output) return lcm_error_invalid(error, "give the output file with -o OUT.png");
   if (mode != LCM_MODE_TXT2IMG && !o->input)
-    return bad_argument(error, "give the source picture with -i IN.png");
+    return lcm_error_invalid(error, "give the source picture with -i IN.png");
   if (mode == LCM_MODE_INPAINT && !o->mask)
-    return bad_argument(error, "give the mask with -m MASK.png");
-  if (o->threads < 0) return bad_argument(error, "--threads %d: give 1 or more", o->threads);
+    return lcm_error_invalid(error, "give the mask with -m MASK.png");
+  if (o->threads < 0) return lcm_error_invalid(error, "--threads %d: give 1 or more", o->threads);
   params->mode = mode;
   params->prompt = argv[1];
   params->negative_prompt = o->negative;
