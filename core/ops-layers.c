@@ -229,9 +229,7 @@ static gboolean read_weight(const Weights *w, const char *prefix, int ndims, con
 /* PREFIX.weight in the Ops' load buffer, valid until the next load. */
 static float *load_weight(Ops *ops, const Weights *w, const char *prefix, int ndims,
                           const int64_t *shape, GError **error) {
-  size_t count = 1;
-  for (int i = 0; i < ndims; i++) count *= (size_t)shape[i];
-  float *dst = load_buffer(ops, count, prefix, error);
+  float *dst = load_buffer(ops, weights_shape_numel(ndims, shape), prefix, error);
   return dst && read_weight(w, prefix, ndims, shape, dst, error) ? dst : NULL;
 }
 

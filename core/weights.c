@@ -453,7 +453,7 @@ gboolean weights_read(const Weights *weights, const char *name, int ndims, const
   return TRUE;
 }
 
-static size_t shape_numel(int ndims, const int64_t *shape) {
+size_t weights_shape_numel(int ndims, const int64_t *shape) {
   size_t numel = 1;
   for (int i = 0; i < ndims; i++) numel *= (size_t)MAX(shape[i], 0);
   return numel;
@@ -461,7 +461,7 @@ static size_t shape_numel(int ndims, const int64_t *shape) {
 
 float *weights_get(const Weights *weights, const char *name, int ndims, const int64_t *shape,
                    GError **error) {
-  size_t numel = shape_numel(ndims, shape);
+  size_t numel = weights_shape_numel(ndims, shape);
   float *data = g_try_new(float, MAX(numel, 1));
   if (!data) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: out of memory loading tensor '%s' (%zu MB)",

@@ -24,9 +24,11 @@ gboolean weights_shape(const Weights *weights, const char *name, int *ndims, int
  * "FILE: tensor 'NAME' has shape [..], expected [..]" / "... is missing". */
 float *weights_get(const Weights *weights, const char *name, int ndims, const int64_t *shape,
                    GError **error);
-/* The same into `dst`, which holds the shape's element count. */
+/* The same into `dst`, which holds weights_shape_numel(ndims, shape) floats. */
 gboolean weights_read(const Weights *weights, const char *name, int ndims, const int64_t *shape,
                       float *dst, GError **error);
+/* Elements of a tensor of that shape. */
+size_t weights_shape_numel(int ndims, const int64_t *shape);
 const char *weights_path(const Weights *weights);
 /* "[a, b, c]" for messages; g_free it. */
 char *weights_shape_string(int ndims, const int64_t *shape);

@@ -82,24 +82,18 @@ void lcm_dialog_init_i18n(const char *locale_dir) {
 /* RGB floats to a pixbuf: value = data[pixel * pixel_stride + channel *
  * channel_stride] * scale + offset, clamped to [0, 1]. Covers HWC [0, 1]
  * images and planar [-1, 1] decoder output alike. */
-static GdkPixbuf *pixbuf_from_floats(const float *data, int width, int height, size_t pixel_stride,
-                                     size_t channel_stride, float scale, float offset) {
+static GdkPixbuf *pixbuf_from_image(const LcmImage *image) {
+  const int width = image->width, height = image->height;
   GdkPixbuf *pixbuf = gdk_pixbuf_new(GDK_COLORSPACE_RGB, FALSE, 8, width, height);
   int rowstride = gdk_pixbuf_get_rowstride(pixbuf);
   guchar *pixels = gdk_pixbuf_get_pixels(pixbuf);
   for (int y = 0; y < height; y++)
     for (int x = 0; x < width; x++) {
-      size_t pixel = (size_t)y * width + x;
-      for (int c = 0; c < 3; c++) {
-        float v = data[pixel * pixel_stride + c * channel_stride] * scale + offset;
-        pixels[y * rowstride + x * 3 + c] = (guchar)lrintf(CLAMP(v, 0.0f, 1.0f) * 255.0f);
-      }
+      const float *pixel = image->data + ((size_t)y * width + x) * image->channels;
+      for (int c = 0; c < 3; c++)
+        pixels[y * rowstride + x * 3 + c] = (guchar)lrintf(CLAMP(pixel[c], 0.0f, 1.0f) * 255.0f);
     }
   return pixbuf;
-}
-
-static GdkPixbuf *pixbuf_from_image(const LcmImage *image) {
-  return pixbuf_from_floats(image->data, image->width, image->height, image->channels, 1, 1, 0);
 }
 
 static int round_to_8(double side) {
