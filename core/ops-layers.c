@@ -456,31 +456,29 @@ Linear *linear_new(Ops *ops, const float *weight, const float *bias, int in_feat
   return lin;
 }
 
-Linear *linear_load_rows(Ops *ops, const Weights *w, const char *prefix, int in_features,
-                         int total_out, int row0, int out_features, gboolean has_bias,
-                         GError **error) {
-  if (row0 < 0 || out_features <= 0 || row0 + out_features > total_out) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
-                "%s: rows [%d, %d) are outside the weight's %d rows", prefix, row0,
-                row0 + out_features, total_out);
-    return NULL;
-  }
-  const int64_t wshape[2] = {total_out, in_features};
+gboolean linear_load_split(Ops *ops, const Weights *w, const char *prefix, int in_features,
+                           int n_parts, int out_each, gboolean has_bias, Linear **parts,
+                           GError **error) {
+  for (int i = 0; i < n_parts; i++) parts[i] = NULL;
+  const int64_t wshape[2] = {(int64_t)n_parts * out_each, in_features};
   float *weight = load_weight(ops, w, prefix, 2, wshape, error);
-  if (!weight) return NULL;
-  float *bias = has_bias ? load_vector(w, prefix, "bias", total_out, error) : NULL;
-  Linear *lin = NULL;
-  if (!has_bias || bias)
-    lin = linear_new(ops, weight + (size_t)row0 * in_features, bias ? bias + row0 : NULL,
-                     in_features, out_features, error);
+  if (!weight) return FALSE;
+  float *bias = has_bias ? load_vector(w, prefix, "bias", wshape[0], error) : NULL;
+  gboolean ok = !has_bias || bias;
+  for (int i = 0; ok && i < n_parts; i++)
+    ok = (parts[i] = linear_new(ops, weight + (size_t)i * out_each * in_features,
+                                bias ? bias + (size_t)i * out_each : NULL, in_features, out_each,
+                                error)) != NULL;
   g_free(bias);
-  return lin;
+  for (int i = 0; !ok && i < n_parts; i++) g_clear_pointer(&parts[i], linear_free);
+  return ok;
 }
 
 Linear *linear_load(Ops *ops, const Weights *w, const char *prefix, int in_features,
                     int out_features, gboolean has_bias, GError **error) {
-  return linear_load_rows(ops, w, prefix, in_features, out_features, 0, out_features, has_bias,
-                          error);
+  Linear *lin = NULL;
+  linear_load_split(ops, w, prefix, in_features, 1, out_features, has_bias, &lin, error);
+  return lin;
 }
 
 Linear *linear_load_fused(Ops *ops, const Weights *w, const char *const *prefixes, int n_parts,

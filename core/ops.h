@@ -71,11 +71,11 @@ Conv2d *conv2d_new(Ops *ops, const float *weight, const float *bias, int in_ch, 
 
 Linear *linear_load(Ops *ops, const Weights *w, const char *prefix, int in_features,
                     int out_features, gboolean has_bias, GError **error);
-/* A linear layer from a weight slice: rows [row0, row0 + out_features) of
- * PREFIX.weight / PREFIX.bias (GEGLU's two halves, fused qkv). */
-Linear *linear_load_rows(Ops *ops, const Weights *w, const char *prefix, int in_features,
-                         int total_out, int row0, int out_features, gboolean has_bias,
-                         GError **error);
+/* n_parts layers of out_each outputs from consecutive row blocks of one
+ * PREFIX.weight / PREFIX.bias (GEGLU's two halves), the file read once. */
+gboolean linear_load_split(Ops *ops, const Weights *w, const char *prefix, int in_features,
+                           int n_parts, int out_each, gboolean has_bias, Linear **parts,
+                           GError **error);
 /* One layer computing several same-shaped layers side by side: outputs are
  * the concatenation, in order, of PREFIXES[i] (fused q/k/v projections). */
 Linear *linear_load_fused(Ops *ops, const Weights *w, const char *const *prefixes, int n_parts,

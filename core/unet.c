@@ -37,7 +37,7 @@ typedef struct {
 typedef struct {
   Norm *norm1, *norm2, *norm3;
   Attention self_attn, cross_attn;
-  Linear *ff_a, *ff_b; /* the two halves of GEGLU's ff.net.0.proj */
+  Linear *ff_proj[2]; /* the two halves of GEGLU's ff.net.0.proj: value, gate */
   Linear *ff_out;
 } TransformerBlock;
 
@@ -114,8 +114,8 @@ static void transformer_clear(Transformer *t) {
     norm_free(b->norm3);
     attention_clear(&b->self_attn);
     attention_clear(&b->cross_attn);
-    linear_free(b->ff_a);
-    linear_free(b->ff_b);
+    linear_free(b->ff_proj[0]);
+    linear_free(b->ff_proj[1]);
     linear_free(b->ff_out);
   }
   g_free(t->blocks);
@@ -212,10 +212,8 @@ static gboolean load_transformer_block(const Loader *ld, const char *prefix, int
          (b->norm2 = load_norm(ld, prefix, "norm2", dim, error)) &&
          load_attention(ld, attn2, dim, ld->config->cross_attention_dim, &b->cross_attn, error) &&
          (b->norm3 = load_norm(ld, prefix, "norm3", dim, error)) &&
-         (b->ff_a = linear_load_rows(ld->ops, ld->weights, geglu, dim, 2 * ff_inner, 0, ff_inner,
-                                     TRUE, error)) &&
-         (b->ff_b = linear_load_rows(ld->ops, ld->weights, geglu, dim, 2 * ff_inner, ff_inner,
-                                     ff_inner, TRUE, error)) &&
+         linear_load_split(ld->ops, ld->weights, geglu, dim, 2, ff_inner, TRUE, b->ff_proj,
+                           error) &&
          (b->ff_out = load_linear(ld, prefix, "ff.net.2", ff_inner, dim, TRUE, error));
 }
 
@@ -564,7 +562,7 @@ static Tensor *transformer_block_forward(Ops *ops, const TransformerBlock *b, co
 
   normed = layer_norm(ops, b->norm3, h, LAYER_NORM_EPS, error);
   if (!normed) goto fail;
-  Tensor *gated = linear_geglu(ops, b->ff_a, b->ff_b, normed, error);
+  Tensor *gated = linear_geglu(ops, b->ff_proj[0], b->ff_proj[1], normed, error);
   tensor_free(normed);
   ok = gated && advance(&h, linear(ops, b->ff_out, gated, h, ACT_NONE, error));
   tensor_free(gated);
