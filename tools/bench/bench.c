@@ -330,7 +330,6 @@ typedef struct {
   int size;
   double load_ms; /* lcm_pipeline_new, files in the page cache */
   Timing timing;
-  double unet_step_ms;        /* that size's UNet step (median), for comparison */
   double cancel_in_step_ms;   /* cancel half-way through the third UNet step */
   double cancel_in_decode_ms; /* cancel a quarter of the way through the VAE decode */
 } PipelineRow;
@@ -445,8 +444,9 @@ static gboolean run_txt2img(gpointer p, GError **error) {
   d->prompt = g_strdup_printf("%s, variation %d", PROMPT, d->runs++);
   d->params.prompt = d->prompt;
   LcmImage *image = lcm_pipeline_run(d->pipeline, &d->params, error);
+  const gboolean ok = image != NULL;
   lcm_image_free(image);
-  return image != NULL;
+  return ok;
 }
 
 typedef struct {
@@ -542,7 +542,6 @@ static gboolean bench_pipeline(Run *run, LcmPrecision precision, GError **error)
     g_printerr("  %s %dx%d: txt2img, %d steps...\n", lcm_precision_name(precision), size, size,
                PIPELINE_STEPS);
     ok = time_stage(run_txt2img, &d, run->repeat, &row.timing, error);
-    row.unet_step_ms = stage_median(run, precision, size, "UNet step");
     const double decode_ms = stage_median(run, precision, size, "VAE decode");
     g_printerr("  %s %dx%d: cancelling...\n", lcm_precision_name(precision), size, size);
     /* In the third step: the second one's time tells where its middle is. */
@@ -655,7 +654,7 @@ static void print_report(const Run *run, const char *load_before, const char *lo
     printf("| %s | %d×%d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n",
            lcm_precision_name(r->precision), r->size, r->size, r->load_ms, r->timing.first_ms,
            r->timing.min_ms, r->timing.median_ms, r->cancel_in_step_ms, r->cancel_in_decode_ms,
-           r->unet_step_ms);
+           stage_median(run, r->precision, r->size, "UNet step"));
   }
 }
 
