@@ -23,6 +23,7 @@ typedef enum {
   LCM_ERROR_BACKEND,     /* oneDNN refused or failed */
   LCM_ERROR_INVALID,     /* a caller passed a bad argument */
   LCM_ERROR_CANCELLED,   /* the caller cancelled */
+  LCM_ERROR_NOT_FINITE,  /* a network computed NaN or infinity (damaged weights, overflow) */
 } LcmErrorCode;
 
 /* Sets an LCM_ERROR_INVALID error with the formatted message and returns

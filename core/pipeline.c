@@ -138,6 +138,23 @@ static void image_to_vae_input(const LcmImage *image, const float *keep, float *
 
 /* ---- Caches --------------------------------------------------------------------- */
 
+/* A damaged weight or an overflow turns a network's output into NaN or
+ * infinity, which would reach the user's image as black or garbage: a run
+ * stops at the first network that produced one, naming it. `step` is 1-based;
+ * 0 when the network does not run per step. */
+static gboolean check_finite(const float *values, size_t n, const char *network, int step,
+                             GError **error) {
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) bad += !isfinite(values[i]);
+  if (!bad) return TRUE;
+  g_autofree char *where = step > 0 ? g_strdup_printf(" at step %d", step) : g_strdup("");
+  g_set_error(error, LCM_ERROR, LCM_ERROR_NOT_FINITE,
+              "the %s computed %zu non-finite values (NaN or infinity)%s: its weights may be "
+              "damaged; try the model again after re-downloading it, or another precision",
+              network, bad, where);
+  return FALSE;
+}
+
 /* The text encoder's last hidden state for `text`, copied to out
  * (LCM_CLIP_TOKENS x hidden). */
 static gboolean encode_prompt(LcmPipeline *p, const char *text, float *out, GError **error) {
@@ -147,7 +164,8 @@ static gboolean encode_prompt(LcmPipeline *p, const char *text, float *out, GErr
     int32_t ids[LCM_CLIP_TOKENS];
     lcm_tokenizer_encode(p->tokenizer, text, ids);
     float *embedding = g_new(float, n);
-    if (!lcm_text_encoder_encode(p->text_encoder, ids, 1, embedding, error)) {
+    if (!lcm_text_encoder_encode(p->text_encoder, ids, 1, embedding, error) ||
+        !check_finite(embedding, n, "text encoder", 0, error)) {
       g_free(embedding);
       return FALSE;
     }
@@ -194,7 +212,8 @@ static gboolean vae_posterior(LcmPipeline *p, const float *input, int width, int
     encode_entry_clear(slot);
     size_t n = (size_t)p->latent_channels * (width / LATENT_FACTOR) * (height / LATENT_FACTOR);
     float *m = g_new(float, n), *lv = g_new(float, n);
-    if (!lcm_vae_encode(p->vae, input, 1, height, width, m, lv, error)) {
+    if (!lcm_vae_encode(p->vae, input, 1, height, width, m, lv, error) ||
+        !check_finite(m, n, "VAE encoder", 0, error)) {
       g_free(m);
       g_free(lv);
       return FALSE;
@@ -316,7 +335,8 @@ LcmImage *lcm_pipeline_decode_latents(LcmPipeline *p, const float *latents, int 
   for (size_t i = 0; i < n; i++) z[i] = latents[i] / scaling;
   int w = latent_width * LATENT_FACTOR, h = latent_height * LATENT_FACTOR;
   float *decoded = g_new(float, (size_t)3 * w * h);
-  gboolean ok = lcm_vae_decode(p->vae, z, 1, latent_height, latent_width, decoded, error);
+  gboolean ok = lcm_vae_decode(p->vae, z, 1, latent_height, latent_width, decoded, error) &&
+                check_finite(decoded, (size_t)3 * w * h, "VAE decoder", 0, error);
   g_free(z);
   LcmImage *image = ok ? lcm_image_from_decoded(decoded, w, h) : NULL;
   g_free(decoded);
@@ -558,7 +578,7 @@ static gboolean cancelled(const LcmPipelineParams *params, GError **error) {
 
 /* One UNet evaluation on the current latents, guided: r->eps. */
 static gboolean predict_noise(LcmPipeline *p, const LcmPipelineParams *params, Run *r, int t,
-                              GError **error) {
+                              int step, GError **error) {
   int in = lcm_unet_in_channels(p->unet);
   size_t plane = (size_t)r->lw * r->lh, per_item = (size_t)in * plane;
   for (int b = 0; b < r->batch; b++) {
@@ -574,7 +594,8 @@ static gboolean predict_noise(LcmPipeline *p, const LcmPipelineParams *params, R
   /* A UNet with a guidance embedding never gets a guidance batch, so the
    * one embedding covers the batch. */
   if (!lcm_unet_run(p->unet, r->unet_in, r->batch, r->lh, r->lw, (float)t, r->context,
-                    LCM_CLIP_TOKENS, r->w_embedding, r->unet_out, error))
+                    LCM_CLIP_TOKENS, r->w_embedding, r->unet_out, error) ||
+      !check_finite(r->unet_out, r->batch * r->n, "UNet", step, error))
     return FALSE;
   if (!r->cfg) {
     memcpy(r->eps, r->unet_out, r->n * sizeof(float));
@@ -601,7 +622,8 @@ static gboolean denoise(LcmPipeline *p, const LcmPipelineParams *params, Run *r,
   for (int i = r->first; i < end; i++) {
     int t = r->timesteps[i];
     gboolean last = i + 1 == end;
-    if (cancelled(params, error) || !predict_noise(p, params, r, t, error)) return FALSE;
+    if (cancelled(params, error) || !predict_noise(p, params, r, t, i - r->first + 1, error))
+      return FALSE;
     if (!last && !noise_draw(&r->noise, r->step_noise, r->n, error)) return FALSE;
     int next = last ? t : r->timesteps[i + 1];
     lcm_scheduler_step(p->scheduler, r->eps, t, next, r->latents, last ? NULL : r->step_noise, r->n,

@@ -607,6 +607,86 @@ static void test_bf16(void) {
   lcm_pipeline_free(bf16);
 }
 
+/* A copy of tiny-lcm's `network` folder in `dir` whose tensor `tensor` holds
+ * one NaN, as a damaged download would. */
+static void write_damaged_network(const char *dir, const char *network, const char *tensor) {
+  g_autofree char *rel = g_build_filename("golden", "tiny-lcm", network, NULL);
+  g_autofree char *src = test_data_path(rel);
+  g_autofree char *dst = g_build_filename(dir, network, NULL);
+  g_assert_cmpint(g_mkdir_with_parents(dst, 0700), ==, 0);
+  g_autofree char *config_src = g_build_filename(src, "config.json", NULL);
+  g_autofree char *config_dst = g_build_filename(dst, "config.json", NULL);
+  g_autofree char *config = NULL;
+  gsize config_len = 0;
+  g_assert_true(g_file_get_contents(config_src, &config, &config_len, NULL));
+  g_assert_true(g_file_set_contents(config_dst, config, (gssize)config_len, NULL));
+
+  g_autofree char *weights = g_build_filename(src, "diffusion_pytorch_model.safetensors", NULL);
+  g_autoptr(GError) error = NULL;
+  StFile *file = st_open(weights, &error);
+  g_assert_no_error(error);
+  guint count = st_count(file);
+  StWriteTensor *out = g_new0(StWriteTensor, count);
+  float **copies = g_new0(float *, count);
+  gboolean found = FALSE;
+  for (guint i = 0; i < count; i++) {
+    const StTensor *t = st_tensor_at(file, i);
+    copies[i] = g_new(float, st_numel(t));
+    st_tensor_to_f32(t, copies[i]);
+    if (strcmp(t->name, tensor) == 0) {
+      copies[i][0] = NAN;
+      found = TRUE;
+    }
+    out[i] = (StWriteTensor){t->name, ST_F32, t->ndims, t->shape, copies[i]};
+  }
+  g_assert_true(found);
+  g_autofree char *damaged = g_build_filename(dst, "diffusion_pytorch_model.safetensors", NULL);
+  g_assert_true(st_write(damaged, out, count, NULL, &error));
+  for (guint i = 0; i < count; i++) g_free(copies[i]);
+  g_free(copies);
+  g_free(out);
+  st_close(file);
+}
+
+/* A network that computes NaN (a damaged weight) stops the run with an error
+ * naming it, and no image is returned. */
+static void test_not_finite(void) {
+  static const struct {
+    const char *network, *tensor, *expected;
+  } cases[] = {
+      {"unet", "conv_out.bias", "UNet"},
+      {"vae", "decoder.conv_out.bias", "VAE decoder"},
+  };
+  for (guint c = 0; c < G_N_ELEMENTS(cases); c++) {
+    g_autofree char *dir = g_dir_make_tmp("lcm-nan-XXXXXX", NULL);
+    write_damaged_network(dir, cases[c].network, cases[c].tensor);
+    g_autofree char *tiny = test_data_path("golden/tiny-lcm");
+    g_autofree char *unet = g_build_filename(c == 0 ? dir : tiny, "unet", NULL);
+    g_autofree char *vae = g_build_filename(c == 1 ? dir : tiny, "vae", NULL);
+    g_autofree char *text_encoder = g_build_filename(tiny, "text_encoder", NULL);
+    g_autofree char *tokenizer = g_build_filename(tiny, "tokenizer", NULL);
+    g_autofree char *scheduler = g_build_filename(tiny, "scheduler", NULL);
+    LcmModelParts parts = {.unet = unet,
+                           .vae = vae,
+                           .text_encoder = text_encoder,
+                           .tokenizer = tokenizer,
+                           .scheduler = scheduler};
+    g_autoptr(GError) error = NULL;
+    LcmModel *model = lcm_model_open_parts(&parts, &error);
+    g_assert_no_error(error);
+    LcmPipeline *p = pipeline_for(model, LCM_PRECISION_FP32);
+    lcm_model_free(model);
+    LcmPipelineParams params;
+    txt2img_params(&params, 7);
+    LcmImage *image = lcm_pipeline_run(p, &params, &error);
+    g_assert_null(image);
+    test_expect_error(error, LCM_ERROR_NOT_FINITE, cases[c].expected, "NaN", NULL);
+    if (c == 0) test_expect_error(error, LCM_ERROR_NOT_FINITE, "at step 1", NULL);
+    lcm_pipeline_free(p);
+    test_remove_tree(dir);
+  }
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   JsonArray *cases = test_golden_cases();
@@ -632,6 +712,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/pipeline/supports", test_supports);
   g_test_add_func("/pipeline/composite", test_composite);
   g_test_add_func("/pipeline/bf16", test_bf16);
+  g_test_add_func("/pipeline/not-finite", test_not_finite);
   int status = g_test_run();
   g_ptr_array_unref(names);
   return status;
