@@ -171,6 +171,42 @@ static void test_typing_starts_one_preview(void) {
   destroy_dialog(dialog);
 }
 
+/* Where the measured speed would show the first picture later than the
+ * target, the preview runs smaller, counts as quick, and is refined at full
+ * size when the user pauses; where it is fast enough, no quick preview. */
+static void test_slow_cpu_quick_preview(void) {
+  GtkWidget *dialog = new_test_dialog();
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  gtk_widget_show(dialog);
+  wait_for_preview_idle(lcm); /* the opening preview measures the speed */
+  LcmPreviewStats before, after;
+  lcm_dialog_get_preview_stats(lcm, &before);
+  g_assert_cmpint(before.quick, ==, 0);
+  g_assert_cmpint(before.updated, >=, 1);
+
+  /* A target no CPU meets at full size: a hair over the debounce. */
+  lcm_dialog_set_first_picture_target(lcm, TEST_DEBOUNCE_MS / 1000.0 + 1e-6);
+  type_text(lcm, "a harbour");
+  wait_for_preview_idle(lcm);
+  lcm_dialog_get_preview_stats(lcm, &after);
+  g_assert_cmpint(after.quick - before.quick, ==, 1);
+  g_assert_cmpint(after.started - before.started, ==, 2); /* quick, then refined */
+  g_assert_cmpint(after.finished - before.finished, ==, 2);
+  g_assert_cmpint(after.updated - before.updated, >=, 2);
+  g_assert_cmpint(after.failed, ==, 0);
+
+  /* A generous target: the tiny model makes it at full size. */
+  lcm_dialog_set_first_picture_target(lcm, TEST_DEBOUNCE_MS / 1000.0 + 60);
+  before = after;
+  type_text(lcm, " at noon");
+  wait_for_preview_idle(lcm);
+  lcm_dialog_get_preview_stats(lcm, &after);
+  g_assert_cmpint(after.quick, ==, before.quick);
+  g_assert_cmpint(after.started - before.started, ==, 1);
+  g_assert_cmpint(after.finished - before.finished, ==, 1);
+  destroy_dialog(dialog);
+}
+
 static void type_once_more(LcmDialog *dialog, gpointer data) {
   gulong *handler = data;
   g_signal_handler_disconnect(dialog, *handler);
@@ -329,6 +365,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/dialog/settings-round-trip", test_settings_round_trip);
   g_test_add_func("/dialog/typing-starts-one-preview", test_typing_starts_one_preview);
   g_test_add_func("/dialog/typing-cancels-stale-preview", test_typing_cancels_stale_preview);
+  g_test_add_func("/dialog/slow-cpu-quick-preview", test_slow_cpu_quick_preview);
   g_test_add_func("/dialog/preview-decoder", test_preview_decoder);
   g_test_add_func("/dialog/screenshot", test_screenshot);
   g_test_add_func("/dialog/japanese", test_japanese);

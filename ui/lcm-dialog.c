@@ -15,6 +15,12 @@
 #include <string.h>
 
 #define PREVIEW_MAX_SIDE 256
+/* Quick previews never go below this long side: smaller tells too little. */
+#define PREVIEW_MIN_SIDE 96
+/* From the last keystroke to the first preview picture, debounce included:
+ * what live mode must feel like on a CPU with native bf16, and on any. */
+#define FIRST_PICTURE_TARGET_BF16_S 0.5
+#define FIRST_PICTURE_TARGET_S 1.0
 #define DEFAULT_DEBOUNCE_MS 250
 #define RESPONSE_RESET 1
 
@@ -45,13 +51,28 @@ struct _LcmDialog {
   LcmTaesd *taesd;       /* preview decoder for the same key, or NULL */
   char *pipeline_key;
   LcmPreviewStats stats;
-  gboolean building; /* widgets are being filled: changes are not edits */
+  /* The preview's measured speed for pipeline_key (step_s == 0: not measured
+   * yet): the time of one step at speed_pixels, and what comes before the
+   * first step (prompt encoding). */
+  double step_s, before_first_step_s;
+  int speed_pixels;
+  GHashTable *sizes_run;         /* preview sizes (w << 16 | h) run since loading */
+  gboolean refine_next;          /* the next preview is the full-size one after a quick one */
+  double first_picture_target_s; /* 0: by precision */
+  gboolean building;             /* widgets are being filled: changes are not edits */
   gboolean disposed;
 };
 
 G_DEFINE_TYPE(LcmDialog, lcm_dialog, GTK_TYPE_DIALOG)
 
-enum { PREVIEW_STARTED, PREVIEW_FINISHED, PREVIEW_CANCELLED, PREVIEW_FAILED, N_SIGNALS };
+enum {
+  PREVIEW_STARTED,
+  PREVIEW_UPDATED,
+  PREVIEW_FINISHED,
+  PREVIEW_CANCELLED,
+  PREVIEW_FAILED,
+  N_SIGNALS
+};
 static guint signals[N_SIGNALS];
 
 struct PreviewJob {
@@ -60,13 +81,19 @@ struct PreviewJob {
   LcmSettings settings;
   uint64_t seed;
   int width, height;       /* preview size, multiples of 8 */
+  gboolean quick;          /* smaller than the preview size, to be refined */
   LcmImage *source, *mask; /* preview-size copies, or NULL */
+  /* Monotonic times (us) of the run's start and of its first and last step,
+   * written by the worker, read once it has ended. */
+  gint64 run_start_us, first_step_us, last_step_us;
+  int steps_done;
   char *pipeline_key;
   LcmPipeline *pipeline; /* given by the dialog, or loaded by the worker */
   LcmTaesd *taesd;
   volatile gint cancel;
   GThread *thread;
   guint done_source;
+  gboolean fresh_pipeline; /* loaded by this job: no speed known for it yet */
   GdkPixbuf *result;
   gboolean result_fast; /* decoded by TAESD */
   GError *error;
@@ -100,10 +127,10 @@ static int round_to_8(double side) {
   return MAX(8, (int)lrint(side / 8) * 8);
 }
 
-/* The preview's size for a picture of width x height: at most
- * PREVIEW_MAX_SIDE on the long side, never larger, multiples of 8. */
-static void preview_size(int width, int height, int *out_width, int *out_height) {
-  double scale = MIN(1.0, (double)PREVIEW_MAX_SIDE / MAX(width, height));
+/* The preview's size for a picture of width x height: at most max_side on
+ * the long side, never larger, multiples of 8. */
+static void preview_size(int width, int height, int max_side, int *out_width, int *out_height) {
+  double scale = MIN(1.0, (double)max_side / MAX(width, height));
   *out_width = round_to_8(width * scale);
   *out_height = round_to_8(height * scale);
 }
@@ -403,7 +430,11 @@ static gboolean preview_update_idle(gpointer data) {
     gtk_progress_bar_set_text(GTK_PROGRESS_BAR(self->progress_bar), text);
     gtk_progress_bar_set_fraction(GTK_PROGRESS_BAR(self->progress_bar),
                                   (double)(update->step + 1) / update->steps);
-    if (update->pixbuf) show_preview_pixbuf(self, update->pixbuf);
+    if (update->pixbuf) {
+      show_preview_pixbuf(self, update->pixbuf);
+      self->stats.updated++;
+      g_signal_emit(self, signals[PREVIEW_UPDATED], 0);
+    }
   }
   g_clear_object(&update->pixbuf);
   g_object_unref(self);
@@ -436,6 +467,9 @@ static GdkPixbuf *decode_denoised(PreviewJob *job, const LcmProgress *progress) 
 
 static void preview_progress(const LcmProgress *progress, gpointer data) {
   PreviewJob *job = data;
+  job->last_step_us = g_get_monotonic_time();
+  if (progress->step == 0) job->first_step_us = job->last_step_us;
+  job->steps_done = progress->step + 1;
   if (g_atomic_int_get(&job->cancel)) return;
   PreviewUpdate *update = g_new0(PreviewUpdate, 1);
   update->dialog = g_object_ref(job->dialog);
@@ -474,6 +508,7 @@ static gpointer preview_worker(gpointer data) {
     params.progress = preview_progress;
     params.progress_data = job;
     params.cancel = &job->cancel;
+    job->run_start_us = g_get_monotonic_time();
     int w = 0, h = 0;
     float *latents = lcm_pipeline_run_latents(job->pipeline, &params, &w, &h, &job->error);
     LcmImage *image = NULL;
@@ -503,6 +538,48 @@ static void set_status(LcmDialog *self, const char *text) {
   gtk_label_set_text(GTK_LABEL(self->status_label), text ? text : "");
 }
 
+/* Learns the preview's speed from a run that made at least two steps
+ * (cancelled ones too). The step time comes from the later steps, which never
+ * include the one-off work of a new size (primitives, weight layouts); the
+ * time before the first step only from a size run before, for that reason. */
+static void learn_preview_speed(LcmDialog *self, const PreviewJob *job) {
+  if (job->fresh_pipeline) {
+    self->step_s = self->before_first_step_s = 0;
+    g_hash_table_remove_all(self->sizes_run);
+  }
+  if (job->steps_done < 2 || !job->run_start_us) return;
+  self->step_s = (job->last_step_us - job->first_step_us) / 1e6 / (job->steps_done - 1);
+  self->speed_pixels = job->width * job->height;
+  gpointer size = GINT_TO_POINTER(job->width << 16 | job->height);
+  if (g_hash_table_contains(self->sizes_run, size))
+    self->before_first_step_s =
+        MAX(0.0, (job->first_step_us - job->run_start_us) / 1e6 - self->step_s);
+  g_hash_table_add(self->sizes_run, size);
+}
+
+/* The long side of the next preview: PREVIEW_MAX_SIDE, or, when the measured
+ * speed says its first picture would come later than the target after the
+ * last keystroke (debounce included), the largest of a few smaller sides
+ * that makes it (few, because each new size costs a first call). A quick
+ * preview is refined at full size once it is done. */
+static int preview_side(LcmDialog *self, const LcmSettings *settings, int width, int height) {
+  static const int sides[] = {PREVIEW_MAX_SIDE, 192, 128, PREVIEW_MIN_SIDE};
+  if (self->refine_next || self->step_s <= 0) return PREVIEW_MAX_SIDE;
+  gboolean bf16 = lcm_precision_resolve(settings->precision) == LCM_PRECISION_BF16;
+  double target = self->first_picture_target_s > 0 ? self->first_picture_target_s
+                  : bf16                           ? FIRST_PICTURE_TARGET_BF16_S
+                                                   : FIRST_PICTURE_TARGET_S;
+  double budget = target - self->debounce_ms / 1000.0;
+  if (budget <= 0) return PREVIEW_MAX_SIDE; /* the debounce alone misses it */
+  for (guint i = 0; i < G_N_ELEMENTS(sides); i++) {
+    int w, h;
+    preview_size(width, height, sides[i], &w, &h);
+    double estimate = self->before_first_step_s + self->step_s * w * h / self->speed_pixels;
+    if (estimate <= budget) return sides[i];
+  }
+  return PREVIEW_MIN_SIDE;
+}
+
 /* Runs on the main thread once the worker is done (or joined). */
 static void complete_job(LcmDialog *self, PreviewJob *job) {
   if (job->thread) g_thread_join(job->thread);
@@ -512,6 +589,7 @@ static void complete_job(LcmDialog *self, PreviewJob *job) {
   self->taesd = g_steal_pointer(&job->taesd);
   self->pipeline_key = g_steal_pointer(&job->pipeline_key);
   if (self->disposed) free_pipeline(self);
+  if (self->pipeline) learn_preview_speed(self, job);
 
   guint signal;
   if (g_atomic_int_get(&job->cancel) ||
@@ -531,11 +609,23 @@ static void complete_job(LcmDialog *self, PreviewJob *job) {
     gtk_widget_set_sensitive(self->stop_button, FALSE);
     if (signal == PREVIEW_FINISHED) {
       show_preview_pixbuf(self, job->result);
+      self->stats.updated++;
+      g_signal_emit(self, signals[PREVIEW_UPDATED], 0);
       gtk_progress_bar_set_fraction(bar, 1);
-      gtk_progress_bar_set_text(bar, _("Preview ready"));
       gboolean test_model = !g_strcmp0(job->settings.model_path, self->test_model_path);
-      set_status(self,
-                 test_model ? _("Test model: random weights, so the preview is noise.") : NULL);
+      g_autofree char *quick = NULL;
+      if (job->quick) {
+        quick = g_strdup_printf(_("Quick %d×%d preview while you type: this computer is too slow "
+                                  "for a full-size one. Refining…"),
+                                job->width, job->height);
+        /* The user has paused: the full-size preview follows at once. */
+        self->refine_next = !self->pending && !self->debounce_source;
+        self->pending = self->pending || self->refine_next;
+      }
+      gtk_progress_bar_set_text(bar, job->quick ? _("Quick preview ready") : _("Preview ready"));
+      set_status(self, quick        ? quick
+                       : test_model ? _("Test model: random weights, so the preview is noise.")
+                                    : NULL);
     } else if (signal == PREVIEW_FAILED) {
       gtk_progress_bar_set_fraction(bar, 0);
       gtk_progress_bar_set_text(bar, _("Preview failed"));
@@ -586,27 +676,37 @@ static void start_preview(LcmDialog *self) {
   lcm_dialog_get_settings(self, &job->settings);
   /* The preview keeps the shown seed even when each final run draws anew. */
   job->seed = (uint64_t)gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->seed_spin));
-  if (job->settings.mode != LCM_MODE_TXT2IMG && self->source) {
-    preview_size(self->source->width, self->source->height, &job->width, &job->height);
-    job->source = lcm_image_resize(self->source, job->width, job->height);
-    if (self->mask) job->mask = lcm_image_resize(self->mask, job->width, job->height);
-  } else {
-    preview_size(job->settings.width, job->settings.height, &job->width, &job->height);
-  }
+  gboolean from_source = job->settings.mode != LCM_MODE_TXT2IMG && self->source;
+  int width = from_source ? self->source->width : job->settings.width;
+  int height = from_source ? self->source->height : job->settings.height;
   job->pipeline_key = pipeline_key(&job->settings);
   if (self->pipeline_key && !strcmp(self->pipeline_key, job->pipeline_key)) {
     job->pipeline = g_steal_pointer(&self->pipeline);
     job->taesd = g_steal_pointer(&self->taesd);
+  }
+  job->fresh_pipeline = !job->pipeline;
+  int full_width, full_height;
+  preview_size(width, height, PREVIEW_MAX_SIDE, &full_width, &full_height);
+  int side = job->pipeline ? preview_side(self, &job->settings, width, height) : PREVIEW_MAX_SIDE;
+  preview_size(width, height, side, &job->width, &job->height);
+  job->quick = job->width != full_width || job->height != full_height;
+  self->refine_next = FALSE;
+  if (from_source) {
+    job->source = lcm_image_resize(self->source, job->width, job->height);
+    if (self->mask) job->mask = lcm_image_resize(self->mask, job->width, job->height);
   }
   free_pipeline(self);
   self->job = job;
 
   GtkProgressBar *bar = GTK_PROGRESS_BAR(self->progress_bar);
   gtk_progress_bar_set_fraction(bar, 0);
-  gtk_progress_bar_set_text(bar, job->pipeline ? _("Generating preview…") : _("Loading model…"));
+  gtk_progress_bar_set_text(bar, !job->pipeline ? _("Loading model…")
+                                 : job->quick   ? _("Quick preview…")
+                                                : _("Generating preview…"));
   gtk_widget_set_sensitive(self->stop_button, TRUE);
   set_status(self, NULL);
   self->stats.started++;
+  self->stats.quick += job->quick;
   /* Emitted before the worker starts, so a handler that changes a setting
    * reliably cancels this very run. */
   g_signal_emit(self, signals[PREVIEW_STARTED], 0);
@@ -963,6 +1063,11 @@ void lcm_dialog_set_debounce(LcmDialog *self, guint milliseconds) {
   self->debounce_ms = milliseconds;
 }
 
+void lcm_dialog_set_first_picture_target(LcmDialog *self, double seconds) {
+  g_return_if_fail(LCM_IS_DIALOG(self));
+  self->first_picture_target_s = seconds;
+}
+
 gboolean lcm_dialog_preview_busy(LcmDialog *self) {
   g_return_val_if_fail(LCM_IS_DIALOG(self), FALSE);
   return self->job != NULL || self->debounce_source != 0;
@@ -975,6 +1080,7 @@ GtkTextBuffer *lcm_dialog_get_prompt_buffer(LcmDialog *self) {
 
 static void lcm_dialog_init(LcmDialog *self) {
   self->debounce_ms = DEFAULT_DEBOUNCE_MS;
+  self->sizes_run = g_hash_table_new(NULL, NULL);
   lcm_settings_init(&self->initial);
   gboolean test_model = FALSE;
   g_autofree char *default_model = lcm_default_model(&test_model);
@@ -998,6 +1104,7 @@ static void lcm_dialog_finalize(GObject *object) {
   lcm_image_free(self->mask);
   lcm_settings_clear(&self->initial);
   g_free(self->test_model_path);
+  g_hash_table_unref(self->sizes_run);
   G_OBJECT_CLASS(lcm_dialog_parent_class)->finalize(object);
 }
 
@@ -1005,8 +1112,8 @@ static void lcm_dialog_class_init(LcmDialogClass *klass) {
   GObjectClass *object_class = G_OBJECT_CLASS(klass);
   object_class->dispose = lcm_dialog_dispose;
   object_class->finalize = lcm_dialog_finalize;
-  const char *names[N_SIGNALS] = {"preview-started", "preview-finished", "preview-cancelled",
-                                  "preview-failed"};
+  const char *names[N_SIGNALS] = {"preview-started", "preview-updated", "preview-finished",
+                                  "preview-cancelled", "preview-failed"};
   for (int i = 0; i < N_SIGNALS; i++)
     signals[i] = g_signal_new(names[i], G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
                               NULL, G_TYPE_NONE, 0);

@@ -133,16 +133,24 @@ LcmPipeline *lcm_dialog_take_pipeline(LcmDialog *dialog);
  * counts runs that produced an image, "fast_decoded" those of them whose
  * picture came from TAESD rather than the VAE (the model has TAESD weights);
  * "cancelled" runs stopped because the settings changed (or the preview was
- * stopped); "failed" runs that hit an error (shown in the dialog). The signals "preview-started",
+ * stopped); "failed" runs that hit an error (shown in the dialog); "updated"
+ * the pictures shown (each step's and each result); "quick" the runs made
+ * smaller than the preview size because the measured speed would not show a
+ * first picture in time (each is followed by a full-size one when the user
+ * pauses). The signals "preview-started", "preview-updated",
  * "preview-finished", "preview-cancelled" and "preview-failed" (no
  * arguments, emitted on the main thread) fire as the counters change. */
 typedef struct {
-  int started, finished, fast_decoded, cancelled, failed;
+  int started, finished, fast_decoded, cancelled, failed, updated, quick;
 } LcmPreviewStats;
 
 void lcm_dialog_get_preview_stats(LcmDialog *dialog, LcmPreviewStats *stats);
 /* Delay between the last change and the preview starting (default 250 ms). */
 void lcm_dialog_set_debounce(LcmDialog *dialog, guint milliseconds);
+/* The time from the last change to the first preview picture (debounce
+ * included) that quick previews aim at; 0 = the default (0.5 s where the
+ * preview computes in bf16, 1 s otherwise). */
+void lcm_dialog_set_first_picture_target(LcmDialog *dialog, double seconds);
 /* Whether a preview is pending (debounce running) or being generated. */
 gboolean lcm_dialog_preview_busy(LcmDialog *dialog);
 /* The prompt's text buffer, for hosts and tests that type into it. */
