@@ -118,9 +118,13 @@ int lcm_text_encoder_hidden_size(const LcmTextEncoder *encoder);
 gboolean lcm_text_encoder_encode(LcmTextEncoder *encoder, const int32_t *ids, int batch,
                                  float *last_hidden_state, GError **error);
 
-/* ---- UNet (diffusers UNet2DConditionModel, SD1.5 family) ------------------ */
+/* ---- UNet (diffusers UNet2DConditionModel, SD1.5 and SDXL families) ---------- */
 
 typedef struct LcmUNet LcmUNet;
+
+/* SDXL's size conditioning per image: original size (height, width), crop
+ * top-left (top, left), target size (height, width), in pixels. */
+#define LCM_TIME_IDS 6
 
 LcmUNet *lcm_unet_load(LcmModel *model, LcmPrecision precision, GError **error);
 void lcm_unet_free(LcmUNet *unet);
@@ -128,14 +132,52 @@ int lcm_unet_in_channels(const LcmUNet *unet); /* 4, or 9 for inpainting */
 int lcm_unet_out_channels(const LcmUNet *unet);
 int lcm_unet_time_cond_proj_dim(const LcmUNet *unet); /* 0 unless an LCM UNet */
 int lcm_unet_cross_attention_dim(const LcmUNet *unet);
+/* Width of the pooled text embedding an SDXL UNet takes with its time ids
+ * (addition_embed_type text_time); 0 for SD1.5-family UNets. */
+int lcm_unet_text_embeds_dim(const LcmUNet *unet);
+
+/* The per-image conditions besides the text context; NULL for those the
+ * UNet does not take. */
+typedef struct {
+  /* batch x time_cond_proj_dim: LCM's guidance embedding; NULL adds none */
+  const float *timestep_cond;
+  /* SDXL (required there): batch x lcm_unet_text_embeds_dim pooled text
+   * embeddings and batch x LCM_TIME_IDS time ids */
+  const float *text_embeds;
+  const float *time_ids;
+} LcmUNetConditions;
+
 /* One evaluation. sample: batch x in_channels x h x w (NCHW, fp32, latent
  * pixels; any h, w); timestep: the DDPM step, the same for the whole batch;
- * context: batch x context_tokens x cross_attention_dim; timestep_cond:
- * batch x time_cond_proj_dim or NULL (then no guidance embedding is added).
- * out: batch x out_channels x h x w. */
+ * context: batch x context_tokens x cross_attention_dim; conditions may be
+ * NULL for an SD1.5-family UNet. out: batch x out_channels x h x w. */
+gboolean lcm_unet_run_conditioned(LcmUNet *unet, const float *sample, int batch, int h, int w,
+                                  float timestep, const float *context, int context_tokens,
+                                  const LcmUNetConditions *conditions, float *out, GError **error);
+/* The same with only a guidance embedding (timestep_cond: batch x
+ * time_cond_proj_dim or NULL): the SD1.5-family call. */
 gboolean lcm_unet_run(LcmUNet *unet, const float *sample, int batch, int h, int w, float timestep,
                       const float *context, int context_tokens, const float *timestep_cond,
                       float *out, GError **error);
+
+/* The vectors a UNet conditions its resnets on, for tests and debugging
+ * (diffusers' names). Each array holds batch rows of its *_dim floats. */
+typedef struct {
+  int time_proj_dim, emb_dim, add_time_proj_dim, add_embeds_dim;
+  float *time_proj;      /* sinusoid of the timestep */
+  float *time_embedding; /* time_embedding(time_proj [+ cond_proj(timestep_cond)]) */
+  float *add_time_proj;  /* SDXL: sinusoids of the time ids, LCM_TIME_IDS per row */
+  float *add_embeds;     /* SDXL: text_embeds, then add_time_proj */
+  float *add_embedding;  /* SDXL: add_embedding(add_embeds) */
+  float *emb;            /* time_embedding [+ add_embedding]: each resnet's input, before SiLU */
+} LcmUNetEmbeddings;
+
+/* Fills *out (SD1.5: add_* NULL and 0 wide) for per-image timesteps[batch];
+ * free it with lcm_unet_embeddings_clear. */
+gboolean lcm_unet_embeddings(LcmUNet *unet, int batch, const float *timesteps,
+                             const LcmUNetConditions *conditions, LcmUNetEmbeddings *out,
+                             GError **error);
+void lcm_unet_embeddings_clear(LcmUNetEmbeddings *embeddings);
 /* Query-block size of chunked attention (0 = built-in); tests split small
  * cases into several chunks with it. */
 void lcm_unet_set_attention_chunk(LcmUNet *unet, int rows);

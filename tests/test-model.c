@@ -276,7 +276,16 @@ static void assert_unet_config_equal(const UNetConfig *a, const UNetConfig *b) {
     g_assert_cmpint(a->heads[i], ==, b->heads[i]);
   }
   g_assert_cmpint(a->layers_per_block, ==, b->layers_per_block);
-  g_assert_cmpint(a->transformer_layers_per_block, ==, b->transformer_layers_per_block);
+  for (int i = 0; i < a->n_blocks; i++)
+    for (int j = 0; j <= a->layers_per_block; j++) {
+      if (j < a->layers_per_block) g_assert_cmpint(a->down_depth[i][j], ==, b->down_depth[i][j]);
+      g_assert_cmpint(a->up_depth[i][j], ==, b->up_depth[i][j]);
+    }
+  g_assert_cmpint(a->mid_depth, ==, b->mid_depth);
+  g_assert_cmpint(a->mid_cross_attn, ==, b->mid_cross_attn);
+  g_assert_cmpint(a->addition_time_embed_dim, ==, b->addition_time_embed_dim);
+  g_assert_cmpint(a->projection_class_embeddings_input_dim, ==,
+                  b->projection_class_embeddings_input_dim);
   g_assert_cmpint(a->cross_attention_dim, ==, b->cross_attention_dim);
   g_assert_cmpint(a->norm_num_groups, ==, b->norm_num_groups);
   g_assert_cmpfloat(a->norm_eps, ==, b->norm_eps);
@@ -316,7 +325,10 @@ static void test_config_read(void) {
       .up_cross_attn = {FALSE, TRUE, TRUE},
       .heads = {8, 8, 8},
       .layers_per_block = 2,
-      .transformer_layers_per_block = 1,
+      .down_depth = {{1, 1}, {1, 1}},
+      .up_depth = {{0}, {1, 1, 1}, {1, 1, 1}},
+      .mid_depth = 1,
+      .mid_cross_attn = TRUE,
       .cross_attention_dim = 32,
       .norm_num_groups = 32,
       .norm_eps = 1e-5f,
@@ -426,10 +438,16 @@ static void test_config_variants(void) {
   g_clear_error(&error);
   g_free(path);
 
+  /* SDXL's text_time needs its sizes; other added embeddings are refused */
   path = unet_config_variant("\"addition_embed_type\": null",
                              "\"addition_embed_type\": \"text_time\"");
   g_assert_false(unet_config_read(path, &unet, &error));
-  test_expect_error(error, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion XL", NULL);
+  test_expect_error(error, LCM_ERROR_FORMAT, path, "addition_time_embed_dim", NULL);
+  g_clear_error(&error);
+  g_free(path);
+  path = unet_config_variant("\"addition_embed_type\": null", "\"addition_embed_type\": \"image\"");
+  g_assert_false(unet_config_read(path, &unet, &error));
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, path, "'image'", NULL);
   g_clear_error(&error);
   g_free(path);
 
@@ -453,6 +471,82 @@ static void test_config_variants(void) {
   g_assert_false(vae.mid_block_add_attention);
   g_assert_cmpint(vae.n_blocks, ==, 2);
   g_assert_cmpint(vae.latent_channels, ==, 4);
+  g_free(path);
+}
+
+/* SDXL configs: per-level transformer depth and head count, the SSD-1B
+ * layout (per-attention depths, reversed up depths, plain mid block) and
+ * the added conditioning; shapes give the same depths. */
+static void test_config_sdxl(void) {
+  GError *error = NULL;
+  char *path = test_data_path("golden-sdxl/tiny-ssd1b-lcm/unet/config.json");
+  UNetConfig parsed;
+  g_assert_true(unet_config_read(path, &parsed, &error));
+  g_assert_no_error(error);
+  const UNetConfig expected = {
+      .in_channels = 4,
+      .out_channels = 4,
+      .n_blocks = 3,
+      .block_out_channels = {32, 32, 32},
+      .down_cross_attn = {FALSE, TRUE, TRUE},
+      .up_cross_attn = {TRUE, TRUE, FALSE},
+      .heads = {2, 4, 8},
+      .layers_per_block = 2,
+      .down_depth = {{0, 0}, {1, 1}, {2, 2}},
+      .up_depth = {{2, 2, 3}, {2, 1, 1}, {0, 0, 0}},
+      .mid_depth = 0,
+      .mid_cross_attn = FALSE,
+      .cross_attention_dim = 40,
+      .norm_num_groups = 32,
+      .norm_eps = 1e-5f,
+      .time_cond_proj_dim = 256,
+      .addition_time_embed_dim = 8,
+      .projection_class_embeddings_input_dim = 64,
+      .use_linear_projection = TRUE,
+      .flip_sin_to_cos = TRUE,
+  };
+  assert_unet_config_equal(&parsed, &expected);
+  g_free(path);
+
+  /* the weights have the depths the config gives */
+  path = test_data_path("golden-sdxl/tiny-ssd1b-lcm/unet/diffusion_pytorch_model.safetensors");
+  Weights *weights = weights_open_file(path, &error);
+  g_assert_no_error(error);
+  UNetConfig inferred;
+  /* a tiny add_embedding cannot be SDXL's 6 x 256 sinusoids: the config is needed */
+  g_assert_false(unet_config_infer(weights, &inferred, &error));
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, "add_embedding", "config.json", NULL);
+  g_clear_error(&error);
+  weights_free(weights);
+  g_free(path);
+
+  /* SDXL proper: one depth per level, mirrored on the way up */
+  path = test_data_path("golden-sdxl/tiny-sdxl-lcm/unet/config.json");
+  g_assert_true(unet_config_read(path, &parsed, &error));
+  g_assert_no_error(error);
+  g_assert_true(parsed.mid_cross_attn);
+  g_assert_cmpint(parsed.mid_depth, ==, 2);
+  g_assert_cmpint(parsed.down_depth[1][1], ==, 2);
+  g_assert_cmpint(parsed.up_depth[0][2], ==, 2);
+  g_assert_cmpint(parsed.up_depth[1][0], ==, 2);
+  g_assert_cmpint(parsed.up_depth[2][0], ==, 0);
+
+  /* per-attention lists need the up path spelled out */
+  char *text;
+  g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+  GString *edited = g_string_new(text);
+  g_assert_cmpuint(g_string_replace(edited, "\"transformer_layers_per_block\": [\n    1,\n    2,",
+                                    "\"transformer_layers_per_block\": [\n    1,\n    [2, 2],", 1),
+                   ==, 1);
+  char *variant = tmp_path("sdxl-variant.json");
+  g_assert_true(g_file_set_contents(variant, edited->str, (gssize)edited->len, NULL));
+  g_assert_false(unet_config_read(variant, &parsed, &error));
+  test_expect_error(error, LCM_ERROR_FORMAT, "reverse_transformer_layers_per_block", NULL);
+  g_clear_error(&error);
+  g_unlink(variant);
+  g_free(variant);
+  g_string_free(edited, TRUE);
+  g_free(text);
   g_free(path);
 }
 
@@ -789,6 +883,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/model/config-read", test_config_read);
   g_test_add_func("/model/config-variants", test_config_variants);
   g_test_add_func("/model/config-infer", test_config_infer);
+  g_test_add_func("/model/config-sdxl", test_config_sdxl);
   g_test_add_func("/model/clip-infer-heads", test_clip_infer_heads);
   g_test_add_func("/model/open-folder", test_open_folder);
   g_test_add_func("/model/open-parts-fp16-unet", test_open_parts_fp16_unet);

@@ -217,14 +217,32 @@ static gboolean run_guidance_embedding(Case *c, GError **error) {
   return TRUE;
 }
 
+/* An input the case may lack: NULL then. */
+static float *case_optional_input(Case *c, const char *name) {
+  return c->data && st_find(c->data, name) ? case_input(c, name, NULL, NULL) : NULL;
+}
+
+/* The UNet's per-image conditions among the case's inputs (SDXL's
+ * text_embeds and time_ids, LCM's timestep_cond); free with
+ * unet_conditions_free. */
+static LcmUNetConditions case_unet_conditions(Case *c) {
+  return (LcmUNetConditions){.timestep_cond = case_optional_input(c, "timestep_cond"),
+                             .text_embeds = case_optional_input(c, "text_embeds"),
+                             .time_ids = case_optional_input(c, "time_ids")};
+}
+
+static void unet_conditions_free(LcmUNetConditions *cond) {
+  g_free((float *)cond->timestep_cond);
+  g_free((float *)cond->text_embeds);
+  g_free((float *)cond->time_ids);
+}
+
 static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, GError **error) {
   const StTensor *sample_info, *ctx_info;
   float *sample = case_input(c, "sample", &sample_info, error);
   float *timestep = sample ? case_input(c, "timestep", NULL, error) : NULL;
   float *context = timestep ? case_input(c, "encoder_hidden_states", &ctx_info, error) : NULL;
-  float *cond = c->data && st_find(c->data, "timestep_cond")
-                    ? case_input(c, "timestep_cond", NULL, NULL)
-                    : NULL;
+  LcmUNetConditions cond = case_unet_conditions(c);
   gboolean ok = FALSE;
   LcmUNet *unet = context ? lcm_unet_load(model, c->options->precision, error) : NULL;
   if (unet) {
@@ -232,8 +250,8 @@ static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, G
     int batch = (int)sample_info->shape[0], h = (int)sample_info->shape[2];
     int w = (int)sample_info->shape[3], oc = lcm_unet_out_channels(unet);
     float *out = g_new(float, (size_t)batch *oc *h *w);
-    ok = lcm_unet_run(unet, sample, batch, h, w, timestep[0], context, (int)ctx_info->shape[1],
-                      cond, out, error);
+    ok = lcm_unet_run_conditioned(unet, sample, batch, h, w, timestep[0], context,
+                                  (int)ctx_info->shape[1], &cond, out, error);
     if (ok)
       case_add_output(c, out_name, 4, (int64_t[]){batch, oc, h, w}, out, FALSE);
     else
@@ -243,7 +261,7 @@ static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, G
   g_free(sample);
   g_free(timestep);
   g_free(context);
-  g_free(cond);
+  unet_conditions_free(&cond);
   return ok;
 }
 
@@ -252,6 +270,45 @@ static gboolean run_unet(Case *c, GError **error) {
   if (!model) return FALSE;
   gboolean ok = unet_on_inputs(c, model, "out", error);
   lcm_model_free(model);
+  return ok;
+}
+
+/* SDXL's conditioning vectors (time ids, added embedding, time embedding)
+ * for per-image timesteps. */
+static gboolean run_unet_added_cond(Case *c, GError **error) {
+  const StTensor *info;
+  float *timesteps = case_input(c, "timestep", &info, error);
+  if (!timesteps) return FALSE;
+  int batch = (int)st_numel(info);
+  LcmModel *model = case_model(c, error);
+  LcmUNet *unet = model ? lcm_unet_load(model, c->options->precision, error) : NULL;
+  LcmUNetConditions cond = case_unet_conditions(c);
+  LcmUNetEmbeddings emb;
+  gboolean ok = unet && lcm_unet_embeddings(unet, batch, timesteps, &cond, &emb, error);
+  if (ok) {
+    const struct {
+      const char *name;
+      float **data;
+      int dim;
+    } outputs[] = {
+        {"time_ids_proj", &emb.add_time_proj, emb.add_time_proj_dim},
+        {"add_embeds", &emb.add_embeds, emb.add_embeds_dim},
+        {"aug_emb", &emb.add_embedding, emb.emb_dim},
+        {"t_emb", &emb.time_proj, emb.time_proj_dim},
+        {"temb", &emb.time_embedding, emb.emb_dim},
+        {"emb", &emb.emb, emb.emb_dim},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(outputs); i++) {
+      case_add_output(c, outputs[i].name, 2, (int64_t[]){batch, outputs[i].dim}, *outputs[i].data,
+                      FALSE);
+      *outputs[i].data = NULL; /* owned by the output now */
+    }
+    lcm_unet_embeddings_clear(&emb);
+  }
+  unet_conditions_free(&cond);
+  lcm_unet_free(unet);
+  if (model) lcm_model_free(model);
+  g_free(timesteps);
   return ok;
 }
 
@@ -378,9 +435,13 @@ static gboolean run_taesd_encoder(Case *c, GError **error) {
 static LcmScheduler *case_scheduler(Case *c, GError **error) {
   char *dir = case_path(c, "scheduler");
   LcmScheduler *s;
-  if (!dir && json_object_has_member(c->params, "scheduler_config")) {
-    char *json = json_to_string(json_object_get_member(c->params, "scheduler_config"), FALSE);
-    s = lcm_scheduler_new_from_json(json, "params.scheduler_config", error);
+  /* the SDXL set names the config its scheduler saved scheduler_config_saved */
+  const char *config_key = json_object_has_member(c->params, "scheduler_config_saved")
+                               ? "scheduler_config_saved"
+                               : "scheduler_config";
+  if (!dir && json_object_has_member(c->params, config_key)) {
+    char *json = json_to_string(json_object_get_member(c->params, config_key), FALSE);
+    s = lcm_scheduler_new_from_json(json, config_key, error);
     g_free(json);
   } else {
     char *config = dir ? g_build_filename(dir, "scheduler_config.json", NULL) : NULL;
@@ -998,6 +1059,7 @@ static const struct {
     {"text_encoder", run_text_encoder},
     {"lcm_guidance_embedding", run_guidance_embedding},
     {"unet", run_unet},
+    {"unet_added_cond", run_unet_added_cond},
     {"vae_encoder", run_vae_encoder},
     {"vae_decoder", run_vae_decoder},
     {"taesd_decoder", run_taesd_decoder},
