@@ -88,6 +88,10 @@ typedef struct {
    * checkpoint's shapes (only needed for CLIP variants whose head count does
    * not follow from the width). */
   const char *text_encoder_config;
+  /* A diffusers UNet config.json to use instead of the one inferred from a
+   * checkpoint's shapes (needed where the head count or SDXL's time-id width
+   * do not follow SD1.5's or SDXL's, e.g. tiny test models). */
+  const char *unet_config;
 } LcmModelParts;
 
 typedef struct LcmModel LcmModel;

@@ -147,16 +147,14 @@ static gboolean check_checkpoint_family(const StFile *file, GError **error) {
   static const struct {
     const char *prefix, *family, *part;
   } foreign[] = {
-      {"conditioner.embedders.", "Stable Diffusion XL", "dual text encoders"},
-      {"model.diffusion_model.label_emb.", "Stable Diffusion XL", "size conditioning"},
       {"cond_stage_model.model.", "Stable Diffusion 2.x", "OpenCLIP text encoder"},
   };
   for (size_t i = 0; i < G_N_ELEMENTS(foreign); i++) {
     const char *key = find_prefix(file, foreign[i].prefix);
     if (key) {
       g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                  "%s: this is a %s checkpoint (%s, e.g. '%s'); only Stable Diffusion 1.5-family "
-                  "models are supported",
+                  "%s: this is a %s checkpoint (%s, e.g. '%s'); only Stable Diffusion 1.5- and "
+                  "XL-family models are supported",
                   st_path(file), foreign[i].family, foreign[i].part, key);
       return FALSE;
     }
@@ -174,21 +172,18 @@ static gboolean check_checkpoint_family(const StFile *file, GError **error) {
   return TRUE;
 }
 
-/* SD 2.x / SDXL UNets are recognisable by their text-embedding width. */
+/* SD 2.x UNets are recognisable by their text-embedding width. */
 static gboolean check_unet_family(LcmModel *model, GError **error) {
   UNetConfig config;
   if (!model_unet_config(model, &config, error)) return FALSE;
   const char *source = model->parts[COMPONENT_UNET].config
                            ? model->parts[COMPONENT_UNET].config
                            : weights_path(model->parts[COMPONENT_UNET].weights);
-  const char *family = config.cross_attention_dim == 1024   ? "Stable Diffusion 2.x"
-                       : config.cross_attention_dim >= 2048 ? "Stable Diffusion XL"
-                                                            : NULL;
-  if (family) {
+  if (config.cross_attention_dim == 1024) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                "%s: this is a %s UNet (cross-attention width %d); only Stable Diffusion "
-                "1.5-family models (width 768) are supported",
-                source, family, config.cross_attention_dim);
+                "%s: this is a Stable Diffusion 2.x UNet (cross-attention width 1024); only "
+                "Stable Diffusion 1.5- and XL-family models (widths 768 and 2048) are supported",
+                source);
     return FALSE;
   }
   if (config.in_channels != 4 && config.in_channels != 9) {
@@ -275,6 +270,11 @@ static gboolean open_parts(LcmModel *model, const LcmModelParts *parts, GError *
     if (!require_file(parts->text_encoder_config, "a transformers CLIP text config.json", error))
       return FALSE;
     model->text_encoder_config = g_strdup(parts->text_encoder_config);
+  }
+  if (parts->unet_config) {
+    if (!require_file(parts->unet_config, "a diffusers UNet config.json", error)) return FALSE;
+    g_free(model->parts[COMPONENT_UNET].config);
+    model->parts[COMPONENT_UNET].config = g_strdup(parts->unet_config);
   }
   if (model->parts[COMPONENT_UNET].weights && !check_unet_family(model, error)) return FALSE;
   if (parts->tokenizer && !open_tokenizer(model, parts->tokenizer, error)) return FALSE;

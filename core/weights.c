@@ -95,6 +95,9 @@ static char *under(char *prefix, const char *rest) {
 static const char *const unet_top_renames[][2] = {
     {"time_embed.0.", "time_embedding.linear_1."},
     {"time_embed.2.", "time_embedding.linear_2."},
+    /* SDXL's pooled-text and size conditioning */
+    {"label_emb.0.0.", "add_embedding.linear_1."},
+    {"label_emb.0.2.", "add_embedding.linear_2."},
     /* LCM's guidance projection has no LDM name; converters keep diffusers' */
     {"time_embedding.cond_proj.", "time_embedding.cond_proj."},
     {"out.0.", "conv_norm_out."},

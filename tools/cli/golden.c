@@ -93,21 +93,38 @@ static char *case_path(Case *c, const char *role) {
   return g_build_filename(c->base_dir, json_node_get_string(node), NULL);
 }
 
+/* The UNet config of a checkpoint made from a diffusers folder beside it
+ * (tiny-sdxl-lcm.safetensors: tiny-sdxl-lcm/unet/config.json), as
+ * diffusers' from_single_file(config=...) takes it: tiny models' head
+ * counts do not follow from shapes. NULL when there is none; g_free it. */
+static char *checkpoint_unet_config(const char *checkpoint) {
+  if (!checkpoint || !g_str_has_suffix(checkpoint, ".safetensors")) return NULL;
+  char *stem = g_strndup(checkpoint, strlen(checkpoint) - strlen(".safetensors"));
+  char *config = g_build_filename(stem, "unet", "config.json", NULL);
+  g_free(stem);
+  if (g_file_test(config, G_FILE_TEST_IS_REGULAR)) return config;
+  g_free(config);
+  return NULL;
+}
+
 /* The model parts a case's `paths` name, without its LoRAs. */
 static LcmModel *case_base_model(Case *c, GError **error) {
   static const char *const roles[] = {"unet",      "unet_weights", "vae",       "text_encoder",
                                       "tokenizer", "scheduler",    "checkpoint"};
   char *p[G_N_ELEMENTS(roles)];
   for (size_t i = 0; i < G_N_ELEMENTS(roles); i++) p[i] = case_path(c, roles[i]);
+  char *unet_config = p[0] ? NULL : checkpoint_unet_config(p[6]);
   LcmModelParts parts = {.unet = p[0],
                          .unet_weights = p[1],
                          .vae = p[2],
                          .text_encoder = p[3],
                          .tokenizer = p[4],
                          .scheduler = p[5],
-                         .checkpoint = p[6]};
+                         .checkpoint = p[6],
+                         .unet_config = unet_config};
   LcmModel *model = lcm_model_open_parts(&parts, error);
   for (size_t i = 0; i < G_N_ELEMENTS(roles); i++) g_free(p[i]);
+  g_free(unet_config);
   return model;
 }
 
@@ -237,12 +254,19 @@ static void unet_conditions_free(LcmUNetConditions *cond) {
   g_free((float *)cond->time_ids);
 }
 
-static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, GError **error) {
+/* The UNet on the case's inputs; without_guidance leaves out its
+ * timestep_cond. */
+static gboolean unet_on_inputs_with(Case *c, LcmModel *model, const char *out_name,
+                                    gboolean without_guidance, GError **error) {
   const StTensor *sample_info, *ctx_info;
   float *sample = case_input(c, "sample", &sample_info, error);
   float *timestep = sample ? case_input(c, "timestep", NULL, error) : NULL;
   float *context = timestep ? case_input(c, "encoder_hidden_states", &ctx_info, error) : NULL;
   LcmUNetConditions cond = case_unet_conditions(c);
+  if (without_guidance) {
+    g_free((float *)cond.timestep_cond);
+    cond.timestep_cond = NULL;
+  }
   gboolean ok = FALSE;
   LcmUNet *unet = context ? lcm_unet_load(model, c->options->precision, error) : NULL;
   if (unet) {
@@ -263,6 +287,10 @@ static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, G
   g_free(context);
   unet_conditions_free(&cond);
   return ok;
+}
+
+static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, GError **error) {
+  return unet_on_inputs_with(c, model, out_name, FALSE, error);
 }
 
 static gboolean run_unet(Case *c, GError **error) {
@@ -910,9 +938,13 @@ static gboolean check_keymap(Case *c, LcmModel *model, GError **error) {
   guint checked = 0, wrong = 0;
   for (GList *l = keys; l && ok; l = l->next) {
     const char *orig = l->data;
-    const char *target =
-        json_object_get_string_member(json_object_get_object_member(map, orig), "diffusers");
-    const char *dot = strchr(target, '.');
+    JsonNode *target_node =
+        json_object_get_member(json_object_get_object_member(map, orig), "diffusers");
+    /* a key made of several diffusers tensors (fused q/k/v) is a list */
+    const char *target = target_node && JSON_NODE_HOLDS_VALUE(target_node)
+                             ? json_node_get_string(target_node)
+                             : NULL;
+    const char *dot = target ? strchr(target, '.') : NULL;
     const StTensor *raw = st_find(c->data, orig);
     if (!dot || !raw) {
       wrong++;
@@ -985,8 +1017,10 @@ static gboolean rerun_sibling(Case *c, JsonObject *sib, size_t check, gboolean *
   g_free(file);
   if (!sc.data) return FALSE;
   char *ckpt = case_path(c, "checkpoint");
-  LcmModelParts parts = {.checkpoint = ckpt};
+  char *unet_config = checkpoint_unet_config(ckpt);
+  LcmModelParts parts = {.checkpoint = ckpt, .unet_config = unet_config};
   LcmModel *model = lcm_model_open_parts(&parts, error);
+  g_free(unet_config);
   sc.outputs = g_ptr_array_new_with_free_func(output_free);
   gboolean ok = model && unet_on_inputs(&sc, model, sibling_checks[check].output, error);
   if (ok) {
@@ -1015,10 +1049,38 @@ static int checkpoint_dtype(Case *c) {
   return -1;
 }
 
+/* A case whose outputs are the networks of the checkpoint on its inputs
+ * (singlefile_sdxl_outputs); each output names what computes it. */
+static gboolean single_file_outputs(Case *c, LcmModel *model, GError **error) {
+  JsonObject *outputs = json_object_has_member(c->obj, "outputs")
+                            ? json_object_get_object_member(c->obj, "outputs")
+                            : NULL;
+  GList *names = outputs ? json_object_get_members(outputs) : NULL;
+  gboolean ok = TRUE;
+  for (GList *l = names; l && ok; l = l->next) {
+    const char *name = l->data;
+    if (!strcmp(name, "unet_out"))
+      ok = unet_on_inputs(c, model, name, error);
+    else if (!strcmp(name, "unet_out_no_timestep_cond"))
+      ok = unet_on_inputs_with(c, model, name, TRUE, error);
+    else if (!strcmp(name, "vae_decode"))
+      ok = vae_decode_inputs(c, model, name, error);
+    else if (!strcmp(name, "vae_encode_mean"))
+      ok = vae_encode_inputs(c, model, "vae_encode_", error);
+    else {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "case %s: unknown single-file output '%s'",
+                  c->name, name);
+      ok = FALSE;
+    }
+  }
+  g_list_free(names);
+  return ok;
+}
+
 static gboolean run_single_file(Case *c, GError **error) {
   LcmModel *model = case_model(c, error);
   if (!model) return FALSE;
-  gboolean ok = check_keymap(c, model, error);
+  gboolean ok = check_keymap(c, model, error) && single_file_outputs(c, model, error);
   lcm_model_free(model);
   if (!ok) return FALSE;
   int dtype = checkpoint_dtype(c);
