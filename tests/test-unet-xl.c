@@ -1,7 +1,7 @@
 /* The SDXL-family UNet (tests/data/golden-sdxl): every "unet" case in bf16
  * by cosine similarity (fp32 runs are the golden tests), the added
- * conditions' accessors, and the errors a caller provokes by mixing up the
- * SD1.5 and SDXL conditions. */
+ * conditions' accessors, the errors a caller provokes by mixing up the
+ * SD1.5 and SDXL conditions, and SDXL UNet LoRAs in both kohya spellings. */
 #include "lcm.h"
 #include "safetensors.h"
 #include "testutil.h"
@@ -135,6 +135,62 @@ static void test_wrong_conditions(void) {
   lcm_unet_free(sd);
 }
 
+/* A merged UNet weight of tiny-sdxl with `lora` (NULL: none) at scale 1. */
+static float *merged_weight(const char *lora, const char *name, int64_t *numel) {
+  g_autofree char *unet = sdxl_path("tiny-sdxl/unet");
+  LcmModelParts parts = {.unet = unet};
+  g_autoptr(GError) error = NULL;
+  LcmModel *model = lcm_model_open_parts(&parts, &error);
+  g_assert_no_error(error);
+  if (lora) {
+    g_autofree char *path = sdxl_path(lora);
+    g_assert_true(lcm_model_add_lora(model, path, 1.0f, &error));
+    g_assert_no_error(error);
+  }
+  int ndims;
+  int64_t shape[8];
+  float *weight = lcm_model_read_tensor(model, "unet", name, &ndims, shape, &error);
+  g_assert_no_error(error);
+  *numel = 1;
+  for (int d = 0; d < ndims; d++) *numel *= shape[d];
+  lcm_model_free(model);
+  return weight;
+}
+
+/* The LCM-LoRA-like file in sd-scripts' SDXL names (input_blocks, ...) and
+ * in diffusers-path kohya names change every module its keymap lists, by
+ * the same amounts. */
+static void test_lora_spellings(void) {
+  g_autofree char *keymap_path = sdxl_path("lora/sdxl_lora_keymap.json");
+  JsonParser *parser = json_parser_new();
+  g_assert_true(json_parser_load_from_file(parser, keymap_path, NULL));
+  JsonObject *modules = json_object_get_object_member(
+      json_node_get_object(json_parser_get_root(parser)), "lcm_lora_like");
+  GList *keys = json_object_get_members(modules);
+  guint checked = 0;
+  for (GList *l = keys; l; l = l->next) {
+    JsonObject *module = json_object_get_object_member(modules, l->data);
+    const char *target = json_object_get_string_member(module, "diffusers_module");
+    g_assert_true(g_str_has_prefix(target, "unet."));
+    /* a sample of the modules keeps the test quick: every 7th */
+    if (checked++ % 7) continue;
+    g_autofree char *name = g_strconcat(target + strlen("unet."), ".weight", NULL);
+    int64_t n_base, n_sgm, n_diffusers;
+    g_autofree float *base = merged_weight(NULL, name, &n_base);
+    g_autofree float *sgm =
+        merged_weight("lora/lcm_lora_sdxl_like_kohya.safetensors", name, &n_sgm);
+    g_autofree float *diffusers = merged_weight(
+        "lora/lcm_lora_sdxl_like_kohya_diffusers_names.safetensors", name, &n_diffusers);
+    g_assert_cmpint(n_sgm, ==, n_base);
+    g_assert_cmpint(n_diffusers, ==, n_base);
+    g_assert_cmpfloat(test_max_abs_diff(sgm, base, (size_t)n_base), >, 0);
+    g_assert_cmpmem(sgm, n_sgm * sizeof(float), diffusers, n_diffusers * sizeof(float));
+  }
+  g_assert_cmpuint(checked, >, 50);
+  g_list_free(keys);
+  g_object_unref(parser);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_autofree char *cases_path = sdxl_path("cases.json");
@@ -154,6 +210,7 @@ int main(int argc, char **argv) {
   g_assert_cmpuint(n_unet_cases, ==, 8);
   g_test_add_func("/unet-xl/accessors", test_accessors);
   g_test_add_func("/unet-xl/wrong-conditions", test_wrong_conditions);
+  g_test_add_func("/unet-xl/lora-spellings", test_lora_spellings);
   int result = g_test_run();
   g_object_unref(parser);
   return result;
