@@ -52,11 +52,17 @@ typedef struct LcmTokenizer LcmTokenizer;
 
 LcmTokenizer *lcm_tokenizer_new(const char *vocab_json_path, const char *merges_txt_path,
                                 GError **error);
+/* A tokenizer folder: vocab.json, merges.txt and the pad token named by
+ * special_tokens_map.json or tokenizer_config.json (EOS when neither names
+ * one; SDXL's tokenizer_2 pads with "!"). */
+LcmTokenizer *lcm_tokenizer_new_from_folder(const char *dir, GError **error);
 /* The CLIP vocabulary shipped in the project's data folder. */
 LcmTokenizer *lcm_tokenizer_new_default(GError **error);
 void lcm_tokenizer_free(LcmTokenizer *tokenizer);
-/* Fills ids[LCM_CLIP_TOKENS]: BOS, up to 75 tokens, EOS, padded with EOS.
- * Returns the number of BPE tokens before truncation. */
+/* Fills ids[LCM_CLIP_TOKENS]: BOS, up to 75 tokens, EOS, then the pad
+ * token. A pad token other than EOS is special, as in HF: each occurrence
+ * of its text in `text` is cut out as that id (SDXL's tokenizer_2 turns
+ * every "!" into id 0). Returns the number of tokens before truncation. */
 int lcm_tokenizer_encode(const LcmTokenizer *tokenizer, const char *text,
                          int32_t ids[LCM_CLIP_TOKENS]);
 

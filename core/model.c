@@ -423,12 +423,7 @@ gboolean lcm_model_add_lora(LcmModel *model, const char *path, float scale, GErr
 
 LcmTokenizer *lcm_model_load_tokenizer(LcmModel *model, GError **error) {
   if (!model->tokenizer_dir) return lcm_tokenizer_new_default(error);
-  char *vocab = g_build_filename(model->tokenizer_dir, "vocab.json", NULL);
-  char *merges = g_build_filename(model->tokenizer_dir, "merges.txt", NULL);
-  LcmTokenizer *tokenizer = lcm_tokenizer_new(vocab, merges, error);
-  g_free(vocab);
-  g_free(merges);
-  return tokenizer;
+  return lcm_tokenizer_new_from_folder(model->tokenizer_dir, error);
 }
 
 Weights *model_weights(LcmModel *model, Component component, GError **error) {

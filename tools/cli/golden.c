@@ -141,33 +141,56 @@ static LcmModel *case_model(Case *c, GError **error) {
 
 /* ---- Component runners ------------------------------------------------------ */
 
-static gboolean run_tokenizer(Case *c, GError **error) {
-  char *dir = case_path(c, "tokenizer");
-  LcmTokenizer *tok = NULL;
-  if (dir) {
-    char *vocab = g_build_filename(dir, "vocab.json", NULL);
-    char *merges = g_build_filename(dir, "merges.txt", NULL);
-    tok = lcm_tokenizer_new(vocab, merges, error);
-    g_free(vocab);
-    g_free(merges);
-    g_free(dir);
-  } else {
-    tok = lcm_tokenizer_new_default(error);
-  }
+/* Whether the case lists `name` among its outputs. */
+static gboolean case_has_output(Case *c, const char *name) {
+  JsonObject *outputs = json_object_has_member(c->obj, "outputs")
+                            ? json_object_get_object_member(c->obj, "outputs")
+                            : NULL;
+  return outputs && json_object_has_member(outputs, name);
+}
+
+/* The prompts through the tokenizer of paths[role] (the bundled one when
+ * the case names none): input_ids{suffix} and the token counts the case
+ * lists, n_tokens_untruncated (SD1.5) or n_tokens_with_bos_eos{suffix}
+ * (SDXL, whose tokenizer_2 gives suffix "_2"). */
+static gboolean tokenize_prompts(Case *c, const char *role, const char *suffix, GError **error) {
+  char *dir = case_path(c, role);
+  LcmTokenizer *tok =
+      dir ? lcm_tokenizer_new_from_folder(dir, error) : lcm_tokenizer_new_default(error);
+  g_free(dir);
   if (!tok) return FALSE;
   JsonArray *prompts = json_object_get_array_member(c->params, "prompts");
   guint n = json_array_get_length(prompts);
   float *ids = g_new(float, (size_t)n *LCM_CLIP_TOKENS);
-  float *counts = g_new(float, n);
+  float *counts = g_new(float, n), *real_tokens = g_new(float, n);
   for (guint i = 0; i < n; i++) {
     int32_t row[LCM_CLIP_TOKENS];
-    counts[i] = (float)lcm_tokenizer_encode(tok, json_array_get_string_element(prompts, i), row);
+    int count = lcm_tokenizer_encode(tok, json_array_get_string_element(prompts, i), row);
+    counts[i] = (float)count;
+    real_tokens[i] = (float)(MIN(count, LCM_CLIP_TOKENS - 2) + 2);
     for (int j = 0; j < LCM_CLIP_TOKENS; j++) ids[(size_t)i * LCM_CLIP_TOKENS + j] = (float)row[j];
   }
   lcm_tokenizer_free(tok);
-  case_add_output(c, "input_ids", 2, (int64_t[]){n, LCM_CLIP_TOKENS}, ids, TRUE);
-  case_add_output(c, "n_tokens_untruncated", 1, (int64_t[]){n}, counts, TRUE);
+  char *ids_name = g_strconcat("input_ids", suffix, NULL);
+  char *real_name = g_strconcat("n_tokens_with_bos_eos", suffix, NULL);
+  case_add_output(c, ids_name, 2, (int64_t[]){n, LCM_CLIP_TOKENS}, ids, TRUE);
+  if (case_has_output(c, "n_tokens_untruncated"))
+    case_add_output(c, "n_tokens_untruncated", 1, (int64_t[]){n}, counts, TRUE);
+  else
+    g_free(counts);
+  if (case_has_output(c, real_name))
+    case_add_output(c, real_name, 1, (int64_t[]){n}, real_tokens, TRUE);
+  else
+    g_free(real_tokens);
+  g_free(ids_name);
+  g_free(real_name);
   return TRUE;
+}
+
+static gboolean run_tokenizer(Case *c, GError **error) {
+  if (!tokenize_prompts(c, "tokenizer", "", error)) return FALSE;
+  /* SDXL's second tokenizer */
+  return !case_has_output(c, "input_ids_2") || tokenize_prompts(c, "tokenizer_2", "_2", error);
 }
 
 /* Encodes the case's `input_ids` with the text encoder of `model`. */
