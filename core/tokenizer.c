@@ -270,22 +270,18 @@ static gboolean read_pad_token(const char *dir, char **pad_text, GError **error)
   return TRUE;
 }
 
-/* Makes `pad_text` the pad token; one that is not EOS becomes a special
- * token split out of the text. */
-static gboolean set_pad_token(LcmTokenizer *tokenizer, const char *dir, char *pad_text,
-                              GError **error) {
+gboolean lcm_tokenizer_set_pad_token(LcmTokenizer *tokenizer, const char *pad_text,
+                                     GError **error) {
   int id;
-  if (!lookup_symbol(tokenizer, pad_text, &id) || id >= tokenizer->first_internal_id) {
+  if (!pad_text || !lookup_symbol(tokenizer, pad_text, &id) || id >= tokenizer->first_internal_id) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
-                "%s: the pad token '%s' is not in the vocabulary", dir, pad_text);
-    g_free(pad_text);
+                "the pad token '%s' is not in the tokenizer's vocabulary",
+                pad_text ? pad_text : "(none)");
     return FALSE;
   }
   tokenizer->pad = id;
-  if (id == tokenizer->eos || id == tokenizer->bos)
-    g_free(pad_text);
-  else
-    tokenizer->pad_text = pad_text;
+  g_clear_pointer(&tokenizer->pad_text, g_free);
+  if (id != tokenizer->eos && id != tokenizer->bos) tokenizer->pad_text = g_strdup(pad_text);
   return TRUE;
 }
 
@@ -300,11 +296,11 @@ LcmTokenizer *lcm_tokenizer_new_from_folder(const char *dir, GError **error) {
   LcmTokenizer *tokenizer = lcm_tokenizer_new(vocab, merges, error);
   g_free(merges);
   g_free(vocab);
-  if (tokenizer && pad_text && !set_pad_token(tokenizer, dir, pad_text, error)) {
-    lcm_tokenizer_free(tokenizer);
-    return NULL;
+  if (tokenizer && pad_text && !lcm_tokenizer_set_pad_token(tokenizer, pad_text, error)) {
+    g_prefix_error(error, "%s: ", dir);
+    g_clear_pointer(&tokenizer, lcm_tokenizer_free);
   }
-  if (!tokenizer) g_free(pad_text);
+  g_free(pad_text);
   return tokenizer;
 }
 
