@@ -19,6 +19,9 @@ typedef struct {
   int max_position_embeddings;
   float layer_norm_eps;
   gboolean quick_gelu; /* hidden_act: quick_gelu (SD1.5) or gelu */
+  /* transformers pools at the first eos_token_id, except for the legacy
+   * value 2 (SD and SDXL configs), where it pools at argmax(ids) */
+  int eos_token_id;
 } ClipConfig;
 
 typedef struct {

@@ -640,7 +640,7 @@ static void test_open_folder(void) {
   g_assert_nonnull(strstr(lcm_model_describe(model), path));
   g_assert_true(g_str_has_suffix(model_scheduler_config(model), "scheduler_config.json"));
   ClipConfig clip;
-  g_assert_true(model_clip_config(model, &clip, &error));
+  g_assert_true(model_clip_config(model, COMPONENT_TEXT_ENCODER, &clip, &error));
   g_assert_cmpint(clip.num_attention_heads, ==, 4);
   UNetConfig unet;
   g_assert_true(model_unet_config(model, &unet, &error));
@@ -718,7 +718,7 @@ static void test_open_checkpoint(void) {
   g_clear_error(&error);
 
   ClipConfig clip;
-  g_assert_false(model_clip_config(model, &clip, &error));
+  g_assert_false(model_clip_config(model, COMPONENT_TEXT_ENCODER, &clip, &error));
   test_expect_error(error, LCM_ERROR_UNSUPPORTED, "config.json", NULL);
   g_clear_error(&error);
   lcm_model_free(model);
@@ -727,7 +727,7 @@ static void test_open_checkpoint(void) {
   LcmModelParts parts = {.checkpoint = path, .text_encoder_config = text_config};
   model = lcm_model_open_parts(&parts, &error);
   g_assert_no_error(error);
-  g_assert_true(model_clip_config(model, &clip, &error));
+  g_assert_true(model_clip_config(model, COMPONENT_TEXT_ENCODER, &clip, &error));
   g_assert_cmpint(clip.num_attention_heads, ==, 4);
   g_assert_true(weights_contains(model_weights(model, COMPONENT_TEXT_ENCODER, NULL),
                                  "text_model.final_layer_norm.weight"));
@@ -770,7 +770,9 @@ static void write_mini_unet_checkpoint(const char *path, int64_t context, const 
        2,
        {32, context}},
       {"model.diffusion_model.out.2.weight", 4, {4, 32, 3, 3}},
-      {extra_key ? extra_key : "model.diffusion_model.out.2.bias", 1, {4}},
+      /* 2-D as SDXL's label_emb.0.0.weight: 2816 = 1280 pooled + 6 x 256 */
+      extra_key ? (TensorSpec){extra_key, 2, {4, 2816}}
+                : (TensorSpec){"model.diffusion_model.out.2.bias", 1, {4}},
   };
   write_zeros(path, specs, G_N_ELEMENTS(specs));
 }
@@ -795,13 +797,19 @@ static void test_refuse_sd2(void) {
   expect_open_error(path, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion 2.x");
   write_mini_unet_checkpoint(path, 768, "cond_stage_model.model.token_embedding.weight");
   expect_open_error(path, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion 2.x");
-  /* SDXL's text width opens */
+  /* SDXL checkpoints open as the SDXL family, by either telltale key */
+  static const char *const sdxl_keys[] = {"conditioner.embedders.0.transformer.text_model.x",
+                                          "model.diffusion_model.label_emb.0.0.weight"};
+  for (size_t i = 0; i < G_N_ELEMENTS(sdxl_keys); i++) {
+    write_mini_unet_checkpoint(path, 2048, sdxl_keys[i]);
+    model = lcm_model_open(path, &error);
+    g_assert_no_error(error);
+    g_assert_cmpint(lcm_model_family(model), ==, LCM_FAMILY_SDXL);
+    lcm_model_free(model);
+  }
+  /* an SDXL-wide UNet without SDXL's text side is refused, saying why */
   write_mini_unet_checkpoint(path, 2048, NULL);
-  model = lcm_model_open(path, &error);
-  g_assert_no_error(error);
-  g_assert_true(model_unet_config(model, &unet, &error));
-  g_assert_cmpint(unet.cross_attention_dim, ==, 2048);
-  lcm_model_free(model);
+  expect_open_error(path, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion XL");
 
   /* a diffusers UNet file is not a checkpoint */
   char *unet_file = test_data_path("golden/tiny-sd/unet/diffusion_pytorch_model.safetensors");
@@ -825,6 +833,52 @@ static void copy_file(const char *from_relative, const char *to) {
   g_assert_true(g_file_set_contents(to, contents, (gssize)length, NULL));
   g_free(contents);
   g_free(from);
+}
+
+/* The text side of the tiny SDXL pipeline: both text encoders and
+ * tokenizers, the force_zeros_for_empty_prompt default, the second
+ * encoder's tensors. */
+static void test_open_sdxl_text_parts(void) {
+  char *folder = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  char *dirs[4];
+  static const char *const names[] = {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"};
+  for (size_t i = 0; i < G_N_ELEMENTS(names); i++)
+    dirs[i] = g_build_filename(folder, names[i], NULL);
+  LcmModelParts parts = {.text_encoder = dirs[0],
+                         .text_encoder_2 = dirs[1],
+                         .tokenizer = dirs[2],
+                         .tokenizer_2 = dirs[3]};
+  GError *error = NULL;
+  LcmModel *model = lcm_model_open_parts(&parts, &error);
+  for (size_t i = 0; i < G_N_ELEMENTS(names); i++) g_free(dirs[i]);
+  g_assert_no_error(error);
+  g_assert_cmpint(lcm_model_family(model), ==, LCM_FAMILY_SDXL);
+  g_assert_true(model_force_zeros_for_empty_prompt(model));
+  ClipConfig clip;
+  g_assert_true(model_clip_config(model, COMPONENT_TEXT_ENCODER_2, &clip, &error));
+  g_assert_cmpint(clip.hidden_size, ==, 24);
+  g_assert_false(clip.quick_gelu);
+  g_assert_cmpint(clip.eos_token_id, ==, 2);
+  int ndims;
+  int64_t shape[ST_MAX_DIMS];
+  float *projection = lcm_model_read_tensor(model, "text_encoder_2", "text_projection.weight",
+                                            &ndims, shape, &error);
+  g_assert_no_error(error);
+  g_assert_cmpint(ndims, ==, 2);
+  g_assert_cmpint(shape[0], ==, 16);
+  g_assert_cmpint(shape[1], ==, 24);
+  g_free(projection);
+  /* tokenizer_2 pads with "!" (id 0) */
+  LcmTokenizer *tokenizer_2 = model_load_tokenizer_2(model, &error);
+  g_assert_no_error(error);
+  int32_t ids[LCM_CLIP_TOKENS];
+  g_assert_cmpint(lcm_tokenizer_encode(tokenizer_2, "wow!", ids), ==, 2);
+  g_assert_cmpint(ids[2], ==, 0);
+  g_assert_cmpint(ids[3], ==, LCM_CLIP_EOS);
+  g_assert_cmpint(ids[4], ==, 0);
+  lcm_tokenizer_free(tokenizer_2);
+  lcm_model_free(model);
+  g_free(folder);
 }
 
 static void test_incomplete_folders(void) {
@@ -852,10 +906,28 @@ static void test_incomplete_folders(void) {
   copy_file("golden/tiny-lcm/unet/diffusion_pytorch_model.safetensors", weights);
   expect_open_error(folder, LCM_ERROR_MISSING, "pipeline/vae", "folder is missing");
 
-  /* SDXL pipelines are named by model_index.json */
+  /* SDXL pipelines are named by model_index.json and need their second
+   * text encoder and tokenizer too */
   g_assert_true(
       g_file_set_contents(index, "{\"_class_name\": \"StableDiffusionXLPipeline\"}", -1, NULL));
-  expect_open_error(folder, LCM_ERROR_UNSUPPORTED, "model_index.json", "Stable Diffusion XL");
+  char *vae = make_dir("pipeline/vae"), *text_encoder = make_dir("pipeline/text_encoder");
+  static const char *const copies[][2] = {
+      {"golden/tiny-lcm/vae/config.json", "pipeline/vae/config.json"},
+      {"golden/tiny-lcm/vae/diffusion_pytorch_model.safetensors",
+       "pipeline/vae/diffusion_pytorch_model.safetensors"},
+      {"golden/tiny-lcm/text_encoder/config.json", "pipeline/text_encoder/config.json"},
+      {"golden/tiny-lcm/text_encoder/model.safetensors", "pipeline/text_encoder/model.safetensors"},
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS(copies); i++) {
+    char *to = tmp_path(copies[i][1]);
+    copy_file(copies[i][0], to);
+    g_free(to);
+  }
+  expect_open_error(folder, LCM_ERROR_MISSING, "pipeline/text_encoder_2", "folder is missing");
+  g_assert_true(
+      g_file_set_contents(index, "{\"_class_name\": \"StableDiffusionPipeline\"}", -1, NULL));
+  g_free(vae);
+  g_free(text_encoder);
 
   /* an SD 2.x UNet folder is refused by its cross-attention width */
   char *sd2_config =
@@ -894,6 +966,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/model/refuse-pickles", test_refuse_pickles);
   g_test_add_func("/model/refuse-sd2", test_refuse_sd2);
   g_test_add_func("/model/incomplete-folders", test_incomplete_folders);
+  g_test_add_func("/model/open-sdxl-text-parts", test_open_sdxl_text_parts);
   int result = g_test_run();
   char *variant = tmp_path("variant-config.json");
   char *vae_config = tmp_path("vae-no-mid-attention.json");
