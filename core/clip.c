@@ -1,10 +1,15 @@
-/* The CLIP text encoder (transformers CLIPTextModel): token + position
- * embeddings, pre-LN transformer layers with causal self-attention, and a
- * final layer norm. The output is last_hidden_state. */
+/* The CLIP text encoder (transformers CLIPTextModel and
+ * CLIPTextModelWithProjection): token + position embeddings, pre-LN
+ * transformer layers with causal self-attention, a final layer norm, and for
+ * the projection model (SDXL's OpenCLIP ViT-bigG) a bias-free
+ * text_projection of the pooled (EOS) token. Outputs are the hidden state
+ * after any layer (clip skip, SDXL's penultimate layer), with or without the
+ * final layer norm, and the pooled vector. */
 #include "model.h"
 #include "ops-internal.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
   Norm *norm1, *norm2;
@@ -19,6 +24,8 @@ struct LcmTextEncoder {
   float *position_embedding; /* [max_positions, hidden] */
   ClipLayer *layers;
   Norm *final_norm;
+  Linear *text_projection; /* CLIPTextModelWithProjection only */
+  int projection_dim;      /* its width; 0 without one */
 };
 
 static void clip_layer_clear(ClipLayer *layer) {
@@ -37,6 +44,7 @@ void lcm_text_encoder_free(LcmTextEncoder *encoder) {
       clip_layer_clear(&encoder->layers[i]);
   g_free(encoder->layers);
   norm_free(encoder->final_norm);
+  linear_free(encoder->text_projection);
   free(encoder->token_embedding);
   g_free(encoder->position_embedding);
   ops_free(encoder->ops);
@@ -108,12 +116,32 @@ static gboolean load_token_embedding(LcmTextEncoder *enc, const Weights *w, GErr
   return enc->token_embedding != NULL;
 }
 
-LcmTextEncoder *lcm_text_encoder_load(LcmModel *model, LcmPrecision precision, GError **error) {
+/* CLIPTextModelWithProjection's text_projection [projection_dim, hidden]. */
+static gboolean load_text_projection(LcmTextEncoder *enc, const Weights *w, GError **error) {
+  const char *name = "text_projection.weight";
+  int ndims;
+  int64_t shape[ST_MAX_DIMS];
+  if (!weights_shape(w, name, &ndims, shape)) return TRUE;
+  if (ndims != 2 || shape[0] <= 0 || shape[0] > G_MAXINT) {
+    char *shape_text = weights_shape_string(ndims, shape);
+    g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE,
+                "%s: text encoder tensor '%s' has shape %s, expected [projection, %d]",
+                weights_path(w), name, shape_text, enc->config.hidden_size);
+    g_free(shape_text);
+    return FALSE;
+  }
+  enc->projection_dim = (int)shape[0];
+  enc->text_projection = linear_load(enc->ops, w, "text_projection", enc->config.hidden_size,
+                                     enc->projection_dim, FALSE, error);
+  return enc->text_projection != NULL;
+}
+
+static LcmTextEncoder *text_encoder_load(LcmModel *model, Component component,
+                                         LcmPrecision precision, GError **error) {
   LcmTextEncoder *enc = g_new0(LcmTextEncoder, 1);
   Weights *w = NULL;
-  gboolean ok = model_clip_config(model, &enc->config, error) &&
-                check_config(&enc->config, error) &&
-                (w = model_weights(model, COMPONENT_TEXT_ENCODER, error)) &&
+  gboolean ok = model_clip_config(model, component, &enc->config, error) &&
+                check_config(&enc->config, error) && (w = model_weights(model, component, error)) &&
                 (enc->ops = ops_new(precision, error)) && load_token_embedding(enc, w, error);
   const ClipConfig *cfg = &enc->config;
   if (ok) {
@@ -128,7 +156,7 @@ LcmTextEncoder *lcm_text_encoder_load(LcmModel *model, LcmPrecision precision, G
   if (ok) {
     enc->final_norm =
         norm_load(enc->ops, w, "text_model.final_layer_norm", cfg->hidden_size, error);
-    ok = enc->final_norm != NULL;
+    ok = enc->final_norm != NULL && load_text_projection(enc, w, error);
   }
   if (!ok) {
     lcm_text_encoder_free(enc);
@@ -138,8 +166,24 @@ LcmTextEncoder *lcm_text_encoder_load(LcmModel *model, LcmPrecision precision, G
   return enc;
 }
 
+LcmTextEncoder *lcm_text_encoder_load(LcmModel *model, LcmPrecision precision, GError **error) {
+  return text_encoder_load(model, COMPONENT_TEXT_ENCODER, precision, error);
+}
+
+LcmTextEncoder *lcm_text_encoder_load_2(LcmModel *model, LcmPrecision precision, GError **error) {
+  return text_encoder_load(model, COMPONENT_TEXT_ENCODER_2, precision, error);
+}
+
 int lcm_text_encoder_hidden_size(const LcmTextEncoder *encoder) {
   return encoder->config.hidden_size;
+}
+
+int lcm_text_encoder_layers(const LcmTextEncoder *encoder) {
+  return encoder->config.num_hidden_layers;
+}
+
+int lcm_text_encoder_pooled_size(const LcmTextEncoder *encoder) {
+  return encoder->text_projection ? encoder->projection_dim : encoder->config.hidden_size;
 }
 
 /* One pre-LN layer; x stays the caller's. */
@@ -194,25 +238,93 @@ static Tensor *embed(LcmTextEncoder *enc, const int32_t *ids, int batch, GError 
   return t;
 }
 
-gboolean lcm_text_encoder_encode(LcmTextEncoder *encoder, const int32_t *ids, int batch,
-                                 float *last_hidden_state, GError **error) {
-  if (batch <= 0) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "text encoder: batch must be positive, got %d",
-                batch);
-    return FALSE;
-  }
-  Tensor *x = embed(encoder, ids, batch, error);
-  for (int i = 0; x && i < encoder->config.num_hidden_layers; i++) {
-    Tensor *next = clip_layer_forward(encoder, &encoder->layers[i], x, error);
-    tensor_free(x);
-    x = next;
-  }
+/* x as fp32 rows, through the final layer norm when `normed`. */
+static gboolean hidden_to_rows(LcmTextEncoder *enc, const Tensor *x, gboolean normed, float *rows,
+                               GError **error) {
   Tensor *out =
-      x ? layer_norm(encoder->ops, encoder->final_norm, x, encoder->config.layer_norm_eps, error)
-        : NULL;
-  tensor_free(x);
-  if (!out) return FALSE;
-  tensor_to_rows(out, last_hidden_state);
+      normed ? layer_norm(enc->ops, enc->final_norm, x, enc->config.layer_norm_eps, error) : NULL;
+  if (normed && !out) return FALSE;
+  tensor_to_rows(out ? out : x, rows);
   tensor_free(out);
   return TRUE;
+}
+
+/* The position transformers pools at: argmax(ids) for the legacy
+ * eos_token_id 2 (the first EOS unless the text held "<|endoftext|>"), else
+ * the first eos_token_id (0 when there is none, as argmax of all-false). */
+static int pooled_position(const ClipConfig *cfg, const int32_t *ids) {
+  int best = 0;
+  for (int t = 0; t < LCM_CLIP_TOKENS; t++) {
+    if (cfg->eos_token_id == 2 ? ids[t] > ids[best] : ids[t] == cfg->eos_token_id) {
+      best = t;
+      if (cfg->eos_token_id != 2) break;
+    }
+  }
+  return best;
+}
+
+/* final_layer_norm(x) at each sequence's pooled position, projected when
+ * the model has a text_projection: batch x pooled_size into `pooled`. */
+static gboolean pool(LcmTextEncoder *enc, const Tensor *x, const int32_t *ids, int batch,
+                     float *pooled, GError **error) {
+  const int hidden = enc->config.hidden_size;
+  float *rows = g_try_new(float, (size_t)batch *LCM_CLIP_TOKENS *hidden);
+  float *picked = g_try_new(float, (size_t)batch *hidden);
+  gboolean ok = rows && picked;
+  if (!ok) g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "text encoder: out of memory");
+  ok = ok && hidden_to_rows(enc, x, TRUE, rows, error);
+  for (int b = 0; ok && b < batch; b++) {
+    const int t = pooled_position(&enc->config, ids + (size_t)b * LCM_CLIP_TOKENS);
+    memcpy(picked + (size_t)b * hidden, rows + ((size_t)b * LCM_CLIP_TOKENS + t) * hidden,
+           sizeof(float) * hidden);
+  }
+  g_free(rows);
+  if (ok && !enc->text_projection) memcpy(pooled, picked, sizeof(float) * batch * hidden);
+  if (ok && enc->text_projection) {
+    Tensor *in = tensor_from_rows(enc->ops, picked, batch, 1, hidden);
+    Tensor *projected =
+        in ? linear(enc->ops, enc->text_projection, in, NULL, ACT_NONE, error) : NULL;
+    if (!in) g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "text encoder: out of memory");
+    if (projected) tensor_to_rows(projected, pooled);
+    ok = projected != NULL;
+    tensor_free(in);
+    tensor_free(projected);
+  }
+  g_free(picked);
+  return ok;
+}
+
+gboolean lcm_text_encoder_run(LcmTextEncoder *encoder, const int32_t *ids, int batch,
+                              const LcmTextEncoderOutputs *outputs, GError **error) {
+  const int layers = encoder->config.num_hidden_layers;
+  if (batch <= 0)
+    return lcm_error_invalid(error, "text encoder: batch must be positive, got %d", batch);
+  if (outputs->skip < 0 || outputs->skip > layers)
+    return lcm_error_invalid(error, "text encoder: cannot skip %d layers; it has %d (skip 0 to %d)",
+                             outputs->skip, layers, layers);
+  /* hidden_states[k] is the output of k layers, hidden_states[0] the
+   * embeddings; the pooled vector needs them all */
+  const int wanted = layers - outputs->skip;
+  const int last = outputs->pooled ? layers : wanted;
+  Tensor *x = embed(encoder, ids, batch, error);
+  gboolean ok = x != NULL;
+  for (int k = 0; ok; k++) {
+    if (k == wanted && outputs->hidden)
+      ok = hidden_to_rows(encoder, x, outputs->final_layer_norm, outputs->hidden, error);
+    if (!ok || k == last) break;
+    Tensor *next = clip_layer_forward(encoder, &encoder->layers[k], x, error);
+    tensor_free(x);
+    x = next;
+    ok = x != NULL;
+  }
+  ok = ok && (!outputs->pooled || pool(encoder, x, ids, batch, outputs->pooled, error));
+  tensor_free(x);
+  return ok;
+}
+
+gboolean lcm_text_encoder_encode(LcmTextEncoder *encoder, const int32_t *ids, int batch,
+                                 float *last_hidden_state, GError **error) {
+  const LcmTextEncoderOutputs outputs = {
+      .skip = 0, .final_layer_norm = TRUE, .hidden = last_hidden_state};
+  return lcm_text_encoder_run(encoder, ids, batch, &outputs, error);
 }

@@ -231,6 +231,7 @@ static gboolean clip_config_parse(ConfigFile *config, ClipConfig *out, GError **
       !config_int(config, "num_hidden_layers", 12, 1, &out->num_hidden_layers, error) ||
       !config_int(config, "num_attention_heads", 8, 1, &out->num_attention_heads, error) ||
       !config_int(config, "max_position_embeddings", 77, 1, &out->max_position_embeddings, error) ||
+      !config_int(config, "eos_token_id", LCM_CLIP_EOS, 0, &out->eos_token_id, error) ||
       !config_float(config, "layer_norm_eps", 1e-5f, &out->layer_norm_eps, error))
     return FALSE;
   const char *act = config_string(config, "hidden_act");
@@ -252,24 +253,129 @@ static gboolean clip_config_parse(ConfigFile *config, ClipConfig *out, GError **
   return TRUE;
 }
 
-static gboolean unet_config_parse(const ConfigFile *config, UNetConfig *out, GError **error) {
-  memset(out, 0, sizeof *out);
-  if (!config_expect_class(config, "UNet2DConditionModel", error)) return FALSE;
+/* One depth entry: an integer for every attention of the block, or a list
+ * of `count` integers, one per attention. */
+static gboolean depth_entry(JsonNode *node, int count, int *depths) {
+  if (node_is_int(node)) {
+    if (!size_in_range(json_node_get_int(node), 1)) return FALSE;
+    for (int j = 0; j < count; j++) depths[j] = (int)json_node_get_int(node);
+    return TRUE;
+  }
+  if (!JSON_NODE_HOLDS_ARRAY(node)) return FALSE;
+  JsonArray *array = json_node_get_array(node);
+  if (json_array_get_length(array) != (guint)count) return FALSE;
+  for (int j = 0; j < count; j++) {
+    JsonNode *element = json_array_get_element(array, (guint)j);
+    if (!node_is_int(element) || !size_in_range(json_node_get_int(element), 1)) return FALSE;
+    depths[j] = (int)json_node_get_int(element);
+  }
+  return TRUE;
+}
+
+/* transformer_layers_per_block: absent (1), an integer, or a list with one
+ * entry per down block (an integer or a per-attention list). The up path
+ * mirrors it unless reverse_transformer_layers_per_block (SSD-1B) gives one
+ * per-attention list per up block; the mid block takes the last entry. */
+static gboolean unet_config_depths(const ConfigFile *config, UNetConfig *out, GError **error) {
+  int n = out->n_blocks, layers = out->layers_per_block;
+  const char *key = "transformer_layers_per_block";
+  JsonNode *node = config_member(config, key);
+  JsonArray *list = node && JSON_NODE_HOLDS_ARRAY(node) ? json_node_get_array(node) : NULL;
+  gboolean ok = !node || node_is_int(node) || (list && json_array_get_length(list) == (guint)n);
+  for (int i = 0; ok && i < n; i++) {
+    JsonNode *entry = list ? json_array_get_element(list, (guint)i) : node;
+    if (entry)
+      ok = depth_entry(entry, layers, out->down_depth[i]);
+    else
+      for (int j = 0; j < layers; j++) out->down_depth[i][j] = 1;
+  }
+  if (!ok) {
+    char *expected = g_strdup_printf(
+        "an integer or a list of %d (one per down block), each an integer or a list of %d", n,
+        layers);
+    config_fail(config, key, expected, error);
+    g_free(expected);
+    return FALSE;
+  }
+  out->mid_depth = out->down_depth[n - 1][0];
+
+  const char *reverse_key = "reverse_transformer_layers_per_block";
+  JsonNode *reverse = config_member(config, reverse_key);
+  JsonArray *reverse_list =
+      reverse && JSON_NODE_HOLDS_ARRAY(reverse) ? json_node_get_array(reverse) : NULL;
+  ok = !reverse || (reverse_list && json_array_get_length(reverse_list) == (guint)n);
+  for (int i = 0; ok && i < n; i++) {
+    if (reverse_list) {
+      JsonNode *entry = json_array_get_element(reverse_list, (guint)i);
+      ok = JSON_NODE_HOLDS_ARRAY(entry) && depth_entry(entry, layers + 1, out->up_depth[i]);
+    } else {
+      /* diffusers repeats a mirrored down entry only when it is an integer */
+      JsonNode *entry = list ? json_array_get_element(list, (guint)(n - 1 - i)) : NULL;
+      if (entry && !node_is_int(entry)) {
+        g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                    "%s: '%s' has per-attention lists, so '%s' must give the up blocks' depths",
+                    config->path, key, reverse_key);
+        return FALSE;
+      }
+      for (int j = 0; j <= layers; j++) out->up_depth[i][j] = out->down_depth[n - 1 - i][0];
+    }
+  }
+  if (!ok) {
+    char *expected =
+        g_strdup_printf("a list of %d lists (one per up block) of %d integers", n, layers + 1);
+    config_fail(config, reverse_key, expected, error);
+    g_free(expected);
+    return FALSE;
+  }
+  /* blocks without attention have depth 0, as inferred from shapes */
+  for (int i = 0; i < n; i++) {
+    if (!out->down_cross_attn[i]) memset(out->down_depth[i], 0, sizeof out->down_depth[i]);
+    if (!out->up_cross_attn[i]) memset(out->up_depth[i], 0, sizeof out->up_depth[i]);
+  }
+  if (!out->mid_cross_attn) out->mid_depth = 0;
+  return TRUE;
+}
+
+/* addition_embed_type: none (SD1.5) or "text_time" (SDXL), whose sizes
+ * must then be given. */
+static gboolean unet_config_addition(const ConfigFile *config, UNetConfig *out, GError **error) {
   const char *addition = config_string(config, "addition_embed_type");
-  if (addition) {
+  if (!addition) return TRUE;
+  if (strcmp(addition, "text_time") != 0) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                "%s: addition_embed_type '%s' is a Stable Diffusion XL feature; only SD 1.5-family "
-                "UNets are supported",
+                "%s: addition_embed_type '%s' is not supported (only SDXL's text_time)",
                 config->path, addition);
     return FALSE;
   }
+  if (!config_int(config, "addition_time_embed_dim", 0, 1, &out->addition_time_embed_dim, error) ||
+      !config_int(config, "projection_class_embeddings_input_dim", 0, 1,
+                  &out->projection_class_embeddings_input_dim, error))
+    return FALSE;
+  if (out->addition_time_embed_dim == 0 ||
+      out->projection_class_embeddings_input_dim <= LCM_TIME_IDS * out->addition_time_embed_dim) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                "%s: addition_embed_type text_time needs addition_time_embed_dim and a larger "
+                "projection_class_embeddings_input_dim (the pooled text width + %d x the former)",
+                config->path, LCM_TIME_IDS);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean unet_config_parse(const ConfigFile *config, UNetConfig *out, GError **error) {
+  memset(out, 0, sizeof *out);
+  if (!config_expect_class(config, "UNet2DConditionModel", error)) return FALSE;
   if (config_member(config, "class_embed_type")) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
                 "%s: class-conditioned UNets (class_embed_type) are not supported", config->path);
     return FALSE;
   }
-  if (!config_expect_string(config, "mid_block_type", "UNetMidBlock2DCrossAttn", error) ||
-      !config_expect_string(config, "time_embedding_type", "positional", error) ||
+  const char *mid_type = config_string(config, "mid_block_type");
+  out->mid_cross_attn = !mid_type || strcmp(mid_type, "UNetMidBlock2DCrossAttn") == 0;
+  if (!out->mid_cross_attn &&
+      !config_expect_string(config, "mid_block_type", "UNetMidBlock2D", error))
+    return FALSE;
+  if (!config_expect_string(config, "time_embedding_type", "positional", error) ||
       !config_int_list(config, "block_out_channels", out->block_out_channels, &out->n_blocks,
                        error) ||
       !config_block_types(config, "down_block_types", out->n_blocks, "CrossAttnDownBlock2D",
@@ -279,8 +385,6 @@ static gboolean unet_config_parse(const ConfigFile *config, UNetConfig *out, GEr
       !config_int(config, "in_channels", 4, 1, &out->in_channels, error) ||
       !config_int(config, "out_channels", 4, 1, &out->out_channels, error) ||
       !config_int(config, "layers_per_block", 2, 1, &out->layers_per_block, error) ||
-      !config_int(config, "transformer_layers_per_block", 1, 1, &out->transformer_layers_per_block,
-                  error) ||
       !config_int(config, "cross_attention_dim", 1280, 1, &out->cross_attention_dim, error) ||
       !config_int(config, "norm_num_groups", 32, 1, &out->norm_num_groups, error) ||
       !config_float(config, "norm_eps", 1e-5f, &out->norm_eps, error) ||
@@ -288,8 +392,16 @@ static gboolean unet_config_parse(const ConfigFile *config, UNetConfig *out, GEr
       !config_bool(config, "use_linear_projection", FALSE, &out->use_linear_projection, error) ||
       !config_bool(config, "flip_sin_to_cos", TRUE, &out->flip_sin_to_cos, error) ||
       !config_float(config, "freq_shift", 0.0f, &out->freq_shift, error) ||
-      !config_int(config, "sample_size", 64, 1, &out->sample_size, error))
+      !config_int(config, "sample_size", 64, 1, &out->sample_size, error) ||
+      !unet_config_addition(config, out, error))
     return FALSE;
+  if (out->layers_per_block > CONFIG_MAX_LAYERS) {
+    char *expected = g_strdup_printf("at most %d", CONFIG_MAX_LAYERS);
+    config_fail(config, "layers_per_block", expected, error);
+    g_free(expected);
+    return FALSE;
+  }
+  if (!unet_config_depths(config, out, error)) return FALSE;
   /* diffusers' historic misnomer: in SD1.5 configs attention_head_dim is the
    * number of heads; num_attention_heads, when set, is the real thing. */
   const char *heads_key =
@@ -420,39 +532,94 @@ static gboolean infer_levels(const Weights *w, const char *blocks, int *channels
   return ok;
 }
 
-/* Cross-attention width, transformer depth and projection kind from one
- * transformer (`prefix` = "...attentions.0"). */
+/* Transformer depth of the attention module `prefix` ("...attentions.j"),
+ * 0 when the block has none. */
+static int transformer_depth(const Weights *w, const char *prefix) {
+  char *blocks = g_strconcat(prefix, ".transformer_blocks", NULL);
+  int depth = count_indexed(w, blocks, "attn1.to_q.weight");
+  g_free(blocks);
+  return depth;
+}
+
+/* Cross-attention width and projection kind from one transformer
+ * (`prefix` = "...attentions.0"). */
 static gboolean infer_transformer(const Weights *w, const char *prefix, UNetConfig *out,
                                   GError **error) {
   char *to_k = g_strconcat(prefix, ".transformer_blocks.0.attn2.to_k.weight", NULL);
   char *proj_in = g_strconcat(prefix, ".proj_in.weight", NULL);
-  char *blocks = g_strconcat(prefix, ".transformer_blocks", NULL);
   int ndims;
   int64_t shape[ST_MAX_DIMS];
   gboolean ok = shape_dim(w, to_k, 1, &out->cross_attention_dim, error) &&
                 shape_of(w, proj_in, &ndims, shape, error);
-  if (ok) {
-    out->use_linear_projection = ndims == 2; /* Linear, else 1x1 conv */
-    out->transformer_layers_per_block = count_indexed(w, blocks, "attn1.to_q.weight");
-  }
+  if (ok) out->use_linear_projection = ndims == 2; /* Linear, else 1x1 conv */
   g_free(to_k);
   g_free(proj_in);
-  g_free(blocks);
   return ok;
+}
+
+/* Every attention module's depth, and the widths of one of them. */
+static gboolean infer_attentions(const Weights *w, UNetConfig *out, GError **error) {
+  char prefix[128], first[128] = "";
+  out->mid_depth = transformer_depth(w, "mid_block.attentions.0");
+  out->mid_cross_attn = out->mid_depth > 0;
+  if (out->mid_cross_attn) g_strlcpy(first, "mid_block.attentions.0", sizeof first);
+  for (int i = 0; i < out->n_blocks; i++) {
+    for (int j = 0; j <= out->layers_per_block; j++) {
+      if (j < out->layers_per_block) {
+        g_snprintf(prefix, sizeof prefix, "down_blocks.%d.attentions.%d", i, j);
+        out->down_depth[i][j] = transformer_depth(w, prefix);
+        if (!first[0] && out->down_depth[i][j]) g_strlcpy(first, prefix, sizeof first);
+      }
+      g_snprintf(prefix, sizeof prefix, "up_blocks.%d.attentions.%d", i, j);
+      out->up_depth[i][j] = transformer_depth(w, prefix);
+    }
+    out->down_cross_attn[i] = out->down_depth[i][0] > 0;
+    out->up_cross_attn[i] = out->up_depth[i][0] > 0;
+  }
+  if (!first[0]) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
+                "%s: the UNet has no attention modules, so its text width cannot be inferred",
+                weights_path(w));
+    return FALSE;
+  }
+  return infer_transformer(w, first, out, error);
+}
+
+/* SDXL's added conditioning: add_embedding's input width; the time-id
+ * sinusoid width is SDXL's 256 (shapes alone cannot split the width). */
+static gboolean infer_addition(const Weights *w, UNetConfig *out, GError **error) {
+  const char *linear_1 = "add_embedding.linear_1.weight";
+  if (!weights_contains(w, linear_1)) return TRUE;
+  if (!shape_dim(w, linear_1, 1, &out->projection_class_embeddings_input_dim, error)) return FALSE;
+  out->addition_time_embed_dim = 256;
+  if (out->projection_class_embeddings_input_dim <= LCM_TIME_IDS * out->addition_time_embed_dim) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+                "%s: add_embedding takes %d values, too few for SDXL's size conditioning "
+                "(%d x 256 + the pooled text width); pass the UNet's diffusers config.json",
+                weights_path(w), out->projection_class_embeddings_input_dim, LCM_TIME_IDS);
+    return FALSE;
+  }
+  return TRUE;
 }
 
 gboolean unet_config_infer(const Weights *w, UNetConfig *out, GError **error) {
   memset(out, 0, sizeof *out);
   if (!shape_dim(w, "conv_in.weight", 1, &out->in_channels, error) ||
       !shape_dim(w, "conv_out.weight", 0, &out->out_channels, error) ||
-      !infer_levels(w, "down_blocks", out->block_out_channels, &out->n_blocks, error) ||
-      !infer_transformer(w, "mid_block.attentions.0", out, error))
+      !infer_levels(w, "down_blocks", out->block_out_channels, &out->n_blocks, error))
     return FALSE;
   out->layers_per_block = count_indexed(w, "down_blocks.0.resnets", "conv1.weight");
+  if (out->layers_per_block < 1 || out->layers_per_block > CONFIG_MAX_LAYERS) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+                "%s: the UNet has %d resnets per level (1 to %d are supported)", weights_path(w),
+                out->layers_per_block, CONFIG_MAX_LAYERS);
+    return FALSE;
+  }
+  if (!infer_attentions(w, out, error) || !infer_addition(w, out, error)) return FALSE;
   for (int i = 0; i < out->n_blocks; i++) {
-    out->down_cross_attn[i] = has_tensor(w, "down_blocks.%d.attentions.0.proj_in.weight", i);
-    out->up_cross_attn[i] = has_tensor(w, "up_blocks.%d.attentions.0.proj_in.weight", i);
-    out->heads[i] = 8; /* every SD1.5-family UNet; shapes cannot tell */
+    /* SD1.5-family UNets have 8 heads per level, SDXL's are 64 wide; shapes
+     * cannot tell the head count */
+    out->heads[i] = out->addition_time_embed_dim ? MAX(out->block_out_channels[i] / 64, 1) : 8;
   }
   out->time_cond_proj_dim = 0;
   if (weights_contains(w, "time_embedding.cond_proj.weight") &&
@@ -462,7 +629,7 @@ gboolean unet_config_infer(const Weights *w, UNetConfig *out, GError **error) {
   out->norm_eps = 1e-5f;
   out->flip_sin_to_cos = TRUE;
   out->freq_shift = 0.0f;
-  out->sample_size = 64;
+  out->sample_size = out->addition_time_embed_dim ? 128 : 64;
   return TRUE;
 }
 
@@ -494,7 +661,10 @@ gboolean clip_config_infer(const Weights *w, ClipConfig *out, GError **error) {
     return FALSE;
   out->num_hidden_layers = count_indexed(w, "text_model.encoder.layers", "self_attn.q_proj.weight");
   out->layer_norm_eps = 1e-5f;
-  out->quick_gelu = TRUE; /* OpenAI CLIP ViT-L/14, the SD1.5 text encoder */
+  /* OpenAI CLIP ViT-L/14 (SD1.5, SDXL's first encoder) uses quick_gelu; the
+   * one with a projection is SDXL's OpenCLIP ViT-bigG, with exact gelu */
+  out->quick_gelu = !weights_contains(w, "text_projection.weight");
+  out->eos_token_id = 2; /* as the configs shipped with SD and SDXL say */
   /* CLIP's heads are 64 wide; other widths need the real config */
   if (out->hidden_size % 64 != 0) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,

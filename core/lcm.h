@@ -53,11 +53,20 @@ typedef struct LcmTokenizer LcmTokenizer;
 
 LcmTokenizer *lcm_tokenizer_new(const char *vocab_json_path, const char *merges_txt_path,
                                 GError **error);
+/* A tokenizer folder: vocab.json, merges.txt and the pad token named by
+ * special_tokens_map.json or tokenizer_config.json (EOS when neither names
+ * one; SDXL's tokenizer_2 pads with "!"). */
+LcmTokenizer *lcm_tokenizer_new_from_folder(const char *dir, GError **error);
+/* Makes `pad_text` (a vocabulary entry) the pad token; one other than EOS
+ * becomes a special token, as lcm_tokenizer_encode says. */
+gboolean lcm_tokenizer_set_pad_token(LcmTokenizer *tokenizer, const char *pad_text, GError **error);
 /* The CLIP vocabulary shipped in the project's data folder. */
 LcmTokenizer *lcm_tokenizer_new_default(GError **error);
 void lcm_tokenizer_free(LcmTokenizer *tokenizer);
-/* Fills ids[LCM_CLIP_TOKENS]: BOS, up to 75 tokens, EOS, padded with EOS.
- * Returns the number of BPE tokens before truncation. */
+/* Fills ids[LCM_CLIP_TOKENS]: BOS, up to 75 tokens, EOS, then the pad
+ * token. A pad token other than EOS is special, as in HF: each occurrence
+ * of its text in `text` is cut out as that id (SDXL's tokenizer_2 turns
+ * every "!" into id 0). Returns the number of tokens before truncation. */
 int lcm_tokenizer_encode(const LcmTokenizer *tokenizer, const char *text,
                          int32_t ids[LCM_CLIP_TOKENS]);
 
@@ -78,18 +87,33 @@ char *lcm_find_data_file(const char *relative);
 /* Where each part of a model lives. Any field may be NULL when the part is
  * not needed. A single-file checkpoint provides unet, vae and text encoder. */
 typedef struct {
-  const char *unet;         /* diffusers folder: config.json + weights */
-  const char *unet_weights; /* a non-default weight file inside it (e.g. .fp16) */
-  const char *vae;          /* diffusers folder */
-  const char *text_encoder; /* diffusers folder */
-  const char *tokenizer;    /* folder with vocab.json + merges.txt */
-  const char *scheduler;    /* folder with scheduler_config.json */
-  const char *checkpoint;   /* A1111 / civitai single-file .safetensors */
+  const char *unet;           /* diffusers folder: config.json + weights */
+  const char *unet_weights;   /* a non-default weight file inside it (e.g. .fp16) */
+  const char *vae;            /* diffusers folder */
+  const char *text_encoder;   /* diffusers folder */
+  const char *text_encoder_2; /* SDXL's second text encoder (diffusers folder) */
+  const char *tokenizer;      /* folder with vocab.json + merges.txt */
+  const char *tokenizer_2;    /* SDXL's second tokenizer */
+  const char *scheduler;      /* folder with scheduler_config.json */
+  const char *checkpoint;     /* A1111 / civitai single-file .safetensors */
   /* A text-encoder config.json to use instead of the one inferred from a
    * checkpoint's shapes (only needed for CLIP variants whose head count does
    * not follow from the width). */
   const char *text_encoder_config;
+  const char *text_encoder_2_config; /* the same for the second text encoder */
+  /* A diffusers UNet config.json to use instead of the one inferred from a
+   * checkpoint's shapes (needed where the head count or SDXL's time-id width
+   * do not follow SD1.5's or SDXL's, e.g. tiny test models). */
+  const char *unet_config;
 } LcmModelParts;
+
+/* SD1.5 (one CLIP text encoder, 768-wide context) or SDXL (CLIP + OpenCLIP
+ * text encoders, their penultimate states concatenated, and a pooled text
+ * embedding for the UNet's added conditioning), SSD-1B included. */
+typedef enum {
+  LCM_FAMILY_SD15,
+  LCM_FAMILY_SDXL,
+} LcmModelFamily;
 
 typedef struct LcmModel LcmModel;
 
@@ -98,30 +122,110 @@ typedef struct LcmModel LcmModel;
 LcmModel *lcm_model_open(const char *path, GError **error);
 LcmModel *lcm_model_open_parts(const LcmModelParts *parts, GError **error);
 void lcm_model_free(LcmModel *model);
+/* SDXL for a diffusers folder with an "XL" pipeline class, a checkpoint
+ * with SGM conditioner keys, or parts with a second text encoder. */
+LcmModelFamily lcm_model_family(const LcmModel *model);
 /* A short human-readable description ("diffusers folder X", ...). */
 const char *lcm_model_describe(const LcmModel *model);
 /* A network's tensor by its diffusers name, as the networks load it (fp32,
- * whatever the file layout). network: "unet", "vae" or "text_encoder".
+ * whatever the file layout). network: "unet", "vae", "text_encoder" or
+ * "text_encoder_2".
  * shape has room for 8 dims. g_free the result. */
 float *lcm_model_read_tensor(LcmModel *model, const char *network, const char *name, int *ndims,
                              int64_t *shape, GError **error);
 /* The model's tokenizer: its own vocabulary, or the bundled CLIP one. */
 LcmTokenizer *lcm_model_load_tokenizer(LcmModel *model, GError **error);
 
-/* ---- Text encoder (transformers CLIPTextModel) --------------------------- */
+/* ---- Text encoder (transformers CLIPTextModel / ...WithProjection) ------- */
 
 typedef struct LcmTextEncoder LcmTextEncoder;
 
+/* The model's (first) text encoder: SD1.5's, or SDXL's CLIP ViT-L. */
 LcmTextEncoder *lcm_text_encoder_load(LcmModel *model, LcmPrecision precision, GError **error);
+/* SDXL's second text encoder (OpenCLIP ViT-bigG, with a text_projection). */
+LcmTextEncoder *lcm_text_encoder_load_2(LcmModel *model, LcmPrecision precision, GError **error);
 void lcm_text_encoder_free(LcmTextEncoder *encoder);
 int lcm_text_encoder_hidden_size(const LcmTextEncoder *encoder);
-/* ids: batch x LCM_CLIP_TOKENS. last_hidden_state: batch x 77 x hidden, fp32. */
+int lcm_text_encoder_layers(const LcmTextEncoder *encoder);
+/* Width of the pooled output: the projection's, else the hidden size. */
+int lcm_text_encoder_pooled_size(const LcmTextEncoder *encoder);
+
+/* What lcm_text_encoder_run writes. */
+typedef struct {
+  /* hidden = hidden_states[-(1 + skip)]: 0 is the last layer's output, 1
+   * the penultimate's (SDXL), up to the layer count (the embeddings). */
+  int skip;
+  gboolean final_layer_norm; /* through final_layer_norm (SD1.5, clip skip) */
+  float *hidden;             /* batch x 77 x hidden_size, or NULL */
+  /* batch x pooled_size, or NULL: final_layer_norm of the last layer at
+   * each sequence's EOS (transformers' rule), through text_projection when
+   * the encoder has one (SDXL's text_embeds). */
+  float *pooled;
+} LcmTextEncoderOutputs;
+
+/* ids: batch x LCM_CLIP_TOKENS; no attention mask (causal only). */
+gboolean lcm_text_encoder_run(LcmTextEncoder *encoder, const int32_t *ids, int batch,
+                              const LcmTextEncoderOutputs *outputs, GError **error);
+/* last_hidden_state: batch x 77 x hidden, fp32 (skip 0, final layer norm). */
 gboolean lcm_text_encoder_encode(LcmTextEncoder *encoder, const int32_t *ids, int batch,
                                  float *last_hidden_state, GError **error);
 
-/* ---- UNet (diffusers UNet2DConditionModel, SD1.5 family) ------------------ */
+/* ---- Prompt encoding (diffusers' encode_prompt, SD1.5 and SDXL) ----------- */
+
+/* The tokenizer(s) and text encoder(s) of a model, turning prompts into the
+ * UNet's text conditioning:
+ *   context: 77 x context_dim floats, the UNet's encoder_hidden_states.
+ *     SD1.5: the CLIP encoder's last layer through its final layer norm
+ *     (768 wide). SDXL: the penultimate layers of both encoders, without
+ *     final layer norm, concatenated TE1 first (768 + 1280 = 2048 wide).
+ *   pooled: pooled_dim floats, SDXL's text_embeds (TE2's projected EOS
+ *     vector, 1280 wide) for the UNet's added conditioning; SD1.5 has none
+ *     (pooled_dim 0, pass NULL).
+ *   clip_skip: 0 = the default above; N takes the hidden state N layers
+ *     earlier (SD1.5: then through the final layer norm, as
+ *     StableDiffusionPipeline's clip_skip; SDXL: from both encoders).
+ *   prompt_2: SDXL's prompt for TE2 (NULL = prompt); SD1.5 ignores it. */
+typedef struct LcmPromptEncoder LcmPromptEncoder;
+
+LcmPromptEncoder *lcm_prompt_encoder_new(LcmModel *model, LcmPrecision precision, GError **error);
+void lcm_prompt_encoder_free(LcmPromptEncoder *encoder);
+LcmModelFamily lcm_prompt_encoder_family(const LcmPromptEncoder *encoder);
+int lcm_prompt_encoder_context_dim(const LcmPromptEncoder *encoder);
+int lcm_prompt_encoder_pooled_dim(const LcmPromptEncoder *encoder);
+/* The largest clip_skip the encoders allow. */
+int lcm_prompt_encoder_max_clip_skip(const LcmPromptEncoder *encoder);
+/* One prompt: context (77 x context_dim) and pooled (pooled_dim or NULL). */
+gboolean lcm_prompt_encoder_encode(LcmPromptEncoder *encoder, const char *prompt,
+                                   const char *prompt_2, int clip_skip, float *context,
+                                   float *pooled, GError **error);
+/* The same from token ids (batch x 77 each; ids_2 from the second
+ * tokenizer, NULL for SD1.5): batch x 77 x context_dim, batch x pooled_dim. */
+gboolean lcm_prompt_encoder_encode_ids(LcmPromptEncoder *encoder, const int32_t *ids,
+                                       const int32_t *ids_2, int batch, int clip_skip,
+                                       float *context, float *pooled, GError **error);
+/* Whether a classifier-free-guidance run with this negative prompt uses
+ * all-zero uncond embeddings instead of encoding it: SDXL with no negative
+ * prompt (NULL) when the model has force_zeros_for_empty_prompt (SDXL's
+ * default). A NULL negative prompt otherwise means "". */
+gboolean lcm_prompt_encoder_negative_is_zero(const LcmPromptEncoder *encoder,
+                                             const char *negative_prompt);
+/* A classifier-free-guidance batch, uncond first as diffusers orders it:
+ * context 2 x 77 x context_dim, pooled 2 x pooled_dim (or NULL for SD1.5).
+ * The negative half: zeros (see above), or negative_prompt (NULL = "") and
+ * negative_prompt_2 (NULL = negative_prompt) without clip skip, as in
+ * diffusers. */
+gboolean lcm_prompt_encoder_encode_cfg(LcmPromptEncoder *encoder, const char *prompt,
+                                       const char *prompt_2, const char *negative_prompt,
+                                       const char *negative_prompt_2, int clip_skip, float *context,
+                                       float *pooled, GError **error);
+
+/* ---- UNet (diffusers UNet2DConditionModel, SD1.5 and SDXL families) ---------- */
 
 typedef struct LcmUNet LcmUNet;
+
+/* SDXL's size conditioning per image: original size (height, width), crop
+ * top-left (top, left), target size (height, width), in pixels. */
+#define LCM_TIME_IDS 6
 
 LcmUNet *lcm_unet_load(LcmModel *model, LcmPrecision precision, GError **error);
 void lcm_unet_free(LcmUNet *unet);
@@ -129,14 +233,52 @@ int lcm_unet_in_channels(const LcmUNet *unet); /* 4, or 9 for inpainting */
 int lcm_unet_out_channels(const LcmUNet *unet);
 int lcm_unet_time_cond_proj_dim(const LcmUNet *unet); /* 0 unless an LCM UNet */
 int lcm_unet_cross_attention_dim(const LcmUNet *unet);
+/* Width of the pooled text embedding an SDXL UNet takes with its time ids
+ * (addition_embed_type text_time); 0 for SD1.5-family UNets. */
+int lcm_unet_text_embeds_dim(const LcmUNet *unet);
+
+/* The per-image conditions besides the text context; NULL for those the
+ * UNet does not take. */
+typedef struct {
+  /* batch x time_cond_proj_dim: LCM's guidance embedding; NULL adds none */
+  const float *timestep_cond;
+  /* SDXL (required there): batch x lcm_unet_text_embeds_dim pooled text
+   * embeddings and batch x LCM_TIME_IDS time ids */
+  const float *text_embeds;
+  const float *time_ids;
+} LcmUNetConditions;
+
 /* One evaluation. sample: batch x in_channels x h x w (NCHW, fp32, latent
  * pixels; any h, w); timestep: the DDPM step, the same for the whole batch;
- * context: batch x context_tokens x cross_attention_dim; timestep_cond:
- * batch x time_cond_proj_dim or NULL (then no guidance embedding is added).
- * out: batch x out_channels x h x w. */
+ * context: batch x context_tokens x cross_attention_dim; conditions may be
+ * NULL for an SD1.5-family UNet. out: batch x out_channels x h x w. */
+gboolean lcm_unet_run_conditioned(LcmUNet *unet, const float *sample, int batch, int h, int w,
+                                  float timestep, const float *context, int context_tokens,
+                                  const LcmUNetConditions *conditions, float *out, GError **error);
+/* The same with only a guidance embedding (timestep_cond: batch x
+ * time_cond_proj_dim or NULL): the SD1.5-family call. */
 gboolean lcm_unet_run(LcmUNet *unet, const float *sample, int batch, int h, int w, float timestep,
                       const float *context, int context_tokens, const float *timestep_cond,
                       float *out, GError **error);
+
+/* The vectors a UNet conditions its resnets on, for tests and debugging
+ * (diffusers' names). Each array holds batch rows of its *_dim floats. */
+typedef struct {
+  int time_proj_dim, emb_dim, add_time_proj_dim, add_embeds_dim;
+  float *time_proj;      /* sinusoid of the timestep */
+  float *time_embedding; /* time_embedding(time_proj [+ cond_proj(timestep_cond)]) */
+  float *add_time_proj;  /* SDXL: sinusoids of the time ids, LCM_TIME_IDS per row */
+  float *add_embeds;     /* SDXL: text_embeds, then add_time_proj */
+  float *add_embedding;  /* SDXL: add_embedding(add_embeds) */
+  float *emb;            /* time_embedding [+ add_embedding]: each resnet's input, before SiLU */
+} LcmUNetEmbeddings;
+
+/* Fills *out (SD1.5: add_* NULL and 0 wide) for per-image timesteps[batch];
+ * free it with lcm_unet_embeddings_clear. */
+gboolean lcm_unet_embeddings(LcmUNet *unet, int batch, const float *timesteps,
+                             const LcmUNetConditions *conditions, LcmUNetEmbeddings *out,
+                             GError **error);
+void lcm_unet_embeddings_clear(LcmUNetEmbeddings *embeddings);
 /* Query-block size of chunked attention (0 = built-in); tests split small
  * cases into several chunks with it. */
 void lcm_unet_set_attention_chunk(LcmUNet *unet, int rows);
@@ -415,13 +557,13 @@ char *lcm_find_taesd(const char *model_path);
  * fails with LCM_ERROR_INVALID. Several LoRAs merge in the order added, each
  * with its own scale (e.g. LCM-LoRA at 1.0, then a style LoRA at 0.8).
  * Reads kohya keys (lora_unet_* / lora_te_* with the diffusers or the LDM
- * module path, .lora_down / .lora_up / .alpha) and diffusers / peft keys
- * (unet.* / text_encoder.* with .lora_A / .lora_B or .lora.down / .lora.up;
- * alpha already folded in). The whole file is checked before anything
- * merges: a LoRA for another architecture (SDXL, SD 2.x) and keys that match
- * no tensor of the model fail with LCM_ERROR_UNSUPPORTED (naming the first
- * few), shapes that do not fit with LCM_ERROR_SHAPE. Modules for a network
- * the model lacks (text encoder modules of a UNet-only model) are skipped. */
+ * module path, SDXL's input_blocks / middle_block / output_blocks too, .lora_down / .lora_up /
+ * .alpha) and diffusers / peft keys (unet.* / text_encoder.* with .lora_A / .lora_B or .lora.down /
+ * .lora.up; alpha already folded in). The whole file is checked before anything merges: a LoRA for
+ * another architecture (SDXL on SD1.5 or the reverse, SD 2.x) and keys that match no tensor of the
+ * model fail with LCM_ERROR_UNSUPPORTED (naming the first few), shapes that do not fit with
+ * LCM_ERROR_SHAPE. Modules for a network the model lacks (text encoder modules of a UNet-only
+ * model) are skipped. */
 gboolean lcm_model_add_lora(LcmModel *model, const char *path, float scale, GError **error);
 /* The networks a LoRA file changes: a NULL-terminated list of "unet" and / or
  * "text_encoder" (g_strfreev it); NULL with error when it is no LoRA this

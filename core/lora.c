@@ -382,8 +382,8 @@ StFile *lora_attach(const char *path, float scale, const LoraTargets *targets, G
     char *names = name_list(unmatched);
     g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
                 "%s: none of the LoRA's %u modules matches a tensor of this model (%s): it was "
-                "made for a different architecture (SDXL, SD 2.x, ...); only LoRAs for Stable "
-                "Diffusion 1.5-family models can be merged",
+                "made for a different architecture (SDXL for an SD 1.5 model or the reverse, SD "
+                "2.x, ...); a LoRA merges only into the model family it was trained on",
                 path, considered, names);
     g_free(names);
     ok = FALSE;

@@ -7,8 +7,6 @@
 #include <json-glib/json-glib.h>
 #include <string.h>
 
-#define N_COMPONENTS 3
-
 /* Where one network comes from. */
 typedef struct {
   char *config;     /* diffusers / transformers config.json; NULL: inferred */
@@ -19,8 +17,13 @@ struct LcmModel {
   char *description;
   StFile *checkpoint;
   Part parts[N_COMPONENTS];
-  char *text_encoder_config; /* overrides parts[TEXT_ENCODER].config */
-  char *tokenizer_dir;
+  char *text_encoder_config;   /* overrides parts[TEXT_ENCODER].config */
+  char *text_encoder_2_config; /* overrides parts[TEXT_ENCODER_2].config */
+  char *tokenizer_dir, *tokenizer_2_dir;
+  LcmModelFamily family;
+  /* SDXL pipelines: no negative prompt gives all-zero uncond embeddings
+   * (model_index.json's force_zeros_for_empty_prompt, true by default) */
+  gboolean force_zeros_for_empty_prompt;
   char *scheduler_config;
   GPtrArray *loras; /* StFile* of the merged LoRAs; the Weights point into them */
 };
@@ -44,7 +47,9 @@ void lcm_model_free(LcmModel *model) {
   st_close(model->checkpoint);
   g_free(model->description);
   g_free(model->text_encoder_config);
+  g_free(model->text_encoder_2_config);
   g_free(model->tokenizer_dir);
+  g_free(model->tokenizer_2_dir);
   g_free(model->scheduler_config);
   g_free(model);
 }
@@ -119,7 +124,7 @@ static char *find_weight_file(const char *dir, const char *override, const char 
 
 static gboolean part_open_folder(Part *part, Component component, const char *dir,
                                  const char *weights_override, GError **error) {
-  gboolean text = component == COMPONENT_TEXT_ENCODER;
+  gboolean text = component == COMPONENT_TEXT_ENCODER || component == COMPONENT_TEXT_ENCODER_2;
   char *what = g_strdup_printf("the %s's %s config.json", component_name(component),
                                text ? "transformers" : "diffusers");
   part->config = g_build_filename(dir, "config.json", NULL);
@@ -142,21 +147,26 @@ static const char *find_prefix(const StFile *file, const char *prefix) {
   return NULL;
 }
 
-/* Refuses checkpoints of other model families by their telltale keys. */
-static gboolean check_checkpoint_family(const StFile *file, GError **error) {
+/* The family of a checkpoint by its telltale keys (SDXL: the SGM
+ * conditioner's embedders or the UNet's size conditioning); refuses
+ * others. */
+static gboolean check_checkpoint_family(const StFile *file, LcmModelFamily *family,
+                                        GError **error) {
   static const struct {
     const char *prefix, *family, *part;
   } foreign[] = {
-      {"conditioner.embedders.", "Stable Diffusion XL", "dual text encoders"},
-      {"model.diffusion_model.label_emb.", "Stable Diffusion XL", "size conditioning"},
       {"cond_stage_model.model.", "Stable Diffusion 2.x", "OpenCLIP text encoder"},
   };
+  *family = find_prefix(file, "conditioner.embedders.") ||
+                    find_prefix(file, "model.diffusion_model.label_emb.")
+                ? LCM_FAMILY_SDXL
+                : LCM_FAMILY_SD15;
   for (size_t i = 0; i < G_N_ELEMENTS(foreign); i++) {
     const char *key = find_prefix(file, foreign[i].prefix);
     if (key) {
       g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                  "%s: this is a %s checkpoint (%s, e.g. '%s'); only Stable Diffusion 1.5-family "
-                  "models are supported",
+                  "%s: this is a %s checkpoint (%s, e.g. '%s'); only the Stable Diffusion 1.5 "
+                  "and XL families are supported",
                   st_path(file), foreign[i].family, foreign[i].part, key);
       return FALSE;
     }
@@ -174,20 +184,22 @@ static gboolean check_checkpoint_family(const StFile *file, GError **error) {
   return TRUE;
 }
 
-/* SD 2.x / SDXL UNets are recognisable by their text-embedding width. */
+/* SD 2.x UNets are recognisable by their text-embedding width. */
 static gboolean check_unet_family(LcmModel *model, GError **error) {
   UNetConfig config;
   if (!model_unet_config(model, &config, error)) return FALSE;
   const char *source = model->parts[COMPONENT_UNET].config
                            ? model->parts[COMPONENT_UNET].config
                            : weights_path(model->parts[COMPONENT_UNET].weights);
-  const char *family = config.cross_attention_dim == 1024   ? "Stable Diffusion 2.x"
-                       : config.cross_attention_dim >= 2048 ? "Stable Diffusion XL"
-                                                            : NULL;
+  /* an SDXL-width UNet is fine in an SDXL model (its two text encoders) */
+  const char *family = config.cross_attention_dim == 1024 ? "Stable Diffusion 2.x"
+                       : config.cross_attention_dim >= 2048 && model->family != LCM_FAMILY_SDXL
+                           ? "Stable Diffusion XL"
+                           : NULL;
   if (family) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                "%s: this is a %s UNet (cross-attention width %d); only Stable Diffusion "
-                "1.5-family models (width 768) are supported",
+                "%s: this is a %s UNet (cross-attention width %d) without the model's other "
+                "parts; open its whole pipeline folder or checkpoint (SD 2.x is not supported)",
                 source, family, config.cross_attention_dim);
     return FALSE;
   }
@@ -204,10 +216,11 @@ static gboolean check_unet_family(LcmModel *model, GError **error) {
 static gboolean open_checkpoint(LcmModel *model, const char *path, GError **error) {
   if (!refuse_pickle_name(path, error)) return FALSE;
   model->checkpoint = st_open(path, error);
-  return model->checkpoint && check_checkpoint_family(model->checkpoint, error);
+  return model->checkpoint && check_checkpoint_family(model->checkpoint, &model->family, error);
 }
 
-static gboolean open_tokenizer(LcmModel *model, const char *dir, GError **error) {
+/* Checks a tokenizer folder and remembers it in *dir_out. */
+static gboolean open_tokenizer(const char *dir, char **dir_out, GError **error) {
   const char *what = "the CLIP tokenizer's vocab.json and merges.txt";
   char *vocab = g_build_filename(dir, "vocab.json", NULL);
   char *merges = g_build_filename(dir, "merges.txt", NULL);
@@ -215,7 +228,7 @@ static gboolean open_tokenizer(LcmModel *model, const char *dir, GError **error)
                 require_file(merges, what, error);
   g_free(vocab);
   g_free(merges);
-  if (ok) model->tokenizer_dir = g_strdup(dir);
+  if (ok) *dir_out = g_strdup(dir);
   return ok;
 }
 
@@ -237,7 +250,9 @@ static char *describe_parts(const LcmModelParts *parts) {
                {"unet", parts->unet},
                {"vae", parts->vae},
                {"text encoder", parts->text_encoder},
+               {"second text encoder", parts->text_encoder_2},
                {"tokenizer", parts->tokenizer},
+               {"second tokenizer", parts->tokenizer_2},
                {"scheduler", parts->scheduler}};
   for (size_t i = 0; i < G_N_ELEMENTS(roles); i++)
     if (roles[i].path) g_string_append_printf(s, " %s %s,", roles[i].role, roles[i].path);
@@ -254,7 +269,10 @@ static gboolean open_parts(LcmModel *model, const LcmModelParts *parts, GError *
       [COMPONENT_UNET] = parts->unet,
       [COMPONENT_VAE] = parts->vae,
       [COMPONENT_TEXT_ENCODER] = parts->text_encoder,
+      [COMPONENT_TEXT_ENCODER_2] = parts->text_encoder_2,
   };
+  if (parts->text_encoder_2) model->family = LCM_FAMILY_SDXL;
+  model->force_zeros_for_empty_prompt = model->family == LCM_FAMILY_SDXL;
   for (int c = 0; c < N_COMPONENTS; c++) {
     Part *part = &model->parts[c];
     if (folders[c]) {
@@ -271,13 +289,23 @@ static gboolean open_parts(LcmModel *model, const LcmModelParts *parts, GError *
       g_clear_error(&local);
     }
   }
-  if (parts->text_encoder_config) {
-    if (!require_file(parts->text_encoder_config, "a transformers CLIP text config.json", error))
-      return FALSE;
-    model->text_encoder_config = g_strdup(parts->text_encoder_config);
+  const char *const text_configs[] = {parts->text_encoder_config, parts->text_encoder_2_config};
+  char **text_config_fields[] = {&model->text_encoder_config, &model->text_encoder_2_config};
+  for (size_t i = 0; i < G_N_ELEMENTS(text_configs); i++) {
+    if (!text_configs[i]) continue;
+    if (!require_file(text_configs[i], "a transformers CLIP text config.json", error)) return FALSE;
+    *text_config_fields[i] = g_strdup(text_configs[i]);
+  }
+  if (parts->unet_config) {
+    if (!require_file(parts->unet_config, "a diffusers UNet config.json", error)) return FALSE;
+    g_free(model->parts[COMPONENT_UNET].config);
+    model->parts[COMPONENT_UNET].config = g_strdup(parts->unet_config);
   }
   if (model->parts[COMPONENT_UNET].weights && !check_unet_family(model, error)) return FALSE;
-  if (parts->tokenizer && !open_tokenizer(model, parts->tokenizer, error)) return FALSE;
+  if (parts->tokenizer && !open_tokenizer(parts->tokenizer, &model->tokenizer_dir, error))
+    return FALSE;
+  if (parts->tokenizer_2 && !open_tokenizer(parts->tokenizer_2, &model->tokenizer_2_dir, error))
+    return FALSE;
   if (parts->scheduler && !open_scheduler(model, parts->scheduler, error)) return FALSE;
   return TRUE;
 }
@@ -293,8 +321,10 @@ LcmModel *lcm_model_open_parts(const LcmModelParts *parts, GError **error) {
   return model;
 }
 
-/* model_index.json names the pipeline class; refuse SDXL folders early. */
-static gboolean check_model_index(const char *index, GError **error) {
+/* model_index.json names the pipeline class: an "XL" one is the SDXL
+ * family; *force_zeros gets its force_zeros_for_empty_prompt. */
+static gboolean read_model_index(const char *index, LcmModelFamily *family, gboolean *force_zeros,
+                                 GError **error) {
   if (!require_file(index, "a diffusers pipeline's model_index.json", error)) return FALSE;
   JsonParser *parser = json_parser_new();
   GError *json_error = NULL;
@@ -304,17 +334,14 @@ static gboolean check_model_index(const char *index, GError **error) {
     g_error_free(json_error);
   } else {
     JsonNode *root = json_parser_get_root(parser);
-    const char *pipeline = root && JSON_NODE_HOLDS_OBJECT(root)
-                               ? json_object_get_string_member_with_default(
-                                     json_node_get_object(root), "_class_name", "")
-                               : "";
-    if (strstr(pipeline, "XL")) {
-      g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                  "%s: this is a Stable Diffusion XL pipeline (%s); only Stable Diffusion "
-                  "1.5-family models are supported",
-                  index, pipeline);
-      ok = FALSE;
-    }
+    JsonObject *object = root && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
+    const char *pipeline =
+        object ? json_object_get_string_member_with_default(object, "_class_name", "") : "";
+    *family = strstr(pipeline, "XL") ? LCM_FAMILY_SDXL : LCM_FAMILY_SD15;
+    /* diffusers' SDXL pipelines default to true */
+    *force_zeros = object ? json_object_get_boolean_member_with_default(
+                                object, "force_zeros_for_empty_prompt", TRUE)
+                          : TRUE;
   }
   g_object_unref(parser);
   return ok;
@@ -322,20 +349,27 @@ static gboolean check_model_index(const char *index, GError **error) {
 
 static LcmModel *open_folder(const char *path, GError **error) {
   char *index = g_build_filename(path, "model_index.json", NULL);
-  gboolean ok = check_model_index(index, error);
+  LcmModelFamily family;
+  gboolean force_zeros;
+  gboolean ok = read_model_index(index, &family, &force_zeros, error);
   g_free(index);
   if (!ok) return NULL;
 
+  gboolean xl = family == LCM_FAMILY_SDXL;
   char *unet = g_build_filename(path, "unet", NULL);
   char *vae = g_build_filename(path, "vae", NULL);
   char *text_encoder = g_build_filename(path, "text_encoder", NULL);
+  char *text_encoder_2 = xl ? g_build_filename(path, "text_encoder_2", NULL) : NULL;
   char *tokenizer = g_build_filename(path, "tokenizer", NULL);
+  char *tokenizer_2 = xl ? g_build_filename(path, "tokenizer_2", NULL) : NULL;
   char *scheduler = g_build_filename(path, "scheduler", NULL);
   LcmModelParts parts = {
       .unet = unet,
       .vae = vae,
       .text_encoder = text_encoder,
+      .text_encoder_2 = text_encoder_2,
       .tokenizer = tokenizer,
+      .tokenizer_2 = tokenizer_2,
       /* without a scheduler config the LCM defaults hold */
       .scheduler = g_file_test(scheduler, G_FILE_TEST_IS_DIR) ? scheduler : NULL,
   };
@@ -343,11 +377,14 @@ static LcmModel *open_folder(const char *path, GError **error) {
   if (model) {
     g_free(model->description);
     model->description = g_strdup_printf("diffusers folder %s", path);
+    model->force_zeros_for_empty_prompt = xl && force_zeros;
   }
   g_free(unet);
   g_free(vae);
   g_free(text_encoder);
+  g_free(text_encoder_2);
   g_free(tokenizer);
+  g_free(tokenizer_2);
   g_free(scheduler);
   return model;
 }
@@ -373,6 +410,7 @@ float *lcm_model_read_tensor(LcmModel *model, const char *network, const char *n
       [COMPONENT_UNET] = "unet",
       [COMPONENT_VAE] = "vae",
       [COMPONENT_TEXT_ENCODER] = "text_encoder",
+      [COMPONENT_TEXT_ENCODER_2] = "text_encoder_2",
   };
   for (int c = 0; c < N_COMPONENTS; c++) {
     if (strcmp(network, network_names[c]) != 0) continue;
@@ -386,7 +424,7 @@ float *lcm_model_read_tensor(LcmModel *model, const char *network, const char *n
     return weights_get(weights, name, *ndims, shape, error);
   }
   g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
-              "unknown network '%s' (use unet, vae or text_encoder)", network);
+              "unknown network '%s' (use unet, vae, text_encoder or text_encoder_2)", network);
   return NULL;
 }
 
@@ -423,12 +461,28 @@ gboolean lcm_model_add_lora(LcmModel *model, const char *path, float scale, GErr
 
 LcmTokenizer *lcm_model_load_tokenizer(LcmModel *model, GError **error) {
   if (!model->tokenizer_dir) return lcm_tokenizer_new_default(error);
-  char *vocab = g_build_filename(model->tokenizer_dir, "vocab.json", NULL);
-  char *merges = g_build_filename(model->tokenizer_dir, "merges.txt", NULL);
-  LcmTokenizer *tokenizer = lcm_tokenizer_new(vocab, merges, error);
-  g_free(vocab);
-  g_free(merges);
+  return lcm_tokenizer_new_from_folder(model->tokenizer_dir, error);
+}
+
+/* SDXL's second tokenizer: the model's tokenizer_2 folder; without one (a
+ * single-file checkpoint) the bundled vocabulary padded with "!", as every
+ * SDXL tokenizer_2 is. */
+LcmTokenizer *model_load_tokenizer_2(LcmModel *model, GError **error) {
+  if (model->tokenizer_2_dir) return lcm_tokenizer_new_from_folder(model->tokenizer_2_dir, error);
+  LcmTokenizer *tokenizer = lcm_tokenizer_new_default(error);
+  if (tokenizer && !lcm_tokenizer_set_pad_token(tokenizer, "!", error)) {
+    lcm_tokenizer_free(tokenizer);
+    return NULL;
+  }
   return tokenizer;
+}
+
+LcmModelFamily lcm_model_family(const LcmModel *model) {
+  return model->family;
+}
+
+gboolean model_force_zeros_for_empty_prompt(const LcmModel *model) {
+  return model->force_zeros_for_empty_prompt;
 }
 
 Weights *model_weights(LcmModel *model, Component component, GError **error) {
@@ -440,11 +494,12 @@ Weights *model_weights(LcmModel *model, Component component, GError **error) {
 }
 
 /* Each config comes from the part's config.json, else from its shapes. */
-gboolean model_clip_config(LcmModel *model, ClipConfig *out, GError **error) {
-  const char *config = model->text_encoder_config ? model->text_encoder_config
-                                                  : model->parts[COMPONENT_TEXT_ENCODER].config;
+gboolean model_clip_config(LcmModel *model, Component encoder, ClipConfig *out, GError **error) {
+  const char *override =
+      encoder == COMPONENT_TEXT_ENCODER ? model->text_encoder_config : model->text_encoder_2_config;
+  const char *config = override ? override : model->parts[encoder].config;
   if (config) return clip_config_read(config, out, error);
-  Weights *weights = model_weights(model, COMPONENT_TEXT_ENCODER, error);
+  Weights *weights = model_weights(model, encoder, error);
   return weights && clip_config_infer(weights, out, error);
 }
 

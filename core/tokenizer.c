@@ -8,7 +8,10 @@
  *   3. collapse whitespace runs to one space, strip, Python's str.lower(),
  *   4. CLIP's pre-tokenizer regex,
  *   5. byte-level BPE of every word, with "</w>" on its last symbol.
- * The ids are [BOS] + the first 75 tokens + [EOS], padded with EOS.
+ * The ids are [BOS] + the first 75 tokens + [EOS], padded with the pad token
+ * (EOS unless the tokenizer folder names another: SDXL's tokenizer_2 pads
+ * with "!", id 0). A pad token other than EOS is an added special token in
+ * HF: the text is split at each occurrence before step 2, like BOS and EOS.
  *
  * Symbols (vocabulary entries and BPE intermediates) are interned as ints, so
  * a BPE step looks merges up by a pair of ints, not by strings. */
@@ -49,7 +52,11 @@ struct LcmTokenizer {
   GHashTable *merge_by_pair;  /* gint64 pair key -> Merge* */
   int byte_symbol[256];       /* symbol of a byte inside a word */
   int final_byte_symbol[256]; /* symbol of a byte ending a word ("x</w>") */
-  int32_t bos, eos;           /* eos is also CLIP's unknown and padding token */
+  int32_t bos, eos;           /* eos is also CLIP's unknown token */
+  int32_t pad;
+  /* the pad token's text when it is not EOS (then split out of the text as
+   * a special token), else NULL */
+  char *pad_text;
   /* word bytes -> GArray of int32 ids. Encoding is logically const, so the
    * cache and its lock are reached through pointers. */
   GMutex *cache_lock;
@@ -134,7 +141,7 @@ static gboolean load_vocab(LcmTokenizer *tokenizer, const char *path, GError **e
     return FALSE;
   }
   tokenizer->bos = bos;
-  tokenizer->eos = eos;
+  tokenizer->eos = tokenizer->pad = eos;
   return TRUE;
 }
 
@@ -226,6 +233,77 @@ fail:
   return NULL;
 }
 
+/* The pad token a tokenizer folder names: special_tokens_map.json's
+ * "pad_token", else tokenizer_config.json's, either a string or an
+ * AddedToken object with "content". NULL when neither names one (then CLIP
+ * pads with EOS); FALSE on an unreadable file. */
+static gboolean read_pad_token(const char *dir, char **pad_text, GError **error) {
+  static const char *const files[] = {"special_tokens_map.json", "tokenizer_config.json"};
+  *pad_text = NULL;
+  for (size_t i = 0; i < G_N_ELEMENTS(files) && !*pad_text; i++) {
+    char *path = g_build_filename(dir, files[i], NULL);
+    if (!g_file_test(path, G_FILE_TEST_IS_REGULAR)) {
+      g_free(path);
+      continue;
+    }
+    JsonParser *parser = json_parser_new();
+    GError *local = NULL;
+    gboolean ok = json_parser_load_from_file(parser, path, &local);
+    JsonNode *root = ok ? json_parser_get_root(parser) : NULL;
+    if (!root || !JSON_NODE_HOLDS_OBJECT(root)) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: expected a JSON object%s%s", path,
+                  local ? ": " : "", local ? local->message : "");
+      g_clear_error(&local);
+      g_object_unref(parser);
+      g_free(path);
+      return FALSE;
+    }
+    JsonNode *pad = json_object_get_member(json_node_get_object(root), "pad_token");
+    if (pad && JSON_NODE_HOLDS_OBJECT(pad))
+      pad = json_object_get_member(json_node_get_object(pad), "content");
+    if (pad && JSON_NODE_HOLDS_VALUE(pad) && json_node_get_value_type(pad) == G_TYPE_STRING &&
+        *json_node_get_string(pad))
+      *pad_text = g_strdup(json_node_get_string(pad));
+    g_object_unref(parser);
+    g_free(path);
+  }
+  return TRUE;
+}
+
+gboolean lcm_tokenizer_set_pad_token(LcmTokenizer *tokenizer, const char *pad_text,
+                                     GError **error) {
+  int id;
+  if (!pad_text || !lookup_symbol(tokenizer, pad_text, &id) || id >= tokenizer->first_internal_id) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                "the pad token '%s' is not in the tokenizer's vocabulary",
+                pad_text ? pad_text : "(none)");
+    return FALSE;
+  }
+  tokenizer->pad = id;
+  g_clear_pointer(&tokenizer->pad_text, g_free);
+  if (id != tokenizer->eos && id != tokenizer->bos) tokenizer->pad_text = g_strdup(pad_text);
+  return TRUE;
+}
+
+LcmTokenizer *lcm_tokenizer_new_from_folder(const char *dir, GError **error) {
+  char *pad_text = NULL;
+  if (!dir || !read_pad_token(dir, &pad_text, error)) {
+    if (!dir) lcm_error_invalid(error, "no tokenizer folder given");
+    return NULL;
+  }
+  char *vocab = g_build_filename(dir, "vocab.json", NULL);
+  char *merges = g_build_filename(dir, "merges.txt", NULL);
+  LcmTokenizer *tokenizer = lcm_tokenizer_new(vocab, merges, error);
+  g_free(merges);
+  g_free(vocab);
+  if (tokenizer && pad_text && !lcm_tokenizer_set_pad_token(tokenizer, pad_text, error)) {
+    g_prefix_error(error, "%s: ", dir);
+    g_clear_pointer(&tokenizer, lcm_tokenizer_free);
+  }
+  g_free(pad_text);
+  return tokenizer;
+}
+
 LcmTokenizer *lcm_tokenizer_new_default(GError **error) {
   char *dir = lcm_find_data_file("clip-tokenizer");
   if (!dir) {
@@ -235,11 +313,7 @@ LcmTokenizer *lcm_tokenizer_new_default(GError **error) {
                 LCM_DATADIR, LCM_SOURCE_DATADIR);
     return NULL;
   }
-  char *vocab = g_build_filename(dir, "vocab.json", NULL);
-  char *merges = g_build_filename(dir, "merges.txt", NULL);
-  LcmTokenizer *tokenizer = lcm_tokenizer_new(vocab, merges, error);
-  g_free(merges);
-  g_free(vocab);
+  LcmTokenizer *tokenizer = lcm_tokenizer_new_from_folder(dir, error);
   g_free(dir);
   return tokenizer;
 }
@@ -251,6 +325,7 @@ void lcm_tokenizer_free(LcmTokenizer *tokenizer) {
   g_free(tokenizer->cache_lock);
   g_hash_table_unref(tokenizer->merge_by_pair);
   g_free(tokenizer->merges);
+  g_free(tokenizer->pad_text);
   g_hash_table_unref(tokenizer->symbols);
   g_free(tokenizer);
 }
@@ -807,22 +882,31 @@ int lcm_tokenizer_encode(const LcmTokenizer *tokenizer, const char *text,
   char *valid = g_utf8_make_valid(text ? text : "", -1);
   GArray *tokens = g_array_new(FALSE, FALSE, sizeof(int32_t));
   /* Special tokens in the raw text become their ids (HF's added-token split). */
+  const struct {
+    const char *text;
+    int32_t id;
+  } specials[] = {{START_TOKEN, tokenizer->bos},
+                  {END_TOKEN, tokenizer->eos},
+                  {tokenizer->pad_text, tokenizer->pad}};
   const char *rest = valid;
   for (;;) {
-    const char *start = strstr(rest, START_TOKEN), *end = strstr(rest, END_TOKEN);
-    gboolean is_start = start && (!end || start < end);
-    const char *special = is_start ? start : end;
+    const char *special = NULL;
+    size_t which = 0;
+    for (size_t i = 0; i < G_N_ELEMENTS(specials); i++) {
+      const char *found = specials[i].text ? strstr(rest, specials[i].text) : NULL;
+      if (found && (!special || found < special)) special = found, which = i;
+    }
     append_text_ids(tokenizer, rest, special ? (size_t)(special - rest) : strlen(rest), tokens);
     if (!special) break;
-    int32_t id = is_start ? tokenizer->bos : tokenizer->eos;
-    g_array_append_val(tokens, id);
-    rest = special + strlen(is_start ? START_TOKEN : END_TOKEN);
+    g_array_append_val(tokens, specials[which].id);
+    rest = special + strlen(specials[which].text);
   }
   int count = (int)tokens->len;
   int kept = MIN(count, CONTENT_TOKENS);
   ids[0] = tokenizer->bos;
   for (int i = 0; i < kept; i++) ids[1 + i] = g_array_index(tokens, int32_t, i);
-  for (int i = kept + 1; i < LCM_CLIP_TOKENS; i++) ids[i] = tokenizer->eos;
+  ids[kept + 1] = tokenizer->eos;
+  for (int i = kept + 2; i < LCM_CLIP_TOKENS; i++) ids[i] = tokenizer->pad;
   g_array_unref(tokens);
   g_free(valid);
   return count;

@@ -1,6 +1,8 @@
-/* The SD1.5-family UNet: diffusers UNet2DConditionModel with CrossAttn /
- * plain down and up blocks, a cross-attention mid block and an optional LCM
- * guidance-embedding input (time_embedding.cond_proj).
+/* The SD1.5- and SDXL-family UNet: diffusers UNet2DConditionModel with
+ * CrossAttn / plain down and up blocks of any transformer depth, a
+ * cross-attention or plain mid block, an optional LCM guidance-embedding
+ * input (time_embedding.cond_proj) and SDXL's pooled-text and size
+ * conditioning (add_embedding).
  *
  * Activations stay NHWC from conv_in to conv_out. Every tensor is freed as
  * soon as nothing needs it; the skip connections of the down path are the
@@ -20,8 +22,6 @@
 #define LAYER_NORM_EPS 1e-5f
 /* Latent sides beyond this (32768-pixel images) can only be a caller's bug. */
 #define MAX_LATENT_SIDE 4096
-/* Bounds the per-block arrays below (SD1.5 has 2). */
-#define MAX_LAYERS_PER_BLOCK 8
 
 typedef struct {
   Norm *norm1, *norm2;
@@ -73,6 +73,7 @@ struct LcmUNet {
   Conv2d *conv_in;
   Linear *cond_proj; /* NULL unless time_cond_proj_dim > 0 */
   Linear *time_linear_1, *time_linear_2;
+  Linear *add_linear_1, *add_linear_2; /* SDXL's add_embedding, else NULL */
   Block down[CONFIG_MAX_BLOCKS];
   Block mid;
   Block up[CONFIG_MAX_BLOCKS];
@@ -135,6 +136,8 @@ void lcm_unet_free(LcmUNet *unet) {
   linear_free(unet->cond_proj);
   linear_free(unet->time_linear_1);
   linear_free(unet->time_linear_2);
+  linear_free(unet->add_linear_1);
+  linear_free(unet->add_linear_2);
   for (int i = 0; i < CONFIG_MAX_BLOCKS; i++) { /* unloaded blocks are all zero */
     block_clear(&unet->down[i]);
     block_clear(&unet->up[i]);
@@ -225,14 +228,14 @@ static gboolean load_projection(const Loader *ld, const char *prefix, const char
 }
 
 static gboolean load_transformer(const Loader *ld, const char *prefix, int dim, int heads,
-                                 Transformer *t, GError **error) {
+                                 int depth, Transformer *t, GError **error) {
   t->heads = heads;
   if (!(t->norm = load_norm(ld, prefix, "norm", dim, error)) ||
       !load_projection(ld, prefix, "proj_in", dim, &t->proj_in, error) ||
       !load_projection(ld, prefix, "proj_out", dim, &t->proj_out, error))
     return FALSE;
-  t->blocks = g_new0(TransformerBlock, ld->config->transformer_layers_per_block);
-  for (int k = 0; k < ld->config->transformer_layers_per_block; k++) {
+  t->blocks = g_new0(TransformerBlock, depth);
+  for (int k = 0; k < depth; k++) {
     char name[NAME_MAX_LEN];
     g_snprintf(name, sizeof name, "%s.transformer_blocks.%d", prefix, k);
     t->n_blocks = k + 1;
@@ -244,10 +247,11 @@ static gboolean load_transformer(const Loader *ld, const char *prefix, int dim, 
 typedef enum { SAMPLER_NONE, SAMPLER_DOWN, SAMPLER_UP } SamplerKind;
 
 /* resnet_in[j] is the input width of resnets[j] (for up blocks: the
- * running activation plus the skip it is concatenated with). */
+ * running activation plus the skip it is concatenated with); depths[j] the
+ * transformer depth of attentions[j]. */
 static gboolean load_block(const Loader *ld, const char *prefix, int n_resnets,
-                           const int *resnet_in, int out_ch, int n_attentions, int heads,
-                           SamplerKind sampler, Block *b, GError **error) {
+                           const int *resnet_in, int out_ch, int n_attentions, const int *depths,
+                           int heads, SamplerKind sampler, Block *b, GError **error) {
   char name[NAME_MAX_LEN];
   b->resnets = g_new0(Resnet, n_resnets);
   for (int j = 0; j < n_resnets; j++) {
@@ -259,7 +263,8 @@ static gboolean load_block(const Loader *ld, const char *prefix, int n_resnets,
   for (int j = 0; j < n_attentions; j++) {
     g_snprintf(name, sizeof name, "%s.attentions.%d", prefix, j);
     b->n_attentions = j + 1;
-    if (!load_transformer(ld, name, out_ch, heads, &b->attentions[j], error)) return FALSE;
+    if (!load_transformer(ld, name, out_ch, heads, depths[j], &b->attentions[j], error))
+      return FALSE;
   }
   if (sampler != SAMPLER_NONE) {
     b->sampler =
@@ -277,10 +282,8 @@ static gboolean check_config(const UNetConfig *c, const char *path, GError **err
     problem = "the number of blocks";
   else if (c->in_channels < 1 || c->out_channels < 1)
     problem = "in/out_channels";
-  else if (c->layers_per_block < 1 || c->layers_per_block > MAX_LAYERS_PER_BLOCK)
+  else if (c->layers_per_block < 1 || c->layers_per_block > CONFIG_MAX_LAYERS)
     problem = "layers_per_block";
-  else if (c->transformer_layers_per_block < 1)
-    problem = "transformer_layers_per_block";
   else if (c->cross_attention_dim < 1)
     problem = "cross_attention_dim";
   else if (c->norm_num_groups < 1)
@@ -293,7 +296,12 @@ static gboolean check_config(const UNetConfig *c, const char *path, GError **err
       problem = "block_out_channels (each must be a multiple of norm_num_groups)";
     else if (c->heads[i] < 1 || ch % c->heads[i] != 0)
       problem = "the attention heads (each level's width must be a multiple of its head count)";
+    for (int j = 0; j <= c->layers_per_block; j++)
+      if ((j < c->layers_per_block && c->down_cross_attn[i] && c->down_depth[i][j] < 1) ||
+          (c->up_cross_attn[i] && c->up_depth[i][j] < 1))
+        problem = "transformer_layers_per_block";
   }
+  if (!problem && c->mid_cross_attn && c->mid_depth < 1) problem = "transformer_layers_per_block";
   if (problem) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED, "%s: UNet config has unusable %s", path,
                 problem);
@@ -306,7 +314,7 @@ static gboolean load_down_mid_up(const Loader *ld, LcmUNet *u, GError **error) {
   const UNetConfig *c = ld->config;
   int n = c->n_blocks, layers = c->layers_per_block;
   char prefix[NAME_MAX_LEN];
-  int resnet_in[MAX_LAYERS_PER_BLOCK + 1];
+  int resnet_in[CONFIG_MAX_LAYERS + 1];
   int in_ch = c->block_out_channels[0];
 
   for (int i = 0; i < n; i++) {
@@ -314,15 +322,19 @@ static gboolean load_down_mid_up(const Loader *ld, LcmUNet *u, GError **error) {
     for (int j = 0; j < layers; j++) resnet_in[j] = j == 0 ? in_ch : out_ch;
     g_snprintf(prefix, sizeof prefix, "down_blocks.%d", i);
     if (!load_block(ld, prefix, layers, resnet_in, out_ch, c->down_cross_attn[i] ? layers : 0,
-                    c->heads[i], i < n - 1 ? SAMPLER_DOWN : SAMPLER_NONE, &u->down[i], error))
+                    c->down_depth[i], c->heads[i], i < n - 1 ? SAMPLER_DOWN : SAMPLER_NONE,
+                    &u->down[i], error))
       return FALSE;
     in_ch = out_ch;
   }
 
   int mid_ch = c->block_out_channels[n - 1];
   int mid_in[2] = {mid_ch, mid_ch};
-  if (!load_block(ld, "mid_block", 2, mid_in, mid_ch, 1, c->heads[n - 1], SAMPLER_NONE, &u->mid,
-                  error))
+  /* UNetMidBlock2DCrossAttn: resnet, attention, resnet; UNetMidBlock2D
+   * (SSD-1B): one resnet */
+  int mid_attentions = c->mid_cross_attn ? 1 : 0;
+  if (!load_block(ld, "mid_block", 1 + mid_attentions, mid_in, mid_ch, mid_attentions,
+                  &c->mid_depth, c->heads[n - 1], SAMPLER_NONE, &u->mid, error))
     return FALSE;
 
   /* diffusers' channel bookkeeping: up block i works at reversed width
@@ -336,7 +348,8 @@ static gboolean load_down_mid_up(const Loader *ld, LcmUNet *u, GError **error) {
       resnet_in[j] = (j == 0 ? prev_ch : out_ch) + (j == layers ? skip_in : out_ch);
     g_snprintf(prefix, sizeof prefix, "up_blocks.%d", i);
     if (!load_block(ld, prefix, layers + 1, resnet_in, out_ch, c->up_cross_attn[i] ? layers + 1 : 0,
-                    c->heads[n - 1 - i], i < n - 1 ? SAMPLER_UP : SAMPLER_NONE, &u->up[i], error))
+                    c->up_depth[i], c->heads[n - 1 - i], i < n - 1 ? SAMPLER_UP : SAMPLER_NONE,
+                    &u->up[i], error))
       return FALSE;
     prev_ch = out_ch;
   }
@@ -388,6 +401,12 @@ LcmUNet *lcm_unet_load(LcmModel *model, LcmPrecision precision, GError **error) 
             linear_load(u->ops, weights, "time_embedding.linear_1", ch0, temb_dim, TRUE, error)) ||
       !(u->time_linear_2 = linear_load(u->ops, weights, "time_embedding.linear_2", temb_dim,
                                        temb_dim, TRUE, error)) ||
+      (c->addition_time_embed_dim > 0 &&
+       (!(u->add_linear_1 =
+              linear_load(u->ops, weights, "add_embedding.linear_1",
+                          c->projection_class_embeddings_input_dim, temb_dim, TRUE, error)) ||
+        !(u->add_linear_2 = linear_load(u->ops, weights, "add_embedding.linear_2", temb_dim,
+                                        temb_dim, TRUE, error)))) ||
       !load_down_mid_up(&ld, u, error) ||
       !(u->conv_norm_out = norm_load(u->ops, weights, "conv_norm_out", ch0, error)) ||
       !(u->conv_out =
@@ -416,6 +435,13 @@ int lcm_unet_time_cond_proj_dim(const LcmUNet *unet) {
 
 int lcm_unet_cross_attention_dim(const LcmUNet *unet) {
   return unet->config.cross_attention_dim;
+}
+
+int lcm_unet_text_embeds_dim(const LcmUNet *unet) {
+  const UNetConfig *c = &unet->config;
+  return c->addition_time_embed_dim
+             ? c->projection_class_embeddings_input_dim - LCM_TIME_IDS * c->addition_time_embed_dim
+             : 0;
 }
 
 void lcm_unet_set_attention_chunk(LcmUNet *unet, int rows) {
@@ -472,28 +498,96 @@ static gboolean input_allocated(const Tensor *t, const char *what, GError **erro
   return FALSE;
 }
 
-/* silu(time_embedding(...)): the resnets only ever see the embedding
- * through a SiLU, so it is fused into linear_2. [batch, 1, 1, 4*ch0]. */
-static Tensor *time_embedding_silu(LcmUNet *u, int batch, float timestep,
-                                   const float *timestep_cond, GError **error) {
+/* A copy of a tensor's rows for LcmUNetEmbeddings. */
+static float *rows_copy(const Tensor *t) {
+  float *rows = g_new(float, tensor_numel(t));
+  tensor_to_rows(t, rows);
+  return rows;
+}
+
+/* add_embedding(text_embeds ‖ sinusoids of the time ids): SDXL's pooled
+ * text and size conditioning, [batch, 1, 1, 4*ch0]. */
+static Tensor *added_embedding(LcmUNet *u, int batch, const LcmUNetConditions *cond,
+                               LcmUNetEmbeddings *debug, GError **error) {
+  const UNetConfig *c = &u->config;
+  int text_dim = lcm_unet_text_embeds_dim(u), time_dim = c->addition_time_embed_dim;
+  int width = c->projection_class_embeddings_input_dim;
+  float *rows = g_new(float, (size_t)batch *width);
+  for (int b = 0; b < batch; b++) {
+    float *row = rows + (size_t)b * width;
+    memcpy(row, cond->text_embeds + (size_t)b * text_dim, text_dim * sizeof(float));
+    for (int k = 0; k < LCM_TIME_IDS; k++)
+      timestep_embedding(cond->time_ids[b * LCM_TIME_IDS + k], time_dim, c->flip_sin_to_cos,
+                         c->freq_shift, row + text_dim + k * time_dim);
+  }
+  if (debug) {
+    debug->add_embeds_dim = width;
+    debug->add_time_proj_dim = width - text_dim;
+    debug->add_embeds = g_memdup2(rows, (size_t)batch * width * sizeof(float));
+    debug->add_time_proj = g_new(float, (size_t)batch *(width - text_dim));
+    for (int b = 0; b < batch; b++)
+      memcpy(debug->add_time_proj + (size_t)b * (width - text_dim),
+             rows + (size_t)b * width + text_dim, (width - text_dim) * sizeof(float));
+  }
+  Tensor *t = tensor_from_rows(u->ops, rows, batch, 1, width);
+  g_free(rows);
+  if (!input_allocated(t, "added conditions", error)) return NULL;
+  if (!advance(&t, linear(u->ops, u->add_linear_1, t, NULL, ACT_SILU, error)) ||
+      !advance(&t, linear(u->ops, u->add_linear_2, t, NULL, ACT_NONE, error))) {
+    tensor_free(t);
+    return NULL;
+  }
+  return t;
+}
+
+/* act(time_embedding(time_proj(t) [+ cond_proj(timestep_cond)]) [+ aug]),
+ * [batch, 1, 1, 4*ch0], with per-image timesteps. The resnets only ever see
+ * it through a SiLU, so a run fuses that into linear_2 (with the SDXL added
+ * embedding as its residual). With `debug` each stage is kept (act is then
+ * ACT_NONE). */
+static Tensor *conditioning(LcmUNet *u, int batch, const float *timesteps,
+                            const LcmUNetConditions *cond, Activation act, LcmUNetEmbeddings *debug,
+                            GError **error) {
   const UNetConfig *c = &u->config;
   int dim = c->block_out_channels[0];
   float *rows = g_new(float, (size_t)batch *dim);
-  timestep_embedding(timestep, dim, c->flip_sin_to_cos, c->freq_shift, rows);
-  for (int b = 1; b < batch; b++) memcpy(rows + (size_t)b * dim, rows, dim * sizeof(float));
+  for (int b = 0; b < batch; b++)
+    timestep_embedding(timesteps[b], dim, c->flip_sin_to_cos, c->freq_shift,
+                       rows + (size_t)b * dim);
+  if (debug) {
+    debug->time_proj_dim = dim;
+    debug->time_proj = g_memdup2(rows, (size_t)batch * dim * sizeof(float));
+  }
   Tensor *t = tensor_from_rows(u->ops, rows, batch, 1, dim);
   g_free(rows);
   if (!input_allocated(t, "time embedding", error)) return NULL;
 
   gboolean ok = TRUE;
-  if (timestep_cond) {
-    Tensor *cond = tensor_from_rows(u->ops, timestep_cond, batch, 1, c->time_cond_proj_dim);
-    ok = input_allocated(cond, "timestep_cond", error) &&
-         advance(&t, linear(u->ops, u->cond_proj, cond, t, ACT_NONE, error));
-    tensor_free(cond);
+  if (cond && cond->timestep_cond) {
+    Tensor *guidance =
+        tensor_from_rows(u->ops, cond->timestep_cond, batch, 1, c->time_cond_proj_dim);
+    ok = input_allocated(guidance, "timestep_cond", error) &&
+         advance(&t, linear(u->ops, u->cond_proj, guidance, t, ACT_NONE, error));
+    tensor_free(guidance);
   }
-  ok = ok && advance(&t, linear(u->ops, u->time_linear_1, t, NULL, ACT_SILU, error)) &&
-       advance(&t, linear(u->ops, u->time_linear_2, t, NULL, ACT_SILU, error));
+  Tensor *aug = NULL;
+  if (ok && u->add_linear_1) ok = (aug = added_embedding(u, batch, cond, debug, error)) != NULL;
+  ok = ok && advance(&t, linear(u->ops, u->time_linear_1, t, NULL, ACT_SILU, error));
+  if (ok && debug) {
+    ok = advance(&t, linear(u->ops, u->time_linear_2, t, NULL, ACT_NONE, error));
+    if (ok) debug->time_embedding = rows_copy(t);
+    if (ok && aug) {
+      debug->add_embedding = rows_copy(aug);
+      ok = advance(&t, tensor_add(u->ops, t, aug, error));
+    }
+    if (ok) {
+      debug->emb_dim = t->c;
+      debug->emb = rows_copy(t);
+    }
+  } else {
+    ok = ok && advance(&t, linear(u->ops, u->time_linear_2, t, aug, act, error));
+  }
+  tensor_free(aug);
   if (!ok) {
     tensor_free(t);
     return NULL;
@@ -615,7 +709,7 @@ static Tensor *resnet_attention_forward(LcmUNet *u, const Block *b, int j, const
 /* The skip connections of the down path, consumed last-in first-out by
  * the up path. */
 typedef struct {
-  Tensor *items[CONFIG_MAX_BLOCKS * (MAX_LAYERS_PER_BLOCK + 1)];
+  Tensor *items[CONFIG_MAX_BLOCKS * (CONFIG_MAX_LAYERS + 1)];
   int count;
 } SkipStack;
 
@@ -685,9 +779,21 @@ static gboolean up_forward(LcmUNet *u, Tensor **x, const Tensor *temb, const Ten
   return TRUE;
 }
 
+/* What is wrong with a run's conditions for this UNet, or NULL. */
+static const char *conditions_problem(const LcmUNet *u, const LcmUNetConditions *cond) {
+  gboolean sdxl = u->add_linear_1 != NULL;
+  if (cond && cond->timestep_cond && u->config.time_cond_proj_dim == 0)
+    return "timestep_cond was given but this UNet has no time_cond_proj (not an LCM UNet)";
+  if (sdxl && (!cond || !cond->text_embeds || !cond->time_ids))
+    return "this SDXL UNet needs text_embeds and time_ids";
+  if (!sdxl && cond && (cond->text_embeds || cond->time_ids))
+    return "text_embeds and time_ids were given but this UNet takes none (not an SDXL UNet)";
+  return NULL;
+}
+
 static gboolean check_run_args(const LcmUNet *u, const float *sample, int batch, int h, int w,
-                               const float *context, int context_tokens, const float *timestep_cond,
-                               const float *out, GError **error) {
+                               const float *context, int context_tokens,
+                               const LcmUNetConditions *cond, const float *out, GError **error) {
   const char *problem = NULL;
   if (!sample || !context || !out)
     problem = "sample, context and out must not be NULL";
@@ -695,8 +801,8 @@ static gboolean check_run_args(const LcmUNet *u, const float *sample, int batch,
     problem = "batch must be at least 1 and the latent size between 1 and 4096";
   else if (context_tokens < 1 || context_tokens > MAX_LATENT_SIDE)
     problem = "context_tokens must be between 1 and 4096";
-  else if (timestep_cond && u->config.time_cond_proj_dim == 0)
-    problem = "timestep_cond was given but this UNet has no time_cond_proj (not an LCM UNet)";
+  else
+    problem = conditions_problem(u, cond);
   if (problem) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "UNet run: %s", problem);
     return FALSE;
@@ -704,16 +810,18 @@ static gboolean check_run_args(const LcmUNet *u, const float *sample, int batch,
   return TRUE;
 }
 
-gboolean lcm_unet_run(LcmUNet *unet, const float *sample, int batch, int h, int w, float timestep,
-                      const float *context, int context_tokens, const float *timestep_cond,
-                      float *out, GError **error) {
-  if (!check_run_args(unet, sample, batch, h, w, context, context_tokens, timestep_cond, out,
-                      error))
+gboolean lcm_unet_run_conditioned(LcmUNet *unet, const float *sample, int batch, int h, int w,
+                                  float timestep, const float *context, int context_tokens,
+                                  const LcmUNetConditions *conditions, float *out, GError **error) {
+  if (!check_run_args(unet, sample, batch, h, w, context, context_tokens, conditions, out, error))
     return FALSE;
   const UNetConfig *c = &unet->config;
   Ops *ops = unet->ops;
   SkipStack skips = {.count = 0};
-  Tensor *temb = time_embedding_silu(unet, batch, timestep, timestep_cond, error);
+  float *timesteps = g_new(float, batch);
+  for (int b = 0; b < batch; b++) timesteps[b] = timestep;
+  Tensor *temb = conditioning(unet, batch, timesteps, conditions, ACT_SILU, NULL, error);
+  g_free(timesteps);
   if (!temb) return FALSE;
   Tensor *ctx = tensor_from_rows(ops, context, batch, context_tokens, c->cross_attention_dim);
   Tensor *x = tensor_from_nchw(ops, sample, batch, c->in_channels, h, w);
@@ -737,4 +845,42 @@ gboolean lcm_unet_run(LcmUNet *unet, const float *sample, int batch, int h, int 
   tensor_free(ctx);
   tensor_free(temb);
   return ok;
+}
+
+gboolean lcm_unet_run(LcmUNet *unet, const float *sample, int batch, int h, int w, float timestep,
+                      const float *context, int context_tokens, const float *timestep_cond,
+                      float *out, GError **error) {
+  const LcmUNetConditions conditions = {.timestep_cond = timestep_cond};
+  return lcm_unet_run_conditioned(unet, sample, batch, h, w, timestep, context, context_tokens,
+                                  &conditions, out, error);
+}
+
+gboolean lcm_unet_embeddings(LcmUNet *unet, int batch, const float *timesteps,
+                             const LcmUNetConditions *conditions, LcmUNetEmbeddings *out,
+                             GError **error) {
+  memset(out, 0, sizeof *out);
+  const char *problem = !timesteps  ? "timesteps must not be NULL"
+                        : batch < 1 ? "batch must be at least 1"
+                                    : conditions_problem(unet, conditions);
+  if (problem) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "UNet embeddings: %s", problem);
+    return FALSE;
+  }
+  Tensor *emb = conditioning(unet, batch, timesteps, conditions, ACT_NONE, out, error);
+  if (!emb) {
+    lcm_unet_embeddings_clear(out);
+    return FALSE;
+  }
+  tensor_free(emb);
+  return TRUE;
+}
+
+void lcm_unet_embeddings_clear(LcmUNetEmbeddings *embeddings) {
+  g_free(embeddings->time_proj);
+  g_free(embeddings->time_embedding);
+  g_free(embeddings->add_time_proj);
+  g_free(embeddings->add_embeds);
+  g_free(embeddings->add_embedding);
+  g_free(embeddings->emb);
+  memset(embeddings, 0, sizeof *embeddings);
 }

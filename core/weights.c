@@ -29,8 +29,10 @@ const char *component_name(Component component) {
     return "UNet";
   case COMPONENT_VAE:
     return "VAE";
-  default:
+  case COMPONENT_TEXT_ENCODER:
     return "text encoder";
+  default:
+    return "second text encoder";
   }
 }
 
@@ -95,6 +97,9 @@ static char *under(char *prefix, const char *rest) {
 static const char *const unet_top_renames[][2] = {
     {"time_embed.0.", "time_embedding.linear_1."},
     {"time_embed.2.", "time_embedding.linear_2."},
+    /* SDXL's pooled-text and size conditioning */
+    {"label_emb.0.0.", "add_embedding.linear_1."},
+    {"label_emb.0.2.", "add_embedding.linear_2."},
     /* LCM's guidance projection has no LDM name; converters keep diffusers' */
     {"time_embedding.cond_proj.", "time_embedding.cond_proj."},
     {"out.0.", "conv_norm_out."},
@@ -209,11 +214,14 @@ static char *map_vae_key(const char *key, const LdmLayout *layout, gboolean *att
   return NULL;
 }
 
-/* transformers' CLIPTextModel under the FrozenCLIPEmbedder; very old
- * transformers versions had no `text_model.` level. */
+/* transformers' CLIPTextModel under SD1.5's FrozenCLIPEmbedder or as
+ * SDXL's first embedder; very old transformers versions had no
+ * `text_model.` level. */
 static char *map_text_encoder_key(const char *key) {
   const char *p = key;
-  if (!take_prefix(&p, "cond_stage_model.transformer.")) return NULL;
+  if (!take_prefix(&p, "cond_stage_model.transformer.") &&
+      !take_prefix(&p, "conditioner.embedders.0.transformer."))
+    return NULL;
   take_prefix(&p, "text_model.");
   return g_strconcat("text_model.", p, NULL);
 }
@@ -226,8 +234,10 @@ static char *map_checkpoint_key(Component component, const char *key, const LdmL
     return map_unet_key(key, layout);
   case COMPONENT_VAE:
     return map_vae_key(key, layout, attention_weight);
-  default:
+  case COMPONENT_TEXT_ENCODER:
     return map_text_encoder_key(key);
+  default:
+    return NULL;
   }
 }
 
@@ -333,8 +343,10 @@ static const char *component_key_prefix(Component component) {
     return "model.diffusion_model.";
   case COMPONENT_VAE:
     return "first_stage_model.";
+  case COMPONENT_TEXT_ENCODER:
+    return "cond_stage_model.transformer. or conditioner.embedders.0.transformer.";
   default:
-    return "cond_stage_model.transformer.";
+    return "conditioner.embedders.1.model.";
   }
 }
 
@@ -520,15 +532,14 @@ const char *weights_source_name(const Weights *weights, const char *name) {
 }
 
 GPtrArray *weights_checkpoint_unmapped(const StFile *checkpoint) {
-  static const Component components[] = {COMPONENT_UNET, COMPONENT_VAE, COMPONENT_TEXT_ENCODER};
   LdmLayout layout = ldm_layout(checkpoint);
   GPtrArray *unmapped = g_ptr_array_new();
   for (guint i = 0; i < st_count(checkpoint); i++) {
     const char *key = st_tensor_at(checkpoint, i)->name;
     gboolean mapped = FALSE;
-    for (size_t c = 0; c < G_N_ELEMENTS(components) && !mapped; c++) {
+    for (int c = 0; c < N_COMPONENTS && !mapped; c++) {
       gboolean attention_weight;
-      char *name = map_checkpoint_key(components[c], key, &layout, &attention_weight);
+      char *name = map_checkpoint_key((Component)c, key, &layout, &attention_weight);
       mapped = name != NULL;
       g_free(name);
     }

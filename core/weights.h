@@ -5,7 +5,15 @@
 #include "safetensors.h"
 #include <glib.h>
 
-typedef enum { COMPONENT_UNET, COMPONENT_VAE, COMPONENT_TEXT_ENCODER } Component;
+/* COMPONENT_TEXT_ENCODER_2: SDXL's second text encoder (OpenCLIP ViT-bigG). */
+typedef enum {
+  COMPONENT_UNET,
+  COMPONENT_VAE,
+  COMPONENT_TEXT_ENCODER,
+  COMPONENT_TEXT_ENCODER_2,
+} Component;
+
+#define N_COMPONENTS 4
 
 typedef struct Weights Weights;
 
@@ -65,7 +73,7 @@ gboolean weights_any_fetched(const Weights *weights);
  * resnets per down level (g_free it); NULL when the name maps to none. */
 char *weights_unet_diffusers_name(const char *ldm_name, int layers_per_block);
 
-/* Component name for messages: "UNet", "VAE", "text encoder". */
+/* Component name for messages: "UNet", "VAE", "text encoder", "second text encoder". */
 const char *component_name(Component component);
 /* Keys of a single-file checkpoint that map to no network (EMA copies,
  * training buffers, or layouts this loader does not know), sorted; the names

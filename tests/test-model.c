@@ -1,6 +1,6 @@
 /* Model files: single-file key mapping against the golden keymap, weights
  * access and its errors, configs (read and inferred), and model opening with
- * refusal of pickles, SD2, SDXL and incomplete folders. */
+ * refusal of pickles, SD2 and incomplete folders. */
 #include "config.h"
 #include "lcm.h"
 #include "model.h"
@@ -276,7 +276,16 @@ static void assert_unet_config_equal(const UNetConfig *a, const UNetConfig *b) {
     g_assert_cmpint(a->heads[i], ==, b->heads[i]);
   }
   g_assert_cmpint(a->layers_per_block, ==, b->layers_per_block);
-  g_assert_cmpint(a->transformer_layers_per_block, ==, b->transformer_layers_per_block);
+  for (int i = 0; i < a->n_blocks; i++)
+    for (int j = 0; j <= a->layers_per_block; j++) {
+      if (j < a->layers_per_block) g_assert_cmpint(a->down_depth[i][j], ==, b->down_depth[i][j]);
+      g_assert_cmpint(a->up_depth[i][j], ==, b->up_depth[i][j]);
+    }
+  g_assert_cmpint(a->mid_depth, ==, b->mid_depth);
+  g_assert_cmpint(a->mid_cross_attn, ==, b->mid_cross_attn);
+  g_assert_cmpint(a->addition_time_embed_dim, ==, b->addition_time_embed_dim);
+  g_assert_cmpint(a->projection_class_embeddings_input_dim, ==,
+                  b->projection_class_embeddings_input_dim);
   g_assert_cmpint(a->cross_attention_dim, ==, b->cross_attention_dim);
   g_assert_cmpint(a->norm_num_groups, ==, b->norm_num_groups);
   g_assert_cmpfloat(a->norm_eps, ==, b->norm_eps);
@@ -316,7 +325,10 @@ static void test_config_read(void) {
       .up_cross_attn = {FALSE, TRUE, TRUE},
       .heads = {8, 8, 8},
       .layers_per_block = 2,
-      .transformer_layers_per_block = 1,
+      .down_depth = {{1, 1}, {1, 1}},
+      .up_depth = {{0}, {1, 1, 1}, {1, 1, 1}},
+      .mid_depth = 1,
+      .mid_cross_attn = TRUE,
       .cross_attention_dim = 32,
       .norm_num_groups = 32,
       .norm_eps = 1e-5f,
@@ -426,10 +438,16 @@ static void test_config_variants(void) {
   g_clear_error(&error);
   g_free(path);
 
+  /* SDXL's text_time needs its sizes; other added embeddings are refused */
   path = unet_config_variant("\"addition_embed_type\": null",
                              "\"addition_embed_type\": \"text_time\"");
   g_assert_false(unet_config_read(path, &unet, &error));
-  test_expect_error(error, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion XL", NULL);
+  test_expect_error(error, LCM_ERROR_FORMAT, path, "addition_time_embed_dim", NULL);
+  g_clear_error(&error);
+  g_free(path);
+  path = unet_config_variant("\"addition_embed_type\": null", "\"addition_embed_type\": \"image\"");
+  g_assert_false(unet_config_read(path, &unet, &error));
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, path, "'image'", NULL);
   g_clear_error(&error);
   g_free(path);
 
@@ -453,6 +471,82 @@ static void test_config_variants(void) {
   g_assert_false(vae.mid_block_add_attention);
   g_assert_cmpint(vae.n_blocks, ==, 2);
   g_assert_cmpint(vae.latent_channels, ==, 4);
+  g_free(path);
+}
+
+/* SDXL configs: per-level transformer depth and head count, the SSD-1B
+ * layout (per-attention depths, reversed up depths, plain mid block) and
+ * the added conditioning; shapes give the same depths. */
+static void test_config_sdxl(void) {
+  GError *error = NULL;
+  char *path = test_data_path("golden-sdxl/tiny-ssd1b-lcm/unet/config.json");
+  UNetConfig parsed;
+  g_assert_true(unet_config_read(path, &parsed, &error));
+  g_assert_no_error(error);
+  const UNetConfig expected = {
+      .in_channels = 4,
+      .out_channels = 4,
+      .n_blocks = 3,
+      .block_out_channels = {32, 32, 32},
+      .down_cross_attn = {FALSE, TRUE, TRUE},
+      .up_cross_attn = {TRUE, TRUE, FALSE},
+      .heads = {2, 4, 8},
+      .layers_per_block = 2,
+      .down_depth = {{0, 0}, {1, 1}, {2, 2}},
+      .up_depth = {{2, 2, 3}, {2, 1, 1}, {0, 0, 0}},
+      .mid_depth = 0,
+      .mid_cross_attn = FALSE,
+      .cross_attention_dim = 40,
+      .norm_num_groups = 32,
+      .norm_eps = 1e-5f,
+      .time_cond_proj_dim = 256,
+      .addition_time_embed_dim = 8,
+      .projection_class_embeddings_input_dim = 64,
+      .use_linear_projection = TRUE,
+      .flip_sin_to_cos = TRUE,
+  };
+  assert_unet_config_equal(&parsed, &expected);
+  g_free(path);
+
+  /* the weights have the depths the config gives */
+  path = test_data_path("golden-sdxl/tiny-ssd1b-lcm/unet/diffusion_pytorch_model.safetensors");
+  Weights *weights = weights_open_file(path, &error);
+  g_assert_no_error(error);
+  UNetConfig inferred;
+  /* a tiny add_embedding cannot be SDXL's 6 x 256 sinusoids: the config is needed */
+  g_assert_false(unet_config_infer(weights, &inferred, &error));
+  test_expect_error(error, LCM_ERROR_UNSUPPORTED, "add_embedding", "config.json", NULL);
+  g_clear_error(&error);
+  weights_free(weights);
+  g_free(path);
+
+  /* SDXL proper: one depth per level, mirrored on the way up */
+  path = test_data_path("golden-sdxl/tiny-sdxl-lcm/unet/config.json");
+  g_assert_true(unet_config_read(path, &parsed, &error));
+  g_assert_no_error(error);
+  g_assert_true(parsed.mid_cross_attn);
+  g_assert_cmpint(parsed.mid_depth, ==, 2);
+  g_assert_cmpint(parsed.down_depth[1][1], ==, 2);
+  g_assert_cmpint(parsed.up_depth[0][2], ==, 2);
+  g_assert_cmpint(parsed.up_depth[1][0], ==, 2);
+  g_assert_cmpint(parsed.up_depth[2][0], ==, 0);
+
+  /* per-attention lists need the up path spelled out */
+  char *text;
+  g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+  GString *edited = g_string_new(text);
+  g_assert_cmpuint(g_string_replace(edited, "\"transformer_layers_per_block\": [\n    1,\n    2,",
+                                    "\"transformer_layers_per_block\": [\n    1,\n    [2, 2],", 1),
+                   ==, 1);
+  char *variant = tmp_path("sdxl-variant.json");
+  g_assert_true(g_file_set_contents(variant, edited->str, (gssize)edited->len, NULL));
+  g_assert_false(unet_config_read(variant, &parsed, &error));
+  test_expect_error(error, LCM_ERROR_FORMAT, "reverse_transformer_layers_per_block", NULL);
+  g_clear_error(&error);
+  g_unlink(variant);
+  g_free(variant);
+  g_string_free(edited, TRUE);
+  g_free(text);
   g_free(path);
 }
 
@@ -546,7 +640,7 @@ static void test_open_folder(void) {
   g_assert_nonnull(strstr(lcm_model_describe(model), path));
   g_assert_true(g_str_has_suffix(model_scheduler_config(model), "scheduler_config.json"));
   ClipConfig clip;
-  g_assert_true(model_clip_config(model, &clip, &error));
+  g_assert_true(model_clip_config(model, COMPONENT_TEXT_ENCODER, &clip, &error));
   g_assert_cmpint(clip.num_attention_heads, ==, 4);
   UNetConfig unet;
   g_assert_true(model_unet_config(model, &unet, &error));
@@ -624,7 +718,7 @@ static void test_open_checkpoint(void) {
   g_clear_error(&error);
 
   ClipConfig clip;
-  g_assert_false(model_clip_config(model, &clip, &error));
+  g_assert_false(model_clip_config(model, COMPONENT_TEXT_ENCODER, &clip, &error));
   test_expect_error(error, LCM_ERROR_UNSUPPORTED, "config.json", NULL);
   g_clear_error(&error);
   lcm_model_free(model);
@@ -633,7 +727,7 @@ static void test_open_checkpoint(void) {
   LcmModelParts parts = {.checkpoint = path, .text_encoder_config = text_config};
   model = lcm_model_open_parts(&parts, &error);
   g_assert_no_error(error);
-  g_assert_true(model_clip_config(model, &clip, &error));
+  g_assert_true(model_clip_config(model, COMPONENT_TEXT_ENCODER, &clip, &error));
   g_assert_cmpint(clip.num_attention_heads, ==, 4);
   g_assert_true(weights_contains(model_weights(model, COMPONENT_TEXT_ENCODER, NULL),
                                  "text_model.final_layer_norm.weight"));
@@ -676,12 +770,14 @@ static void write_mini_unet_checkpoint(const char *path, int64_t context, const 
        2,
        {32, context}},
       {"model.diffusion_model.out.2.weight", 4, {4, 32, 3, 3}},
-      {extra_key ? extra_key : "model.diffusion_model.out.2.bias", 1, {4}},
+      /* 2-D as SDXL's label_emb.0.0.weight: 2816 = 1280 pooled + 6 x 256 */
+      extra_key ? (TensorSpec){extra_key, 2, {4, 2816}}
+                : (TensorSpec){"model.diffusion_model.out.2.bias", 1, {4}},
   };
   write_zeros(path, specs, G_N_ELEMENTS(specs));
 }
 
-static void test_refuse_sd2_and_sdxl(void) {
+static void test_refuse_sd2(void) {
   char *path = tmp_path("mini.safetensors");
   /* SD1.5 width opens, with linear projections inferred */
   write_mini_unet_checkpoint(path, 768, NULL);
@@ -701,9 +797,18 @@ static void test_refuse_sd2_and_sdxl(void) {
   expect_open_error(path, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion 2.x");
   write_mini_unet_checkpoint(path, 768, "cond_stage_model.model.token_embedding.weight");
   expect_open_error(path, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion 2.x");
-  write_mini_unet_checkpoint(path, 2048, "conditioner.embedders.0.transformer.text_model.x");
-  expect_open_error(path, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion XL");
-  write_mini_unet_checkpoint(path, 2048, "model.diffusion_model.label_emb.0.0.weight");
+  /* SDXL checkpoints open as the SDXL family, by either telltale key */
+  static const char *const sdxl_keys[] = {"conditioner.embedders.0.transformer.text_model.x",
+                                          "model.diffusion_model.label_emb.0.0.weight"};
+  for (size_t i = 0; i < G_N_ELEMENTS(sdxl_keys); i++) {
+    write_mini_unet_checkpoint(path, 2048, sdxl_keys[i]);
+    model = lcm_model_open(path, &error);
+    g_assert_no_error(error);
+    g_assert_cmpint(lcm_model_family(model), ==, LCM_FAMILY_SDXL);
+    lcm_model_free(model);
+  }
+  /* an SDXL-wide UNet without SDXL's text side is refused, saying why */
+  write_mini_unet_checkpoint(path, 2048, NULL);
   expect_open_error(path, LCM_ERROR_UNSUPPORTED, path, "Stable Diffusion XL");
 
   /* a diffusers UNet file is not a checkpoint */
@@ -728,6 +833,52 @@ static void copy_file(const char *from_relative, const char *to) {
   g_assert_true(g_file_set_contents(to, contents, (gssize)length, NULL));
   g_free(contents);
   g_free(from);
+}
+
+/* The text side of the tiny SDXL pipeline: both text encoders and
+ * tokenizers, the force_zeros_for_empty_prompt default, the second
+ * encoder's tensors. */
+static void test_open_sdxl_text_parts(void) {
+  char *folder = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  char *dirs[4];
+  static const char *const names[] = {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"};
+  for (size_t i = 0; i < G_N_ELEMENTS(names); i++)
+    dirs[i] = g_build_filename(folder, names[i], NULL);
+  LcmModelParts parts = {.text_encoder = dirs[0],
+                         .text_encoder_2 = dirs[1],
+                         .tokenizer = dirs[2],
+                         .tokenizer_2 = dirs[3]};
+  GError *error = NULL;
+  LcmModel *model = lcm_model_open_parts(&parts, &error);
+  for (size_t i = 0; i < G_N_ELEMENTS(names); i++) g_free(dirs[i]);
+  g_assert_no_error(error);
+  g_assert_cmpint(lcm_model_family(model), ==, LCM_FAMILY_SDXL);
+  g_assert_true(model_force_zeros_for_empty_prompt(model));
+  ClipConfig clip;
+  g_assert_true(model_clip_config(model, COMPONENT_TEXT_ENCODER_2, &clip, &error));
+  g_assert_cmpint(clip.hidden_size, ==, 24);
+  g_assert_false(clip.quick_gelu);
+  g_assert_cmpint(clip.eos_token_id, ==, 2);
+  int ndims;
+  int64_t shape[ST_MAX_DIMS];
+  float *projection = lcm_model_read_tensor(model, "text_encoder_2", "text_projection.weight",
+                                            &ndims, shape, &error);
+  g_assert_no_error(error);
+  g_assert_cmpint(ndims, ==, 2);
+  g_assert_cmpint(shape[0], ==, 16);
+  g_assert_cmpint(shape[1], ==, 24);
+  g_free(projection);
+  /* tokenizer_2 pads with "!" (id 0) */
+  LcmTokenizer *tokenizer_2 = model_load_tokenizer_2(model, &error);
+  g_assert_no_error(error);
+  int32_t ids[LCM_CLIP_TOKENS];
+  g_assert_cmpint(lcm_tokenizer_encode(tokenizer_2, "wow!", ids), ==, 2);
+  g_assert_cmpint(ids[2], ==, 0);
+  g_assert_cmpint(ids[3], ==, LCM_CLIP_EOS);
+  g_assert_cmpint(ids[4], ==, 0);
+  lcm_tokenizer_free(tokenizer_2);
+  lcm_model_free(model);
+  g_free(folder);
 }
 
 static void test_incomplete_folders(void) {
@@ -755,10 +906,28 @@ static void test_incomplete_folders(void) {
   copy_file("golden/tiny-lcm/unet/diffusion_pytorch_model.safetensors", weights);
   expect_open_error(folder, LCM_ERROR_MISSING, "pipeline/vae", "folder is missing");
 
-  /* SDXL pipelines are named by model_index.json */
+  /* SDXL pipelines are named by model_index.json and need their second
+   * text encoder and tokenizer too */
   g_assert_true(
       g_file_set_contents(index, "{\"_class_name\": \"StableDiffusionXLPipeline\"}", -1, NULL));
-  expect_open_error(folder, LCM_ERROR_UNSUPPORTED, "model_index.json", "Stable Diffusion XL");
+  char *vae = make_dir("pipeline/vae"), *text_encoder = make_dir("pipeline/text_encoder");
+  static const char *const copies[][2] = {
+      {"golden/tiny-lcm/vae/config.json", "pipeline/vae/config.json"},
+      {"golden/tiny-lcm/vae/diffusion_pytorch_model.safetensors",
+       "pipeline/vae/diffusion_pytorch_model.safetensors"},
+      {"golden/tiny-lcm/text_encoder/config.json", "pipeline/text_encoder/config.json"},
+      {"golden/tiny-lcm/text_encoder/model.safetensors", "pipeline/text_encoder/model.safetensors"},
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS(copies); i++) {
+    char *to = tmp_path(copies[i][1]);
+    copy_file(copies[i][0], to);
+    g_free(to);
+  }
+  expect_open_error(folder, LCM_ERROR_MISSING, "pipeline/text_encoder_2", "folder is missing");
+  g_assert_true(
+      g_file_set_contents(index, "{\"_class_name\": \"StableDiffusionPipeline\"}", -1, NULL));
+  g_free(vae);
+  g_free(text_encoder);
 
   /* an SD 2.x UNet folder is refused by its cross-attention width */
   char *sd2_config =
@@ -789,13 +958,15 @@ int main(int argc, char **argv) {
   g_test_add_func("/model/config-read", test_config_read);
   g_test_add_func("/model/config-variants", test_config_variants);
   g_test_add_func("/model/config-infer", test_config_infer);
+  g_test_add_func("/model/config-sdxl", test_config_sdxl);
   g_test_add_func("/model/clip-infer-heads", test_clip_infer_heads);
   g_test_add_func("/model/open-folder", test_open_folder);
   g_test_add_func("/model/open-parts-fp16-unet", test_open_parts_fp16_unet);
   g_test_add_func("/model/open-checkpoint", test_open_checkpoint);
   g_test_add_func("/model/refuse-pickles", test_refuse_pickles);
-  g_test_add_func("/model/refuse-sd2-and-sdxl", test_refuse_sd2_and_sdxl);
+  g_test_add_func("/model/refuse-sd2", test_refuse_sd2);
   g_test_add_func("/model/incomplete-folders", test_incomplete_folders);
+  g_test_add_func("/model/open-sdxl-text-parts", test_open_sdxl_text_parts);
   int result = g_test_run();
   char *variant = tmp_path("variant-config.json");
   char *vae_config = tmp_path("vae-no-mid-attention.json");

@@ -121,15 +121,15 @@ static void projection(Walk *walk, const UNetConfig *u, const char *prefix, int 
 
 /* diffusers Transformer2DModel over h x w tokens, cross-attending to the
  * text encoder's LCM_CLIP_TOKENS states. */
-static void transformer(Walk *walk, const UNetConfig *u, const char *prefix, int channels, int h,
-                        int w) {
+static void transformer(Walk *walk, const UNetConfig *u, const char *prefix, int depth,
+                        int channels, int h, int w) {
   const int64_t tokens = (int64_t)h * w;
   g_autofree char *norm_name = g_strconcat(prefix, ".norm", NULL);
   g_autofree char *proj_in = g_strconcat(prefix, ".proj_in", NULL);
   g_autofree char *proj_out = g_strconcat(prefix, ".proj_out", NULL);
   norm(walk, norm_name, channels);
   projection(walk, u, proj_in, channels, h, w);
-  for (int t = 0; t < u->transformer_layers_per_block; t++) {
+  for (int t = 0; t < depth; t++) {
     g_autofree char *block = g_strdup_printf("%s.transformer_blocks.%d", prefix, t);
     g_autofree char *norm1 = g_strconcat(block, ".norm1", NULL);
     g_autofree char *attn1 = g_strconcat(block, ".attn1", NULL);
@@ -177,7 +177,7 @@ static void walk_unet(Walk *walk, const UNetConfig *u, int latent_h, int latent_
       g_autofree char *res = g_strdup_printf("down_blocks.%d.resnets.%d", i, j);
       g_autofree char *attn = g_strdup_printf("down_blocks.%d.attentions.%d", i, j);
       resnet(walk, res, j == 0 ? in : out, out, temb, lh[i], lw[i]);
-      if (u->down_cross_attn[i]) transformer(walk, u, attn, out, lh[i], lw[i]);
+      if (u->down_cross_attn[i]) transformer(walk, u, attn, u->down_depth[i][j], out, lh[i], lw[i]);
     }
     if (i < n - 1) {
       g_autofree char *down = g_strdup_printf("down_blocks.%d.downsamplers.0.conv", i);
@@ -187,8 +187,10 @@ static void walk_unet(Walk *walk, const UNetConfig *u, int latent_h, int latent_
 
   const int deepest = u->block_out_channels[n - 1];
   resnet(walk, "mid_block.resnets.0", deepest, deepest, temb, lh[n - 1], lw[n - 1]);
-  transformer(walk, u, "mid_block.attentions.0", deepest, lh[n - 1], lw[n - 1]);
-  resnet(walk, "mid_block.resnets.1", deepest, deepest, temb, lh[n - 1], lw[n - 1]);
+  if (u->mid_cross_attn) {
+    transformer(walk, u, "mid_block.attentions.0", u->mid_depth, deepest, lh[n - 1], lw[n - 1]);
+    resnet(walk, "mid_block.resnets.1", deepest, deepest, temb, lh[n - 1], lw[n - 1]);
+  }
 
   /* Up block i runs at level n-1-i; each resnet takes a skip connection:
    * the block's own width, except the last one, which takes the width of the
@@ -203,7 +205,8 @@ static void walk_unet(Walk *walk, const UNetConfig *u, int latent_h, int latent_
       g_autofree char *res = g_strdup_printf("up_blocks.%d.resnets.%d", i, j);
       g_autofree char *attn = g_strdup_printf("up_blocks.%d.attentions.%d", i, j);
       resnet(walk, res, (j == 0 ? prev : width) + skip, width, temb, lh[level], lw[level]);
-      if (u->up_cross_attn[i]) transformer(walk, u, attn, width, lh[level], lw[level]);
+      if (u->up_cross_attn[i])
+        transformer(walk, u, attn, u->up_depth[i][j], width, lh[level], lw[level]);
     }
     if (level > 0) {
       g_autofree char *up = g_strdup_printf("up_blocks.%d.upsamplers.0.conv", i);

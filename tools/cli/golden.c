@@ -93,21 +93,41 @@ static char *case_path(Case *c, const char *role) {
   return g_build_filename(c->base_dir, json_node_get_string(node), NULL);
 }
 
+/* The UNet config of a checkpoint made from a diffusers folder beside it
+ * (tiny-sdxl-lcm.safetensors: tiny-sdxl-lcm/unet/config.json), as
+ * diffusers' from_single_file(config=...) takes it: tiny models' head
+ * counts do not follow from shapes. NULL when there is none; g_free it. */
+static char *checkpoint_unet_config(const char *checkpoint) {
+  if (!checkpoint || !g_str_has_suffix(checkpoint, ".safetensors")) return NULL;
+  char *stem = g_strndup(checkpoint, strlen(checkpoint) - strlen(".safetensors"));
+  char *config = g_build_filename(stem, "unet", "config.json", NULL);
+  g_free(stem);
+  if (g_file_test(config, G_FILE_TEST_IS_REGULAR)) return config;
+  g_free(config);
+  return NULL;
+}
+
 /* The model parts a case's `paths` name, without its LoRAs. */
 static LcmModel *case_base_model(Case *c, GError **error) {
-  static const char *const roles[] = {"unet",      "unet_weights", "vae",       "text_encoder",
-                                      "tokenizer", "scheduler",    "checkpoint"};
+  static const char *const roles[] = {"unet",         "unet_weights",   "vae",
+                                      "text_encoder", "tokenizer",      "scheduler",
+                                      "checkpoint",   "text_encoder_2", "tokenizer_2"};
   char *p[G_N_ELEMENTS(roles)];
   for (size_t i = 0; i < G_N_ELEMENTS(roles); i++) p[i] = case_path(c, roles[i]);
+  char *unet_config = p[0] ? NULL : checkpoint_unet_config(p[6]);
   LcmModelParts parts = {.unet = p[0],
                          .unet_weights = p[1],
                          .vae = p[2],
                          .text_encoder = p[3],
                          .tokenizer = p[4],
                          .scheduler = p[5],
-                         .checkpoint = p[6]};
+                         .checkpoint = p[6],
+                         .text_encoder_2 = p[7],
+                         .tokenizer_2 = p[8],
+                         .unet_config = unet_config};
   LcmModel *model = lcm_model_open_parts(&parts, error);
   for (size_t i = 0; i < G_N_ELEMENTS(roles); i++) g_free(p[i]);
+  g_free(unet_config);
   return model;
 }
 
@@ -141,33 +161,71 @@ static LcmModel *case_model(Case *c, GError **error) {
 
 /* ---- Component runners ------------------------------------------------------ */
 
-static gboolean run_tokenizer(Case *c, GError **error) {
-  char *dir = case_path(c, "tokenizer");
-  LcmTokenizer *tok = NULL;
-  if (dir) {
-    char *vocab = g_build_filename(dir, "vocab.json", NULL);
-    char *merges = g_build_filename(dir, "merges.txt", NULL);
-    tok = lcm_tokenizer_new(vocab, merges, error);
-    g_free(vocab);
-    g_free(merges);
-    g_free(dir);
-  } else {
-    tok = lcm_tokenizer_new_default(error);
-  }
+/* Dimension `axis` of output `name` as cases.json declares it, or -1. */
+static int case_output_dim(Case *c, const char *name, guint axis) {
+  JsonObject *outputs = json_object_has_member(c->obj, "outputs")
+                            ? json_object_get_object_member(c->obj, "outputs")
+                            : NULL;
+  JsonObject *output = outputs && json_object_has_member(outputs, name)
+                           ? json_object_get_object_member(outputs, name)
+                           : NULL;
+  JsonArray *shape = output && json_object_has_member(output, "shape")
+                         ? json_object_get_array_member(output, "shape")
+                         : NULL;
+  return shape && axis < json_array_get_length(shape) ? (int)json_array_get_int_element(shape, axis)
+                                                      : -1;
+}
+
+/* Whether the case lists `name` among its outputs. */
+static gboolean case_has_output(Case *c, const char *name) {
+  JsonObject *outputs = json_object_has_member(c->obj, "outputs")
+                            ? json_object_get_object_member(c->obj, "outputs")
+                            : NULL;
+  return outputs && json_object_has_member(outputs, name);
+}
+
+/* The prompts through the tokenizer of paths[role] (the bundled one when
+ * the case names none): input_ids{suffix} and the token counts the case
+ * lists, n_tokens_untruncated (SD1.5) or n_tokens_with_bos_eos{suffix}
+ * (SDXL, whose tokenizer_2 gives suffix "_2"). */
+static gboolean tokenize_prompts(Case *c, const char *role, const char *suffix, GError **error) {
+  char *dir = case_path(c, role);
+  LcmTokenizer *tok =
+      dir ? lcm_tokenizer_new_from_folder(dir, error) : lcm_tokenizer_new_default(error);
+  g_free(dir);
   if (!tok) return FALSE;
   JsonArray *prompts = json_object_get_array_member(c->params, "prompts");
   guint n = json_array_get_length(prompts);
   float *ids = g_new(float, (size_t)n *LCM_CLIP_TOKENS);
-  float *counts = g_new(float, n);
+  float *counts = g_new(float, n), *real_tokens = g_new(float, n);
   for (guint i = 0; i < n; i++) {
     int32_t row[LCM_CLIP_TOKENS];
-    counts[i] = (float)lcm_tokenizer_encode(tok, json_array_get_string_element(prompts, i), row);
+    int count = lcm_tokenizer_encode(tok, json_array_get_string_element(prompts, i), row);
+    counts[i] = (float)count;
+    real_tokens[i] = (float)(MIN(count, LCM_CLIP_TOKENS - 2) + 2);
     for (int j = 0; j < LCM_CLIP_TOKENS; j++) ids[(size_t)i * LCM_CLIP_TOKENS + j] = (float)row[j];
   }
   lcm_tokenizer_free(tok);
-  case_add_output(c, "input_ids", 2, (int64_t[]){n, LCM_CLIP_TOKENS}, ids, TRUE);
-  case_add_output(c, "n_tokens_untruncated", 1, (int64_t[]){n}, counts, TRUE);
+  char *ids_name = g_strconcat("input_ids", suffix, NULL);
+  char *real_name = g_strconcat("n_tokens_with_bos_eos", suffix, NULL);
+  case_add_output(c, ids_name, 2, (int64_t[]){n, LCM_CLIP_TOKENS}, ids, TRUE);
+  if (case_has_output(c, "n_tokens_untruncated"))
+    case_add_output(c, "n_tokens_untruncated", 1, (int64_t[]){n}, counts, TRUE);
+  else
+    g_free(counts);
+  if (case_has_output(c, real_name))
+    case_add_output(c, real_name, 1, (int64_t[]){n}, real_tokens, TRUE);
+  else
+    g_free(real_tokens);
+  g_free(ids_name);
+  g_free(real_name);
   return TRUE;
+}
+
+static gboolean run_tokenizer(Case *c, GError **error) {
+  if (!tokenize_prompts(c, "tokenizer", "", error)) return FALSE;
+  /* SDXL's second tokenizer */
+  return !case_has_output(c, "input_ids_2") || tokenize_prompts(c, "tokenizer_2", "_2", error);
 }
 
 /* Encodes the case's `input_ids` with the text encoder of `model`. */
@@ -204,6 +262,143 @@ static gboolean run_text_encoder(Case *c, GError **error) {
   return ok;
 }
 
+/* ---- SDXL text side ------------------------------------------------------ */
+
+/* The case's int token ids `name` (batch x 77); *batch gets the rows. */
+static int32_t *case_ids(Case *c, const char *name, int *batch, GError **error) {
+  const StTensor *info;
+  float *values = case_input(c, name, &info, error);
+  if (!values) return NULL;
+  *batch = info->ndims == 2 ? (int)info->shape[0] : 1;
+  int32_t *ids = g_new(int32_t, (size_t)*batch *LCM_CLIP_TOKENS);
+  for (int i = 0; i < *batch * LCM_CLIP_TOKENS; i++) ids[i] = (int32_t)values[i];
+  g_free(values);
+  return ids;
+}
+
+/* rows x width_1 and rows x width_2 column blocks of rows x (width_1 +
+ * width_2) values, added as outputs name_1 and name_2 [batch, 77, width]. */
+static void add_context_halves(Case *c, const float *context, int batch, int width_1, int width_2,
+                               const char *name_1, const char *name_2) {
+  const size_t rows = (size_t)batch * LCM_CLIP_TOKENS;
+  float *half_1 = g_new(float, rows *width_1), *half_2 = g_new(float, rows *width_2);
+  for (size_t r = 0; r < rows; r++) {
+    memcpy(half_1 + r * width_1, context + r * (width_1 + width_2), sizeof(float) * width_1);
+    memcpy(half_2 + r * width_2, context + r * (width_1 + width_2) + width_1,
+           sizeof(float) * width_2);
+  }
+  case_add_output(c, name_1, 3, (int64_t[]){batch, LCM_CLIP_TOKENS, width_1}, half_1, FALSE);
+  case_add_output(c, name_2, 3, (int64_t[]){batch, LCM_CLIP_TOKENS, width_2}, half_2, FALSE);
+}
+
+/* The SDXL encoders of `model` on the case's input_ids / input_ids_2:
+ * {prefix}te1_penultimate, te2_penultimate, prompt_embeds and the pooled
+ * TE2 vector as {prefix}{pooled_name}. */
+static gboolean sdxl_encode_case_ids(Case *c, LcmModel *model, const char *prefix,
+                                     const char *pooled_name, GError **error) {
+  int batch, batch_2;
+  int32_t *ids = case_ids(c, "input_ids", &batch, error);
+  int32_t *ids_2 = ids ? case_ids(c, "input_ids_2", &batch_2, error) : NULL;
+  LcmPromptEncoder *pe = NULL;
+  gboolean ok = ids_2 && (pe = lcm_prompt_encoder_new(model, c->options->precision, error));
+  if (ok && batch != batch_2) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                "case %s: input_ids and input_ids_2 differ in rows", c->name);
+    ok = FALSE;
+  }
+  if (ok) {
+    const int width = lcm_prompt_encoder_context_dim(pe);
+    const int pooled_width = lcm_prompt_encoder_pooled_dim(pe);
+    float *context = g_new(float, (size_t)batch *LCM_CLIP_TOKENS *width);
+    float *pooled = g_new(float, (size_t)batch *MAX(pooled_width, 1));
+    ok = lcm_prompt_encoder_encode_ids(pe, ids, ids_2, batch, 0, context, pooled, error);
+    char *names[4] = {
+        g_strconcat(prefix, "te1_penultimate", NULL), g_strconcat(prefix, "te2_penultimate", NULL),
+        g_strconcat(prefix, "prompt_embeds", NULL), g_strconcat(prefix, pooled_name, NULL)};
+    /* where TE1's columns end: the width cases.json gives its output */
+    const int width_1 = case_output_dim(c, names[0], 2);
+    if (ok && (width_1 <= 0 || width_1 >= width)) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                  "case %s: output %s needs a shape [batch, 77, width < %d]", c->name, names[0],
+                  width);
+      ok = FALSE;
+    }
+    if (ok) {
+      add_context_halves(c, context, batch, width_1, width - width_1, names[0], names[1]);
+      case_add_output(c, names[2], 3, (int64_t[]){batch, LCM_CLIP_TOKENS, width}, context, FALSE);
+      case_add_output(c, names[3], 2, (int64_t[]){batch, pooled_width}, pooled, FALSE);
+      context = pooled = NULL;
+    }
+    for (int i = 0; i < 4; i++) g_free(names[i]);
+    g_free(context);
+    g_free(pooled);
+  }
+  lcm_prompt_encoder_free(pe);
+  g_free(ids);
+  g_free(ids_2);
+  return ok;
+}
+
+/* encode_prompt with classifier-free guidance for one variant of the
+ * case's params (prompt_2 and the negative prompt, NULL when absent):
+ * {variant}.prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds and
+ * negative_pooled_prompt_embeds, those the case lists. */
+static gboolean sdxl_encode_cfg_variant(Case *c, LcmPromptEncoder *pe, const char *variant,
+                                        const char *prompt_2, const char *negative,
+                                        GError **error) {
+  const int width = lcm_prompt_encoder_context_dim(pe),
+            pooled_width = lcm_prompt_encoder_pooled_dim(pe);
+  const size_t context_size = (size_t)LCM_CLIP_TOKENS * width;
+  float *context = g_new(float, 2 * context_size), *pooled = g_new(float, 2 * pooled_width);
+  const char *prompt = json_object_get_string_member(c->params, "prompt");
+  gboolean ok = lcm_prompt_encoder_encode_cfg(pe, prompt, prompt_2, negative, NULL, 0, context,
+                                              pooled, error);
+  const struct {
+    const char *name;
+    const float *data;
+    gboolean is_context;
+  } parts[] = {{"negative_prompt_embeds", context, TRUE},
+               {"prompt_embeds", context + context_size, TRUE},
+               {"negative_pooled_prompt_embeds", pooled, FALSE},
+               {"pooled_prompt_embeds", pooled + pooled_width, FALSE}};
+  for (size_t i = 0; ok && i < G_N_ELEMENTS(parts); i++) {
+    char *name = g_strdup_printf("%s.%s", variant, parts[i].name);
+    if (case_has_output(c, name)) {
+      if (parts[i].is_context)
+        case_add_output(c, name, 3, (int64_t[]){1, LCM_CLIP_TOKENS, width},
+                        g_memdup2(parts[i].data, sizeof(float) * context_size), FALSE);
+      else
+        case_add_output(c, name, 2, (int64_t[]){1, pooled_width},
+                        g_memdup2(parts[i].data, sizeof(float) * pooled_width), FALSE);
+    }
+    g_free(name);
+  }
+  g_free(context);
+  g_free(pooled);
+  return ok;
+}
+
+/* sdxl_text_encoders (token ids in, encoder outputs) and
+ * sdxl_encode_prompt_cfg (prompts in, encode_prompt's four tensors). */
+static gboolean run_text_encoders(Case *c, GError **error) {
+  LcmModel *model = case_model(c, error);
+  if (!model) return FALSE;
+  gboolean ok;
+  if (!json_object_has_member(c->params, "negative_prompt")) {
+    ok = sdxl_encode_case_ids(c, model, "", "text_embeds", error);
+  } else {
+    LcmPromptEncoder *pe = lcm_prompt_encoder_new(model, c->options->precision, error);
+    const char *negative = json_object_get_string_member(c->params, "negative_prompt");
+    const char *prompt_2 = json_object_get_string_member(c->params, "prompt_2");
+    ok = pe && sdxl_encode_cfg_variant(c, pe, "negative_given", NULL, negative, error) &&
+         sdxl_encode_cfg_variant(c, pe, "negative_none", NULL, NULL, error) &&
+         sdxl_encode_cfg_variant(c, pe, "prompt_2", prompt_2, NULL, error);
+    lcm_prompt_encoder_free(pe);
+  }
+  lcm_model_free(model);
+  return ok;
+}
+
 static gboolean run_guidance_embedding(Case *c, GError **error) {
   const StTensor *info;
   float *w = case_input(c, "w", &info, error);
@@ -217,14 +412,39 @@ static gboolean run_guidance_embedding(Case *c, GError **error) {
   return TRUE;
 }
 
-static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, GError **error) {
+/* An input the case may lack: NULL then. */
+static float *case_optional_input(Case *c, const char *name) {
+  return c->data && st_find(c->data, name) ? case_input(c, name, NULL, NULL) : NULL;
+}
+
+/* The UNet's per-image conditions among the case's inputs (SDXL's
+ * text_embeds and time_ids, LCM's timestep_cond); free with
+ * unet_conditions_free. */
+static LcmUNetConditions case_unet_conditions(Case *c) {
+  return (LcmUNetConditions){.timestep_cond = case_optional_input(c, "timestep_cond"),
+                             .text_embeds = case_optional_input(c, "text_embeds"),
+                             .time_ids = case_optional_input(c, "time_ids")};
+}
+
+static void unet_conditions_free(LcmUNetConditions *cond) {
+  g_free((float *)cond->timestep_cond);
+  g_free((float *)cond->text_embeds);
+  g_free((float *)cond->time_ids);
+}
+
+/* The UNet on the case's inputs; without_guidance leaves out its
+ * timestep_cond. */
+static gboolean unet_on_inputs_with(Case *c, LcmModel *model, const char *out_name,
+                                    gboolean without_guidance, GError **error) {
   const StTensor *sample_info, *ctx_info;
   float *sample = case_input(c, "sample", &sample_info, error);
   float *timestep = sample ? case_input(c, "timestep", NULL, error) : NULL;
   float *context = timestep ? case_input(c, "encoder_hidden_states", &ctx_info, error) : NULL;
-  float *cond = c->data && st_find(c->data, "timestep_cond")
-                    ? case_input(c, "timestep_cond", NULL, NULL)
-                    : NULL;
+  LcmUNetConditions cond = case_unet_conditions(c);
+  if (without_guidance) {
+    g_free((float *)cond.timestep_cond);
+    cond.timestep_cond = NULL;
+  }
   gboolean ok = FALSE;
   LcmUNet *unet = context ? lcm_unet_load(model, c->options->precision, error) : NULL;
   if (unet) {
@@ -232,8 +452,8 @@ static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, G
     int batch = (int)sample_info->shape[0], h = (int)sample_info->shape[2];
     int w = (int)sample_info->shape[3], oc = lcm_unet_out_channels(unet);
     float *out = g_new(float, (size_t)batch *oc *h *w);
-    ok = lcm_unet_run(unet, sample, batch, h, w, timestep[0], context, (int)ctx_info->shape[1],
-                      cond, out, error);
+    ok = lcm_unet_run_conditioned(unet, sample, batch, h, w, timestep[0], context,
+                                  (int)ctx_info->shape[1], &cond, out, error);
     if (ok)
       case_add_output(c, out_name, 4, (int64_t[]){batch, oc, h, w}, out, FALSE);
     else
@@ -243,8 +463,12 @@ static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, G
   g_free(sample);
   g_free(timestep);
   g_free(context);
-  g_free(cond);
+  unet_conditions_free(&cond);
   return ok;
+}
+
+static gboolean unet_on_inputs(Case *c, LcmModel *model, const char *out_name, GError **error) {
+  return unet_on_inputs_with(c, model, out_name, FALSE, error);
 }
 
 static gboolean run_unet(Case *c, GError **error) {
@@ -252,6 +476,45 @@ static gboolean run_unet(Case *c, GError **error) {
   if (!model) return FALSE;
   gboolean ok = unet_on_inputs(c, model, "out", error);
   lcm_model_free(model);
+  return ok;
+}
+
+/* SDXL's conditioning vectors (time ids, added embedding, time embedding)
+ * for per-image timesteps. */
+static gboolean run_unet_added_cond(Case *c, GError **error) {
+  const StTensor *info;
+  float *timesteps = case_input(c, "timestep", &info, error);
+  if (!timesteps) return FALSE;
+  int batch = (int)st_numel(info);
+  LcmModel *model = case_model(c, error);
+  LcmUNet *unet = model ? lcm_unet_load(model, c->options->precision, error) : NULL;
+  LcmUNetConditions cond = case_unet_conditions(c);
+  LcmUNetEmbeddings emb;
+  gboolean ok = unet && lcm_unet_embeddings(unet, batch, timesteps, &cond, &emb, error);
+  if (ok) {
+    const struct {
+      const char *name;
+      float **data;
+      int dim;
+    } outputs[] = {
+        {"time_ids_proj", &emb.add_time_proj, emb.add_time_proj_dim},
+        {"add_embeds", &emb.add_embeds, emb.add_embeds_dim},
+        {"aug_emb", &emb.add_embedding, emb.emb_dim},
+        {"t_emb", &emb.time_proj, emb.time_proj_dim},
+        {"temb", &emb.time_embedding, emb.emb_dim},
+        {"emb", &emb.emb, emb.emb_dim},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(outputs); i++) {
+      case_add_output(c, outputs[i].name, 2, (int64_t[]){batch, outputs[i].dim}, *outputs[i].data,
+                      FALSE);
+      *outputs[i].data = NULL; /* owned by the output now */
+    }
+    lcm_unet_embeddings_clear(&emb);
+  }
+  unet_conditions_free(&cond);
+  lcm_unet_free(unet);
+  if (model) lcm_model_free(model);
+  g_free(timesteps);
   return ok;
 }
 
@@ -378,9 +641,13 @@ static gboolean run_taesd_encoder(Case *c, GError **error) {
 static LcmScheduler *case_scheduler(Case *c, GError **error) {
   char *dir = case_path(c, "scheduler");
   LcmScheduler *s;
-  if (!dir && json_object_has_member(c->params, "scheduler_config")) {
-    char *json = json_to_string(json_object_get_member(c->params, "scheduler_config"), FALSE);
-    s = lcm_scheduler_new_from_json(json, "params.scheduler_config", error);
+  /* the SDXL set names the config its scheduler saved scheduler_config_saved */
+  const char *config_key = json_object_has_member(c->params, "scheduler_config_saved")
+                               ? "scheduler_config_saved"
+                               : "scheduler_config";
+  if (!dir && json_object_has_member(c->params, config_key)) {
+    char *json = json_to_string(json_object_get_member(c->params, config_key), FALSE);
+    s = lcm_scheduler_new_from_json(json, config_key, error);
     g_free(json);
   } else {
     char *config = dir ? g_build_filename(dir, "scheduler_config.json", NULL) : NULL;
@@ -849,9 +1116,13 @@ static gboolean check_keymap(Case *c, LcmModel *model, GError **error) {
   guint checked = 0, wrong = 0;
   for (GList *l = keys; l && ok; l = l->next) {
     const char *orig = l->data;
-    const char *target =
-        json_object_get_string_member(json_object_get_object_member(map, orig), "diffusers");
-    const char *dot = strchr(target, '.');
+    JsonNode *target_node =
+        json_object_get_member(json_object_get_object_member(map, orig), "diffusers");
+    /* a key made of several diffusers tensors (fused q/k/v) is a list */
+    const char *target = target_node && JSON_NODE_HOLDS_VALUE(target_node)
+                             ? json_node_get_string(target_node)
+                             : NULL;
+    const char *dot = target ? strchr(target, '.') : NULL;
     const StTensor *raw = st_find(c->data, orig);
     if (!dot || !raw) {
       wrong++;
@@ -924,8 +1195,10 @@ static gboolean rerun_sibling(Case *c, JsonObject *sib, size_t check, gboolean *
   g_free(file);
   if (!sc.data) return FALSE;
   char *ckpt = case_path(c, "checkpoint");
-  LcmModelParts parts = {.checkpoint = ckpt};
+  char *unet_config = checkpoint_unet_config(ckpt);
+  LcmModelParts parts = {.checkpoint = ckpt, .unet_config = unet_config};
   LcmModel *model = lcm_model_open_parts(&parts, error);
+  g_free(unet_config);
   sc.outputs = g_ptr_array_new_with_free_func(output_free);
   gboolean ok = model && unet_on_inputs(&sc, model, sibling_checks[check].output, error);
   if (ok) {
@@ -954,10 +1227,38 @@ static int checkpoint_dtype(Case *c) {
   return -1;
 }
 
+/* A case whose outputs are the networks of the checkpoint on its inputs
+ * (singlefile_sdxl_outputs); each output names what computes it. */
+static gboolean single_file_outputs(Case *c, LcmModel *model, GError **error) {
+  JsonObject *outputs = json_object_has_member(c->obj, "outputs")
+                            ? json_object_get_object_member(c->obj, "outputs")
+                            : NULL;
+  GList *names = outputs ? json_object_get_members(outputs) : NULL;
+  gboolean ok = TRUE;
+  for (GList *l = names; l && ok; l = l->next) {
+    const char *name = l->data;
+    if (!strcmp(name, "unet_out"))
+      ok = unet_on_inputs(c, model, name, error);
+    else if (!strcmp(name, "unet_out_no_timestep_cond"))
+      ok = unet_on_inputs_with(c, model, name, TRUE, error);
+    else if (!strcmp(name, "vae_decode"))
+      ok = vae_decode_inputs(c, model, name, error);
+    else if (!strcmp(name, "vae_encode_mean"))
+      ok = vae_encode_inputs(c, model, "vae_encode_", error);
+    else {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "case %s: unknown single-file output '%s'",
+                  c->name, name);
+      ok = FALSE;
+    }
+  }
+  g_list_free(names);
+  return ok;
+}
+
 static gboolean run_single_file(Case *c, GError **error) {
   LcmModel *model = case_model(c, error);
   if (!model) return FALSE;
-  gboolean ok = check_keymap(c, model, error);
+  gboolean ok = check_keymap(c, model, error) && single_file_outputs(c, model, error);
   lcm_model_free(model);
   if (!ok) return FALSE;
   int dtype = checkpoint_dtype(c);
@@ -996,8 +1297,10 @@ static const struct {
 } runners[] = {
     {"tokenizer", run_tokenizer},
     {"text_encoder", run_text_encoder},
+    {"text_encoders", run_text_encoders},
     {"lcm_guidance_embedding", run_guidance_embedding},
     {"unet", run_unet},
+    {"unet_added_cond", run_unet_added_cond},
     {"vae_encoder", run_vae_encoder},
     {"vae_decoder", run_vae_decoder},
     {"taesd_decoder", run_taesd_decoder},
