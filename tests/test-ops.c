@@ -1,6 +1,6 @@
 /* Every op of core/ops.h against a naive fp32 reference, in fp32 (tight)
  * and bf16 (loose; skipped on CPUs without bf16 support). */
-#include "ops.h"
+#include "ops-internal.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -380,6 +380,70 @@ static void test_group_norm(const Ctx *ctx) {
   g_free(shift);
 }
 
+/* group_norm_nhwc in both dtypes whatever the CPU computes in: odd channel
+ * counts, groups of 1..32 channels, images larger than one work block, SiLU
+ * on and off, against a two-pass double reference on the values the kernel
+ * sees (bf16-rounded inputs in bf16). */
+static void test_group_norm_kernel(void) {
+  const struct {
+    int n, h, w, c, groups;
+  } cases[] = {{1, 1, 1, 3, 3},    {2, 17, 23, 35, 5},   {1, 9, 31, 96, 3},
+               {1, 4, 5, 130, 65}, {2, 19, 21, 512, 32}, {1, 33, 8, 64, 2}};
+  GError *error = NULL;
+  Ops *ops = ops_new(LCM_PRECISION_FP32, &error);
+  g_assert_no_error(error);
+  for (int bf16 = 0; bf16 < 2; bf16++)
+    for (size_t ci = 0; ci < G_N_ELEMENTS(cases); ci++)
+      for (int silu = 0; silu < 2; silu++) {
+        const int n = cases[ci].n, hw = cases[ci].h * cases[ci].w, c = cases[ci].c;
+        const int groups = cases[ci].groups, cg = c / groups;
+        const float eps = 1e-6f;
+        const dnnl_data_type_t dtype = bf16 ? dnnl_bf16 : dnnl_f32;
+        const Ctx ctx = {ops, bf16};
+        const size_t count = (size_t)n * hw * c;
+        float *x = random_values(&ctx, count, 2.0f);
+        for (size_t i = 0; i < count; i++) x[i] += 3.0f; /* a mean far from 0 */
+        Tensor *tx = tensor_new(n, cases[ci].h, cases[ci].w, c, dtype);
+        for (size_t i = 0; i < count; i++) element_set(tx->data, dtype, i, x[i]);
+        for (size_t i = 0; i < count; i++) x[i] = element_get(tx->data, dtype, i);
+        float *scale = random_values(&ctx, c, 1.5f), *shift = random_values(&ctx, c, 1.0f);
+        float *want = g_new(float, count);
+        for (int b = 0; b < n; b++)
+          for (int g = 0; g < groups; g++) {
+            const float *xb = x + (size_t)b * hw * c;
+            double sum = 0, sq = 0;
+            for (int p = 0; p < hw; p++)
+              for (int k = g * cg; k < (g + 1) * cg; k++) sum += xb[(size_t)p * c + k];
+            const double mean = sum / ((double)hw * cg);
+            for (int p = 0; p < hw; p++)
+              for (int k = g * cg; k < (g + 1) * cg; k++)
+                sq += (xb[(size_t)p * c + k] - mean) * (xb[(size_t)p * c + k] - mean);
+            const double inv = 1.0 / sqrt(sq / ((double)hw * cg) + eps);
+            for (int p = 0; p < hw; p++)
+              for (int k = g * cg; k < (g + 1) * cg; k++) {
+                const size_t i = ((size_t)b * hw + p) * c + k;
+                want[i] = act_ref(silu ? ACT_SILU : ACT_NONE,
+                                  (float)((x[i] - mean) * inv * scale[k] + shift[k]));
+              }
+          }
+        Norm *norm = norm_new(ops, scale, shift, c, &error);
+        g_assert_no_error(error);
+        Tensor *out = group_norm_nhwc(norm, tx, groups, eps, silu ? ACT_SILU : ACT_NONE, &error);
+        g_assert_no_error(error);
+        g_assert_cmpint(out->dtype, ==, dtype);
+        g_assert_true(out->n == n && out->h == cases[ci].h && out->w == cases[ci].w && out->c == c);
+        assert_close(&ctx, out, want, count, bf16 ? "group_norm bf16" : "group_norm fp32");
+        tensor_free(out);
+        tensor_free(tx);
+        norm_free(norm);
+        g_free(x);
+        g_free(scale);
+        g_free(shift);
+        g_free(want);
+      }
+  ops_free(ops);
+}
+
 static void test_layer_norm(const Ctx *ctx) {
   const int n = 2, tokens = 7, c = 24;
   const float eps = 1e-5f;
@@ -657,6 +721,7 @@ int main(int argc, char **argv) {
   add_test("linear", test_linear);
   add_test("linear-geglu", test_linear_geglu);
   add_test("group-norm", test_group_norm);
+  g_test_add_func("/ops/group-norm-kernel", test_group_norm_kernel);
   add_test("layer-norm", test_layer_norm);
   add_test("attention", test_attention);
   add_test("attention-fused-qkv", test_attention_fused_qkv);
