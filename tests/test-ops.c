@@ -637,6 +637,58 @@ static void test_upsample(const Ctx *ctx) {
   g_free(x);
 }
 
+/* upsample_conv against upsample_nearest followed by the 3x3 conv computed
+ * directly (conv_ref in double): x2 through the folded phases, a 2n-1
+ * target through the kept 3x3, and the error when that was not kept. */
+static void test_upsample_conv(const Ctx *ctx) {
+  const int n = 2, h = 3, w = 5, in_ch = 6, out_ch = 7;
+  const int sizes[][2] = {{6, 10}, {5, 9}, {1, 2}};
+  float *x = random_values(ctx, (size_t)n * h * w * in_ch, 1.0f);
+  float *wt = random_values(ctx, (size_t)out_ch * in_ch * 9, 0.5f);
+  float *bias = random_values(ctx, out_ch, 1.0f);
+  Tensor *tx = make_tensor(ctx, x, n, h, w, in_ch);
+  GError *error = NULL;
+  UpsampleConv *any = upsample_conv_new(ctx->ops, wt, bias, in_ch, out_ch, TRUE, &error);
+  g_assert_no_error(error);
+  UpsampleConv *x2_only = upsample_conv_new(ctx->ops, wt, bias, in_ch, out_ch, FALSE, &error);
+  g_assert_no_error(error);
+  for (size_t si = 0; si < G_N_ELEMENTS(sizes); si++) {
+    const int oh = sizes[si][0], ow = sizes[si][1];
+    const gboolean x2 = oh == 2 * h && ow == 2 * w;
+    float *up = g_new(float, (size_t)n *oh *ow *in_ch);
+    for (int b = 0; b < n; b++)
+      for (int y = 0; y < oh; y++)
+        for (int xx = 0; xx < ow; xx++)
+          memcpy(up + (((size_t)b * oh + y) * ow + xx) * in_ch,
+                 x + (((size_t)b * h + y * h / oh) * w + xx * w / ow) * in_ch,
+                 in_ch * sizeof(float));
+    const ConvCase cc = {n, in_ch, out_ch, 3, 1, oh, ow, 1, 1, 1, 1, TRUE, 0, ACT_NONE};
+    float *want = g_new(float, (size_t)n *oh *ow *out_ch);
+    conv_ref(&cc, up, wt, bias, want, oh, ow);
+    for (int kept = 0; kept < 2; kept++) {
+      Tensor *out = upsample_conv(ctx->ops, kept ? any : x2_only, tx, oh, ow, &error);
+      if (!kept && !x2) {
+        g_assert_error(error, LCM_ERROR, LCM_ERROR_SHAPE);
+        g_assert_null(out);
+        g_clear_error(&error);
+        continue;
+      }
+      g_assert_no_error(error);
+      g_assert_true(out->n == n && out->h == oh && out->w == ow && out->c == out_ch);
+      assert_close(ctx, out, want, (size_t)n * oh * ow * out_ch, "upsample_conv");
+      tensor_free(out);
+    }
+    g_free(up);
+    g_free(want);
+  }
+  upsample_conv_free(any);
+  upsample_conv_free(x2_only);
+  tensor_free(tx);
+  g_free(x);
+  g_free(wt);
+  g_free(bias);
+}
+
 static void test_elementwise(const Ctx *ctx) {
   const int n = 1, h = 4, w = 3, c = 7;
   const size_t count = (size_t)n * h * w * c;
@@ -727,6 +779,7 @@ int main(int argc, char **argv) {
   add_test("attention-fused-qkv", test_attention_fused_qkv);
   add_test("concat", test_concat);
   add_test("upsample", test_upsample);
+  add_test("upsample-conv", test_upsample_conv);
   add_test("elementwise", test_elementwise);
   add_test("nchw-round-trip", test_nchw_round_trip);
   add_test("dtype-mismatch", test_dtype_mismatch);
