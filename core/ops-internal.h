@@ -68,12 +68,14 @@ gboolean ops_check_tensor(const Ops *ops, const Tensor *t, const char *op, const
                           int channels, GError **error);
 void *aligned_buffer(size_t bytes);
 
+/* Round to nearest even; NaN stays a (quiet) NaN. Branch-free, so that
+ * loops over it vectorise. */
 static inline uint16_t f32_to_bf16(float f) {
   uint32_t bits;
   memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* quiet NaN */
-  bits += 0x7fffu + ((bits >> 16) & 1u); /* to nearest even */
-  return (uint16_t)(bits >> 16);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
+  return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 static inline float bf16_to_f32(uint16_t h) {
@@ -145,3 +147,11 @@ dnnl_post_ops_t epilogue_post_ops(const Epilogue *ep, const_dnnl_memory_desc_t f
 /* Appends the epilogue's binary operands (offset into their buffers) to args. */
 int epilogue_args(const Epilogue *ep, OpsArg *args, int n_args, size_t add_offset,
                   size_t mul_offset);
+
+/* ---- Group norm -------------------------------------------------------------- */
+
+/* The group norm of `x` in its own dtype (f32 or bf16), whatever the Ops
+ * compute in, so that both dtypes are tested on every CPU; act is ACT_NONE
+ * or ACT_SILU and groups divides x->c (group_norm checks both). */
+Tensor *group_norm_nhwc(const Norm *norm, const Tensor *x, int groups, float eps, Activation act,
+                        GError **error);

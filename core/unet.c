@@ -64,7 +64,8 @@ typedef struct {
   Resnet *resnets;
   int n_attentions;
   Transformer *attentions;
-  Conv2d *sampler; /* downsamplers.0.conv / upsamplers.0.conv, or NULL */
+  Conv2d *downsampler;     /* downsamplers.0.conv, or NULL */
+  UpsampleConv *upsampler; /* upsamplers.0.conv, or NULL */
 } Block;
 
 struct LcmUNet {
@@ -127,7 +128,8 @@ static void block_clear(Block *b) {
   for (int j = 0; j < b->n_attentions; j++) transformer_clear(&b->attentions[j]);
   g_free(b->resnets);
   g_free(b->attentions);
-  conv2d_free(b->sampler);
+  conv2d_free(b->downsampler);
+  upsample_conv_free(b->upsampler);
 }
 
 void lcm_unet_free(LcmUNet *unet) {
@@ -266,11 +268,15 @@ static gboolean load_block(const Loader *ld, const char *prefix, int n_resnets,
     if (!load_transformer(ld, name, out_ch, heads, depths[j], &b->attentions[j], error))
       return FALSE;
   }
-  if (sampler != SAMPLER_NONE) {
-    b->sampler =
-        load_conv(ld, prefix, sampler == SAMPLER_DOWN ? "downsamplers.0.conv" : "upsamplers.0.conv",
-                  out_ch, out_ch, 3, sampler == SAMPLER_DOWN ? 2 : 1, error);
-    if (!b->sampler) return FALSE;
+  if (sampler == SAMPLER_DOWN &&
+      !(b->downsampler = load_conv(ld, prefix, "downsamplers.0.conv", out_ch, out_ch, 3, 2, error)))
+    return FALSE;
+  if (sampler == SAMPLER_UP) {
+    /* Odd latent sizes upsample some levels to 2n - 1: keep the 3x3 for those. */
+    g_snprintf(name, sizeof name, "%s.upsamplers.0.conv", prefix);
+    if (!(b->upsampler =
+              upsample_conv_load(ld->ops, ld->weights, name, out_ch, out_ch, TRUE, error)))
+      return FALSE;
   }
   return TRUE;
 }
@@ -730,8 +736,9 @@ static gboolean down_forward(LcmUNet *u, Tensor *x, const Tensor *temb, const Te
       if (!h) return FALSE;
       skips->items[skips->count++] = h;
     }
-    if (b->sampler) {
-      Tensor *h = conv2d(u->ops, b->sampler, skips->items[skips->count - 1], NULL, ACT_NONE, error);
+    if (b->downsampler) {
+      Tensor *h =
+          conv2d(u->ops, b->downsampler, skips->items[skips->count - 1], NULL, ACT_NONE, error);
       if (!h) return FALSE;
       skips->items[skips->count++] = h;
     }
@@ -767,12 +774,11 @@ static gboolean up_forward(LcmUNet *u, Tensor **x, const Tensor *temb, const Ten
       *x = joined;
       if (!advance(x, resnet_attention_forward(u, b, j, *x, temb, context, error))) return FALSE;
     }
-    if (b->sampler) {
+    if (b->upsampler) {
       /* Upsample to the next skip's size: x2, except where an odd size was
        * rounded up on the way down. */
       const Tensor *next_skip = skips->items[skips->count - 1];
-      if (!advance(x, upsample_nearest(u->ops, *x, next_skip->h, next_skip->w, error)) ||
-          !advance(x, conv2d(u->ops, b->sampler, *x, NULL, ACT_NONE, error)))
+      if (!advance(x, upsample_conv(u->ops, b->upsampler, *x, next_skip->h, next_skip->w, error)))
         return FALSE;
     }
   }

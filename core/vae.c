@@ -36,7 +36,8 @@ typedef struct {
 typedef struct {
   int n_resnets;
   VaeResnet *resnets;
-  Conv2d *resample; /* downsamplers.0.conv / upsamplers.0.conv; NULL on the last level */
+  Conv2d *downsample;     /* encoder: downsamplers.0.conv; NULL on the last level */
+  UpsampleConv *upsample; /* decoder: upsamplers.0.conv; NULL on the last level */
 } VaeLevel;
 
 /* Encoder or Decoder: conv_in, the levels, the mid block and the output head. */
@@ -119,7 +120,8 @@ static void coder_clear(VaeCoder *coder) {
     VaeLevel *level = &coder->levels[i];
     for (int j = 0; j < level->n_resnets; j++) resnet_clear(&level->resnets[j]);
     g_clear_pointer(&level->resnets, g_free);
-    g_clear_pointer(&level->resample, conv2d_free);
+    g_clear_pointer(&level->downsample, conv2d_free);
+    g_clear_pointer(&level->upsample, upsample_conv_free);
   }
   for (int j = 0; j < 2; j++) resnet_clear(&coder->mid_resnets[j]);
   g_clear_pointer(&coder->mid_attention, attention_free);
@@ -164,10 +166,10 @@ static gboolean encoder_load(VaeCoder *enc, Ops *ops, const Weights *w, const Va
     }
     if (i < n - 1) {
       g_autofree char *path = g_strdup_printf("encoder.down_blocks.%d.downsamplers.0", i);
-      if (!(level->resample = load_conv(ops, w, path, "conv", ch[i], ch[i], 3, 2, error)))
+      if (!(level->downsample = load_conv(ops, w, path, "conv", ch[i], ch[i], 3, 2, error)))
         return FALSE;
       /* Downsample2D(padding=0) pads (0, 1, 0, 1): right and bottom only. */
-      conv2d_set_padding(level->resample, 0, 0, 1, 1);
+      conv2d_set_padding(level->downsample, 0, 0, 1, 1);
     }
   }
   return coder_load_mid_and_head(enc, ops, w, "encoder", config, ch[n - 1], ch[n - 1],
@@ -194,8 +196,8 @@ static gboolean decoder_load(VaeCoder *dec, Ops *ops, const Weights *w, const Va
         return FALSE;
     }
     if (i < n - 1) {
-      g_autofree char *path = g_strdup_printf("decoder.up_blocks.%d.upsamplers.0", i);
-      if (!(level->resample = load_conv(ops, w, path, "conv", ch[i], ch[i], 3, 1, error)))
+      g_autofree char *path = g_strdup_printf("decoder.up_blocks.%d.upsamplers.0.conv", i);
+      if (!(level->upsample = upsample_conv_load(ops, w, path, ch[i], ch[i], FALSE, error)))
         return FALSE;
     }
   }
@@ -354,7 +356,7 @@ static Tensor *encoder_forward(Ops *ops, const VaeCoder *enc, int groups, Tensor
   for (int i = 0; x && i < enc->n_levels; i++) {
     const VaeLevel *level = &enc->levels[i];
     x = level_resnets_forward(ops, level, groups, x, error);
-    if (x && level->resample) x = conv_step(ops, level->resample, x, error);
+    if (x && level->downsample) x = conv_step(ops, level->downsample, x, error);
   }
   if (x) x = mid_block_forward(ops, enc, groups, x, error);
   if (x) x = head_forward(ops, enc, groups, x, error);
@@ -368,10 +370,10 @@ static Tensor *decoder_forward(Ops *ops, const VaeCoder *dec, int groups, Tensor
   for (int i = 0; x && i < dec->n_levels; i++) {
     const VaeLevel *level = &dec->levels[i];
     x = level_resnets_forward(ops, level, groups, x, error);
-    if (x && level->resample) {
-      Tensor *up = upsample_nearest(ops, x, 2 * x->h, 2 * x->w, error);
+    if (x && level->upsample) {
+      Tensor *up = upsample_conv(ops, level->upsample, x, 2 * x->h, 2 * x->w, error);
       tensor_free(x);
-      x = up ? conv_step(ops, level->resample, up, error) : NULL;
+      x = up;
     }
   }
   if (x) x = head_forward(ops, dec, groups, x, error);

@@ -1,6 +1,6 @@
 /* Every op of core/ops.h against a naive fp32 reference, in fp32 (tight)
  * and bf16 (loose; skipped on CPUs without bf16 support). */
-#include "ops.h"
+#include "ops-internal.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -380,6 +380,70 @@ static void test_group_norm(const Ctx *ctx) {
   g_free(shift);
 }
 
+/* group_norm_nhwc in both dtypes whatever the CPU computes in: odd channel
+ * counts, groups of 1..32 channels, images larger than one work block, SiLU
+ * on and off, against a two-pass double reference on the values the kernel
+ * sees (bf16-rounded inputs in bf16). */
+static void test_group_norm_kernel(void) {
+  const struct {
+    int n, h, w, c, groups;
+  } cases[] = {{1, 1, 1, 3, 3},    {2, 17, 23, 35, 5},   {1, 9, 31, 96, 3},
+               {1, 4, 5, 130, 65}, {2, 19, 21, 512, 32}, {1, 33, 8, 64, 2}};
+  GError *error = NULL;
+  Ops *ops = ops_new(LCM_PRECISION_FP32, &error);
+  g_assert_no_error(error);
+  for (int bf16 = 0; bf16 < 2; bf16++)
+    for (size_t ci = 0; ci < G_N_ELEMENTS(cases); ci++)
+      for (int silu = 0; silu < 2; silu++) {
+        const int n = cases[ci].n, hw = cases[ci].h * cases[ci].w, c = cases[ci].c;
+        const int groups = cases[ci].groups, cg = c / groups;
+        const float eps = 1e-6f;
+        const dnnl_data_type_t dtype = bf16 ? dnnl_bf16 : dnnl_f32;
+        const Ctx ctx = {ops, bf16};
+        const size_t count = (size_t)n * hw * c;
+        float *x = random_values(&ctx, count, 2.0f);
+        for (size_t i = 0; i < count; i++) x[i] += 3.0f; /* a mean far from 0 */
+        Tensor *tx = tensor_new(n, cases[ci].h, cases[ci].w, c, dtype);
+        for (size_t i = 0; i < count; i++) element_set(tx->data, dtype, i, x[i]);
+        for (size_t i = 0; i < count; i++) x[i] = element_get(tx->data, dtype, i);
+        float *scale = random_values(&ctx, c, 1.5f), *shift = random_values(&ctx, c, 1.0f);
+        float *want = g_new(float, count);
+        for (int b = 0; b < n; b++)
+          for (int g = 0; g < groups; g++) {
+            const float *xb = x + (size_t)b * hw * c;
+            double sum = 0, sq = 0;
+            for (int p = 0; p < hw; p++)
+              for (int k = g * cg; k < (g + 1) * cg; k++) sum += xb[(size_t)p * c + k];
+            const double mean = sum / ((double)hw * cg);
+            for (int p = 0; p < hw; p++)
+              for (int k = g * cg; k < (g + 1) * cg; k++)
+                sq += (xb[(size_t)p * c + k] - mean) * (xb[(size_t)p * c + k] - mean);
+            const double inv = 1.0 / sqrt(sq / ((double)hw * cg) + eps);
+            for (int p = 0; p < hw; p++)
+              for (int k = g * cg; k < (g + 1) * cg; k++) {
+                const size_t i = ((size_t)b * hw + p) * c + k;
+                want[i] = act_ref(silu ? ACT_SILU : ACT_NONE,
+                                  (float)((x[i] - mean) * inv * scale[k] + shift[k]));
+              }
+          }
+        Norm *norm = norm_new(ops, scale, shift, c, &error);
+        g_assert_no_error(error);
+        Tensor *out = group_norm_nhwc(norm, tx, groups, eps, silu ? ACT_SILU : ACT_NONE, &error);
+        g_assert_no_error(error);
+        g_assert_cmpint(out->dtype, ==, dtype);
+        g_assert_true(out->n == n && out->h == cases[ci].h && out->w == cases[ci].w && out->c == c);
+        assert_close(&ctx, out, want, count, bf16 ? "group_norm bf16" : "group_norm fp32");
+        tensor_free(out);
+        tensor_free(tx);
+        norm_free(norm);
+        g_free(x);
+        g_free(scale);
+        g_free(shift);
+        g_free(want);
+      }
+  ops_free(ops);
+}
+
 static void test_layer_norm(const Ctx *ctx) {
   const int n = 2, tokens = 7, c = 24;
   const float eps = 1e-5f;
@@ -573,6 +637,58 @@ static void test_upsample(const Ctx *ctx) {
   g_free(x);
 }
 
+/* upsample_conv against upsample_nearest followed by the 3x3 conv computed
+ * directly (conv_ref in double): x2 through the folded phases, a 2n-1
+ * target through the kept 3x3, and the error when that was not kept. */
+static void test_upsample_conv(const Ctx *ctx) {
+  const int n = 2, h = 3, w = 5, in_ch = 6, out_ch = 7;
+  const int sizes[][2] = {{6, 10}, {5, 9}, {1, 2}};
+  float *x = random_values(ctx, (size_t)n * h * w * in_ch, 1.0f);
+  float *wt = random_values(ctx, (size_t)out_ch * in_ch * 9, 0.5f);
+  float *bias = random_values(ctx, out_ch, 1.0f);
+  Tensor *tx = make_tensor(ctx, x, n, h, w, in_ch);
+  GError *error = NULL;
+  UpsampleConv *any = upsample_conv_new(ctx->ops, wt, bias, in_ch, out_ch, TRUE, &error);
+  g_assert_no_error(error);
+  UpsampleConv *x2_only = upsample_conv_new(ctx->ops, wt, bias, in_ch, out_ch, FALSE, &error);
+  g_assert_no_error(error);
+  for (size_t si = 0; si < G_N_ELEMENTS(sizes); si++) {
+    const int oh = sizes[si][0], ow = sizes[si][1];
+    const gboolean x2 = oh == 2 * h && ow == 2 * w;
+    float *up = g_new(float, (size_t)n *oh *ow *in_ch);
+    for (int b = 0; b < n; b++)
+      for (int y = 0; y < oh; y++)
+        for (int xx = 0; xx < ow; xx++)
+          memcpy(up + (((size_t)b * oh + y) * ow + xx) * in_ch,
+                 x + (((size_t)b * h + y * h / oh) * w + xx * w / ow) * in_ch,
+                 in_ch * sizeof(float));
+    const ConvCase cc = {n, in_ch, out_ch, 3, 1, oh, ow, 1, 1, 1, 1, TRUE, 0, ACT_NONE};
+    float *want = g_new(float, (size_t)n *oh *ow *out_ch);
+    conv_ref(&cc, up, wt, bias, want, oh, ow);
+    for (int kept = 0; kept < 2; kept++) {
+      Tensor *out = upsample_conv(ctx->ops, kept ? any : x2_only, tx, oh, ow, &error);
+      if (!kept && !x2) {
+        g_assert_error(error, LCM_ERROR, LCM_ERROR_SHAPE);
+        g_assert_null(out);
+        g_clear_error(&error);
+        continue;
+      }
+      g_assert_no_error(error);
+      g_assert_true(out->n == n && out->h == oh && out->w == ow && out->c == out_ch);
+      assert_close(ctx, out, want, (size_t)n * oh * ow * out_ch, "upsample_conv");
+      tensor_free(out);
+    }
+    g_free(up);
+    g_free(want);
+  }
+  upsample_conv_free(any);
+  upsample_conv_free(x2_only);
+  tensor_free(tx);
+  g_free(x);
+  g_free(wt);
+  g_free(bias);
+}
+
 static void test_elementwise(const Ctx *ctx) {
   const int n = 1, h = 4, w = 3, c = 7;
   const size_t count = (size_t)n * h * w * c;
@@ -657,11 +773,13 @@ int main(int argc, char **argv) {
   add_test("linear", test_linear);
   add_test("linear-geglu", test_linear_geglu);
   add_test("group-norm", test_group_norm);
+  g_test_add_func("/ops/group-norm-kernel", test_group_norm_kernel);
   add_test("layer-norm", test_layer_norm);
   add_test("attention", test_attention);
   add_test("attention-fused-qkv", test_attention_fused_qkv);
   add_test("concat", test_concat);
   add_test("upsample", test_upsample);
+  add_test("upsample-conv", test_upsample_conv);
   add_test("elementwise", test_elementwise);
   add_test("nchw-round-trip", test_nchw_round_trip);
   add_test("dtype-mismatch", test_dtype_mismatch);
