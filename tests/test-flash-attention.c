@@ -104,7 +104,7 @@ static void check_shape(const Shape *s, dnnl_data_type_t dtype, gboolean portabl
       .v_stride = width,
       .out_stride = width,
       .causal = s->causal,
-      .portable_only = portable_only,
+      .max_tiles = portable_only ? FLASH_TILES_PORTABLE : FLASH_TILES_AUTO,
   };
   GError *error = NULL;
   g_assert_true(flash_attention(&args, &error));

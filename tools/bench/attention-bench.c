@@ -114,7 +114,7 @@ static void bench_shape(const BenchShape *s, dnnl_data_type_t dtype, Ops *ops, i
          s->kv_tokens, s->heads, s->head_dim);
   print_time("flash", time_call(run_flash, &args, NULL, runs), flops);
   if (ops) print_time("oneDNN chain", time_call(run_primitive_chain, &args, ops, runs), flops);
-  args.portable_only = TRUE;
+  args.max_tiles = FLASH_TILES_PORTABLE;
   print_time("portable", time_call(run_flash, &args, NULL, runs), flops);
   printf("\n");
   fflush(stdout);
