@@ -117,15 +117,15 @@ static int heads_per_call(const AttentionArgs *a, int rows, Ops *ops, int ld_out
   return group;
 }
 
-/* The flash kernel (fp32 brgemm tiles, online softmax) beats the primitive
- * chain about 2x at 4096 queries and 1.2x at 1024 on AVX2 in fp32; below
- * ~1000 queries they are even. In bf16 the chain's matmuls run on AMX while
- * the flash kernel widens to fp32, so bf16 keeps the chain. A forced chunk
- * size (tests) also selects the chain. */
+/* The flash kernel (brgemm tiles, online softmax) beats the primitive chain
+ * about 2x at 4096 queries and 1.2x at 1024 on AVX2 in fp32; below ~1000
+ * queries they are even. In bf16 on AVX512-BF16 (bf16 tiles) it is 1.9x
+ * faster at 4096 queries and (TODO) at 1024. A forced chunk size (tests,
+ * benchmarks) selects the chain. */
 #define FLASH_MIN_QUERIES 1024
 
 static gboolean use_flash(const Ops *ops, const AttentionArgs *a) {
-  return ops->attention_chunk <= 0 && ops->dtype == dnnl_f32 && a->tq >= FLASH_MIN_QUERIES;
+  return ops->attention_chunk <= 0 && a->tq >= FLASH_MIN_QUERIES;
 }
 
 static Tensor *attention_flash(Ops *ops, const AttentionArgs *a, GError **error) {

@@ -517,7 +517,7 @@ static void test_attention(const Ctx *ctx) {
       {1, 9, 7, 2, 8, FALSE},
       {3, 5, 11, 1, 6, FALSE},
       {1, 77, 77, 4, 8, TRUE},
-      /* >= 1024 queries in fp32 take the flash kernel by default (chunk 0) */
+      /* >= 1024 queries take the flash kernel by default (chunk 0) */
       {1, 1030, 40, 2, 8, TRUE},
       {2, 1024, 96, 2, 4, FALSE},
   };

@@ -1,12 +1,15 @@
-/* Times flash_attention on the attention shapes of SD1.5 at 512x512.
+/* Times flash_attention on the attention shapes of SD1.5 at 512x512 and
+ * 256x256.
  *
  * Usage: attention-bench [f32|bf16|both] [runs]
  * Prints, per shape, the minimum over `runs` timed calls (after one warm-up)
- * in ms and effective GFLOP/s (4·tq·tk·d·heads flops), for the default path,
- * the portable (no oneDNN ukernel) path and ops.h's attention() (a chain of
- * oneDNN primitives over query blocks), where the CPU runs that dtype. The
- * machine's load average is printed too: on a shared machine, numbers mean
- * little when it is high. */
+ * in ms and effective GFLOP/s (4·tq·tk·d·heads flops), for the default
+ * flash path (its tile kind named), in bf16 also the flash kernel on fp32
+ * tiles (inputs widened, as on CPUs without bf16 dot products), the
+ * portable (no oneDNN ukernel) path, and ops.h's attention() (which picks
+ * flash or a chain of oneDNN primitives over query blocks) with the chain
+ * forced, where the CPU runs that dtype. The machine's load average is
+ * printed too: on a shared machine, numbers mean little when it is high. */
 #include "flash-attention.h"
 #include "ops.h"
 
@@ -23,7 +26,21 @@ static const BenchShape shapes[] = {
     {"unet 64x64 self", 4096, 4096, 8, 40}, {"unet 64x64 cross", 4096, 77, 8, 40},
     {"unet 32x32 self", 1024, 1024, 8, 80}, {"unet 16x16 self", 256, 256, 8, 160},
     {"unet 16x16 cross", 256, 77, 8, 160},  {"vae mid", 4096, 4096, 1, 512},
+    {"unet 32x32 cross", 1024, 77, 8, 80},  {"unet 8x8 self", 64, 64, 8, 160},
 };
+
+static const char *tiles_name(FlashTiles tiles) {
+  switch (tiles) {
+  case FLASH_TILES_BF16:
+    return "bf16 tiles";
+  case FLASH_TILES_F32:
+    return "f32 tiles";
+  case FLASH_TILES_PORTABLE:
+    return "portable";
+  default:
+    return "?";
+  }
+}
 
 static void print_load(const char *when) {
   char *text = NULL;
@@ -39,7 +56,8 @@ static gboolean run_flash(const FlashAttentionArgs *args, Ops *ops, GError **err
   return flash_attention(args, error);
 }
 
-/* The same attention through ops.h on tensors viewing the same buffers. */
+/* The same attention through ops.h's primitive chain (forced by a chunk
+ * size) on tensors viewing the same buffers. */
 static gboolean run_primitive_chain(const FlashAttentionArgs *args, Ops *ops, GError **error) {
   const int width = args->heads * args->head_dim;
   Tensor q = {1, 1, args->q_tokens, width, args->dtype, (void *)args->q};
@@ -112,9 +130,14 @@ static void bench_shape(const BenchShape *s, dnnl_data_type_t dtype, Ops *ops, i
   const double flops = 4.0 * s->q_tokens * s->kv_tokens * s->head_dim * s->heads;
   printf("%-16s %-4s %4dx%-4d %dx%-3d", s->name, dtype == dnnl_f32 ? "f32" : "bf16", s->q_tokens,
          s->kv_tokens, s->heads, s->head_dim);
-  print_time("flash", time_call(run_flash, &args, NULL, runs), flops);
+  print_time(tiles_name(flash_attention_tiles(&args, NULL)),
+             time_call(run_flash, &args, NULL, runs), flops);
+  if (dtype == dnnl_bf16) {
+    args.max_tiles = FLASH_TILES_F32;
+    print_time("f32 tiles", time_call(run_flash, &args, NULL, runs), flops);
+  }
   if (ops) print_time("oneDNN chain", time_call(run_primitive_chain, &args, ops, runs), flops);
-  args.portable_only = TRUE;
+  args.max_tiles = FLASH_TILES_PORTABLE;
   print_time("portable", time_call(run_flash, &args, NULL, runs), flops);
   printf("\n");
   fflush(stdout);
@@ -130,6 +153,9 @@ int main(int argc, char **argv) {
   const int runs = argc > 2 ? MAX(1, atoi(argv[2])) : 5;
   Ops *ops_f32 = ops_new(LCM_PRECISION_FP32, NULL);
   Ops *ops_bf16 = ops_new(LCM_PRECISION_BF16, NULL); /* NULL where the CPU has no bf16 */
+  /* A chunk size forces the primitive chain; 512 rows is its own default. */
+  if (ops_f32) ops_set_attention_chunk(ops_f32, 512);
+  if (ops_bf16) ops_set_attention_chunk(ops_bf16, 512);
   print_load("before");
   for (size_t i = 0; i < G_N_ELEMENTS(shapes); i++) {
     if (strcmp(which, "bf16") != 0) bench_shape(&shapes[i], dnnl_f32, ops_f32, runs);
