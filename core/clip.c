@@ -122,6 +122,7 @@ LcmTextEncoder *lcm_text_encoder_load(LcmModel *model, LcmPrecision precision, G
         weights_get(w, "text_model.embeddings.position_embedding.weight", 2, shape, error);
     ok = enc->position_embedding != NULL;
   }
+  if (ok) ops_use_weight_cache(enc->ops, "text-encoder", w);
   if (ok) enc->layers = g_new0(ClipLayer, cfg->num_hidden_layers);
   for (int i = 0; ok && i < cfg->num_hidden_layers; i++)
     ok = clip_layer_load(enc->ops, w, cfg, i, &enc->layers[i], error);
@@ -214,5 +215,6 @@ gboolean lcm_text_encoder_encode(LcmTextEncoder *encoder, const int32_t *ids, in
   if (!out) return FALSE;
   tensor_to_rows(out, last_hidden_state);
   tensor_free(out);
+  ops_weight_cache_store(encoder->ops);
   return TRUE;
 }
