@@ -150,6 +150,7 @@ static LcmTextEncoder *text_encoder_load(LcmModel *model, Component component,
         weights_get(w, "text_model.embeddings.position_embedding.weight", 2, shape, error);
     ok = enc->position_embedding != NULL;
   }
+  if (ok) ops_use_weight_cache(enc->ops, "text-encoder", w);
   if (ok) enc->layers = g_new0(ClipLayer, cfg->num_hidden_layers);
   for (int i = 0; ok && i < cfg->num_hidden_layers; i++)
     ok = clip_layer_load(enc->ops, w, cfg, i, &enc->layers[i], error);
@@ -246,6 +247,7 @@ static gboolean hidden_to_rows(LcmTextEncoder *enc, const Tensor *x, gboolean no
   if (normed && !out) return FALSE;
   tensor_to_rows(out ? out : x, rows);
   tensor_free(out);
+  ops_weight_cache_store(encoder->ops);
   return TRUE;
 }
 

@@ -40,6 +40,16 @@ typedef enum {
 } LcmPrecision;
 
 LcmPrecision lcm_precision_resolve(LcmPrecision precision);
+
+/* The packed-weight cache (docs/architecture.md, "Weight cache"): networks
+ * loaded by this process keep their weights, packed for this CPU, in
+ * g_get_user_cache_dir()/gimp-lcm/weights so that the next process maps
+ * them instead of converting them again. The environment decides by
+ * default: GIMP_LCM_WEIGHT_CACHE=off turns it off, =DIR puts it in DIR;
+ * GIMP_LCM_WEIGHT_CACHE_MAX_MB bounds its size (default 12288, least
+ * recently used entries go first). This call overrides the on/off choice
+ * for the process; call it before loading. */
+void lcm_weight_cache_set_enabled(gboolean enabled);
 const char *lcm_precision_name(LcmPrecision precision);
 gboolean lcm_precision_parse(const char *name, LcmPrecision *out, GError **error);
 

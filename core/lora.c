@@ -403,7 +403,8 @@ StFile *lora_attach(const char *path, float scale, const LoraTargets *targets, G
     if (!module->target) continue;
     WeightUpdate update = {.up = module->parts[PART_UP],
                            .down = module->parts[PART_DOWN],
-                           .factor = module_factor(module, scale)};
+                           .factor = module_factor(module, scale),
+                           .file = lora->file};
     weights_add_update(indexes[module->network].weights, module->target, &update);
   }
   g_ptr_array_unref(unmatched);

@@ -7,6 +7,8 @@
 
 #include <string.h>
 
+typedef struct WeightCache WeightCache;
+
 struct Ops {
   LcmPrecision precision;
   dnnl_data_type_t dtype;
@@ -20,8 +22,9 @@ struct Ops {
    * one buffer reused layer after layer, freed by ops_load_done. */
   float *load_buffer;
   size_t load_buffer_size;
-  int attention_chunk;   /* 0 = default */
-  volatile gint *cancel; /* see ops_set_cancel; NULL = never */
+  WeightCache *weight_cache; /* NULL: off; see ops_use_weight_cache */
+  int attention_chunk;       /* 0 = default */
+  volatile gint *cancel;     /* see ops_set_cancel; NULL = never */
 };
 
 typedef struct {
@@ -107,17 +110,41 @@ static inline void element_set(void *data, dnnl_data_type_t dtype, size_t i, flo
 typedef struct {
   dnnl_memory_desc_t md;
   void *data;
-  gboolean used; /* a primitive has asked for it */
+  gboolean used;   /* a primitive has asked for it */
+  gboolean mapped; /* data lies in the weight cache's mapping: not ours to free */
 } WeightLayout;
 
 typedef struct {
   WeightLayout *layouts;
   int n_layouts;
+  WeightCache *cache; /* NULL, or the cache that stores these layouts */
+  char *cache_name;   /* the layer's name in the cache */
 } PackedWeights;
 
 /* Packs fp32 weights described by `plain_md` into `packed_md`. */
 gboolean packed_weights_init(Ops *ops, PackedWeights *pw, const_dnnl_memory_desc_t plain_md,
                              const float *plain, const_dnnl_memory_desc_t packed_md,
+                             GError **error);
+/* Where a layer's fp32 weights come from when they must be packed: `data`
+ * (given), or PREFIX.weight of `shape` for each of `prefixes`, concatenated,
+ * read into the Ops' load buffer on first need: not at all when the weight
+ * cache holds the layer. */
+typedef struct {
+  const float *data;
+  const Weights *w;
+  const char *const *prefixes;
+  int n_prefixes;
+  int ndims;
+  const int64_t *shape; /* of each prefix's tensor */
+} WeightSource;
+
+/* The source's fp32 data (read now if not yet); NULL on error. */
+const float *weight_source_data(Ops *ops, WeightSource *src, GError **error);
+/* Part `part` of `n_parts` equal slices of the source (each `plain_md`)
+ * packed into `packed_md`, or the layouts the weight cache holds for it;
+ * every layer made this way from a file is stored in the cache. */
+gboolean packed_weights_make(Ops *ops, PackedWeights *pw, WeightSource *src, int part, int n_parts,
+                             const_dnnl_memory_desc_t plain_md, const_dnnl_memory_desc_t packed_md,
                              GError **error);
 /* The weights in the layout the primitive wants, made now if new. */
 const void *packed_weights_for(Ops *ops, PackedWeights *pw, const Primitive *p, GError **error);

@@ -1,6 +1,7 @@
 /* Layers with weights: convolution, linear (matmul), group and layer norm,
  * with their epilogues fused as oneDNN post-ops. */
 #include "ops-internal.h"
+#include "weight-cache.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -46,24 +47,25 @@ static gboolean reorder_into(Ops *ops, const_dnnl_memory_desc_t src_md, const vo
 static gboolean packed_weights_append(Ops *ops, PackedWeights *pw, const_dnnl_memory_desc_t src_md,
                                       const void *src, const_dnnl_memory_desc_t packed_md,
                                       GError **error) {
-  WeightLayout layout = {NULL, NULL, FALSE};
+  WeightLayout layout = {NULL, NULL, FALSE, FALSE};
   if (!reorder_into(ops, src_md, src, packed_md, &layout.data, error)) return FALSE;
   dnnl_memory_desc_clone(&layout.md, packed_md);
   pw->layouts = g_renew(WeightLayout, pw->layouts, pw->n_layouts + 1);
   pw->layouts[pw->n_layouts++] = layout;
+  if (pw->cache) weight_cache_changed(pw->cache);
   return TRUE;
 }
 
 gboolean packed_weights_init(Ops *ops, PackedWeights *pw, const_dnnl_memory_desc_t plain_md,
                              const float *plain, const_dnnl_memory_desc_t packed_md,
                              GError **error) {
-  *pw = (PackedWeights){NULL, 0};
+  *pw = (PackedWeights){0};
   return packed_weights_append(ops, pw, plain_md, plain, packed_md, error);
 }
 
 static void weight_layout_clear(WeightLayout *layout) {
   dnnl_memory_desc_destroy(layout->md);
-  free(layout->data);
+  if (!layout->mapped) free(layout->data);
 }
 
 /* The plain (row-major) layout of a weights descriptor's dims and type. */
@@ -113,7 +115,9 @@ const void *packed_weights_for(Ops *ops, PackedWeights *pw, const Primitive *p, 
 void packed_weights_clear(PackedWeights *pw) {
   for (int i = 0; i < pw->n_layouts; i++) weight_layout_clear(&pw->layouts[i]);
   g_free(pw->layouts);
-  *pw = (PackedWeights){NULL, 0};
+  if (pw->cache) weight_cache_unregister(pw->cache, pw->cache_name);
+  g_free(pw->cache_name);
+  *pw = (PackedWeights){0};
 }
 
 /* The weights md a primitive chose, for packing at load time. */
@@ -226,13 +230,6 @@ static gboolean read_weight(const Weights *w, const char *prefix, int ndims, con
   return ok;
 }
 
-/* PREFIX.weight in the Ops' load buffer, valid until the next load. */
-static float *load_weight(Ops *ops, const Weights *w, const char *prefix, int ndims,
-                          const int64_t *shape, GError **error) {
-  float *dst = load_buffer(ops, weights_shape_numel(ndims, shape), prefix, error);
-  return dst && read_weight(w, prefix, ndims, shape, dst, error) ? dst : NULL;
-}
-
 /* PREFIX.SUFFIX, a small vector (bias, norm scale): its own copy (g_free it). */
 static float *load_vector(const Weights *w, const char *prefix, const char *suffix, int64_t count,
                           GError **error) {
@@ -240,6 +237,62 @@ static float *load_vector(const Weights *w, const char *prefix, const char *suff
   float *data = weights_get(w, name, 1, &count, error);
   g_free(name);
   return data;
+}
+
+/* ---- Packed weights through the cache ------------------------------------------ */
+
+const float *weight_source_data(Ops *ops, WeightSource *src, GError **error) {
+  if (src->data) return src->data;
+  const size_t each = weights_shape_numel(src->ndims, src->shape);
+  float *dst = load_buffer(ops, each * src->n_prefixes, src->prefixes[0], error);
+  for (int i = 0; dst && i < src->n_prefixes; i++)
+    if (!read_weight(src->w, src->prefixes[i], src->ndims, src->shape, dst + i * each, error))
+      dst = NULL;
+  return src->data = dst;
+}
+
+/* Layers packed from a file are named after it in the cache: the prefix,
+ * "a+b" for fused prefixes, "prefix[i/n]" for one of n parts. */
+static char *cache_name(const WeightSource *src, int part, int n_parts) {
+  if (!src->w) return NULL;
+  GString *name = g_string_new(src->prefixes[0]);
+  for (int i = 1; i < src->n_prefixes; i++) g_string_append_printf(name, "+%s", src->prefixes[i]);
+  if (n_parts > 1) g_string_append_printf(name, "[%d/%d]", part, n_parts);
+  return g_string_free(name, FALSE);
+}
+
+/* The source's tensors checked as a read would, without reading them. */
+static gboolean weight_source_check(const WeightSource *src, GError **error) {
+  gboolean ok = TRUE;
+  for (int i = 0; ok && i < src->n_prefixes; i++) {
+    char *name = g_strdup_printf("%s.weight", src->prefixes[i]);
+    ok = weights_check(src->w, name, src->ndims, src->shape, error);
+    g_free(name);
+  }
+  return ok;
+}
+
+gboolean packed_weights_make(Ops *ops, PackedWeights *pw, WeightSource *src, int part, int n_parts,
+                             const_dnnl_memory_desc_t plain_md, const_dnnl_memory_desc_t packed_md,
+                             GError **error) {
+  *pw = (PackedWeights){0};
+  char *name = ops->weight_cache ? cache_name(src, part, n_parts) : NULL;
+  gboolean ok;
+  if (name && weight_cache_take(ops->weight_cache, name, packed_md, pw)) {
+    ok = weight_source_check(src, error);
+  } else {
+    const float *data = weight_source_data(ops, src, error);
+    const size_t part_size = dnnl_memory_desc_get_size(plain_md) / sizeof(float);
+    ok = data &&
+         packed_weights_init(ops, pw, plain_md, data + (size_t)part * part_size, packed_md, error);
+    if (ok && name) weight_cache_changed(ops->weight_cache);
+  }
+  if (ok && name && weight_cache_register(ops->weight_cache, name, pw)) {
+    pw->cache = ops->weight_cache;
+    pw->cache_name = g_steal_pointer(&name);
+  }
+  g_free(name);
+  return ok;
 }
 
 static gboolean check_positive(int value, const char *what, const char *layer, GError **error) {
@@ -287,8 +340,9 @@ static dnnl_status_t conv_pd_create(Ops *ops, const Conv2d *conv, int n, int h, 
   return status;
 }
 
-Conv2d *conv2d_new(Ops *ops, const float *weight, const float *bias, int in_ch, int out_ch,
-                   int kernel, int stride, GError **error) {
+/* A convolution whose weights come from `src` (part `part` of n_parts). */
+static Conv2d *conv2d_make(Ops *ops, WeightSource *src, int part, int n_parts, const float *bias,
+                           int in_ch, int out_ch, int kernel, int stride, GError **error) {
   if (!check_positive(in_ch, "input channels", "conv2d", error) ||
       !check_positive(out_ch, "output channels", "conv2d", error) ||
       !check_positive(kernel, "kernel size", "conv2d", error) ||
@@ -310,7 +364,7 @@ Conv2d *conv2d_new(Ops *ops, const float *weight, const float *bias, int in_ch, 
   dnnl_primitive_desc_destroy(pd);
   const dnnl_dim_t wdims[4] = {out_ch, in_ch, kernel, kernel};
   dnnl_memory_desc_t plain = ops_md(4, wdims, dnnl_f32, dnnl_oihw);
-  gboolean ok = packed_weights_init(ops, &conv->weights, plain, weight, packed, error);
+  gboolean ok = packed_weights_make(ops, &conv->weights, src, part, n_parts, plain, packed, error);
   dnnl_memory_desc_destroy(plain);
   dnnl_memory_desc_destroy(packed);
   if (!ok) {
@@ -320,14 +374,20 @@ Conv2d *conv2d_new(Ops *ops, const float *weight, const float *bias, int in_ch, 
   return conv;
 }
 
+Conv2d *conv2d_new(Ops *ops, const float *weight, const float *bias, int in_ch, int out_ch,
+                   int kernel, int stride, GError **error) {
+  WeightSource src = {.data = weight};
+  return conv2d_make(ops, &src, 0, 1, bias, in_ch, out_ch, kernel, stride, error);
+}
+
 Conv2d *conv2d_load(Ops *ops, const Weights *w, const char *prefix, int in_ch, int out_ch,
                     int kernel, int stride, gboolean has_bias, GError **error) {
   const int64_t wshape[4] = {out_ch, in_ch, kernel, kernel};
-  float *weight = load_weight(ops, w, prefix, 4, wshape, error);
-  if (!weight) return NULL;
+  WeightSource src = {.w = w, .prefixes = &prefix, .n_prefixes = 1, .ndims = 4, .shape = wshape};
   float *bias = has_bias ? load_vector(w, prefix, "bias", out_ch, error) : NULL;
   Conv2d *conv = NULL;
-  if (!has_bias || bias) conv = conv2d_new(ops, weight, bias, in_ch, out_ch, kernel, stride, error);
+  if (!has_bias || bias)
+    conv = conv2d_make(ops, &src, 0, 1, bias, in_ch, out_ch, kernel, stride, error);
   g_free(bias);
   return conv;
 }
@@ -533,8 +593,9 @@ static dnnl_status_t matmul_pd_create(Ops *ops, const Linear *lin, int rows, con
   return status;
 }
 
-Linear *linear_new(Ops *ops, const float *weight, const float *bias, int in_features,
-                   int out_features, GError **error) {
+/* A linear layer whose weights come from `src` (part `part` of n_parts). */
+static Linear *linear_make(Ops *ops, WeightSource *src, int part, int n_parts, const float *bias,
+                           int in_features, int out_features, GError **error) {
   if (!check_positive(in_features, "in_features", "linear", error) ||
       !check_positive(out_features, "out_features", "linear", error))
     return NULL;
@@ -554,7 +615,7 @@ Linear *linear_new(Ops *ops, const float *weight, const float *bias, int in_feat
   /* Row-major [out, in] is the [in, out] matrix transposed ("ba"). */
   const dnnl_dim_t wdims[2] = {in_features, out_features};
   dnnl_memory_desc_t plain = ops_md(2, wdims, dnnl_f32, dnnl_ba);
-  gboolean ok = packed_weights_init(ops, &lin->weights, plain, weight, packed, error);
+  gboolean ok = packed_weights_make(ops, &lin->weights, src, part, n_parts, plain, packed, error);
   dnnl_memory_desc_destroy(plain);
   dnnl_memory_desc_destroy(packed);
   if (!ok) {
@@ -564,19 +625,23 @@ Linear *linear_new(Ops *ops, const float *weight, const float *bias, int in_feat
   return lin;
 }
 
+Linear *linear_new(Ops *ops, const float *weight, const float *bias, int in_features,
+                   int out_features, GError **error) {
+  WeightSource src = {.data = weight};
+  return linear_make(ops, &src, 0, 1, bias, in_features, out_features, error);
+}
+
 gboolean linear_load_split(Ops *ops, const Weights *w, const char *prefix, int in_features,
                            int n_parts, int out_each, gboolean has_bias, Linear **parts,
                            GError **error) {
   for (int i = 0; i < n_parts; i++) parts[i] = NULL;
   const int64_t wshape[2] = {(int64_t)n_parts * out_each, in_features};
-  float *weight = load_weight(ops, w, prefix, 2, wshape, error);
-  if (!weight) return FALSE;
+  WeightSource src = {.w = w, .prefixes = &prefix, .n_prefixes = 1, .ndims = 2, .shape = wshape};
   float *bias = has_bias ? load_vector(w, prefix, "bias", wshape[0], error) : NULL;
   gboolean ok = !has_bias || bias;
   for (int i = 0; ok && i < n_parts; i++)
-    ok = (parts[i] = linear_new(ops, weight + (size_t)i * out_each * in_features,
-                                bias ? bias + (size_t)i * out_each : NULL, in_features, out_each,
-                                error)) != NULL;
+    ok = (parts[i] = linear_make(ops, &src, i, n_parts, bias ? bias + (size_t)i * out_each : NULL,
+                                 in_features, out_each, error)) != NULL;
   g_free(bias);
   for (int i = 0; !ok && i < n_parts; i++) g_clear_pointer(&parts[i], linear_free);
   return ok;
@@ -592,18 +657,18 @@ Linear *linear_load(Ops *ops, const Weights *w, const char *prefix, int in_featu
 Linear *linear_load_fused(Ops *ops, const Weights *w, const char *const *prefixes, int n_parts,
                           int in_features, int out_each, gboolean has_bias, GError **error) {
   const int64_t wshape[2] = {out_each, in_features};
-  const size_t part = (size_t)out_each * in_features;
-  float *weight = load_buffer(ops, part * n_parts, prefixes[0], error);
+  WeightSource src = {
+      .w = w, .prefixes = prefixes, .n_prefixes = n_parts, .ndims = 2, .shape = wshape};
   float *bias = has_bias ? g_new(float, (size_t)out_each *n_parts) : NULL;
-  gboolean ok = weight != NULL;
-  for (int i = 0; i < n_parts && ok; i++) {
-    ok = read_weight(w, prefixes[i], 2, wshape, weight + i * part, error);
-    float *bi = ok && has_bias ? load_vector(w, prefixes[i], "bias", out_each, error) : NULL;
-    ok = ok && (!has_bias || bi);
-    if (ok && bi) memcpy(bias + (size_t)i * out_each, bi, out_each * sizeof(float));
+  gboolean ok = TRUE;
+  for (int i = 0; i < n_parts && ok && has_bias; i++) {
+    float *bi = load_vector(w, prefixes[i], "bias", out_each, error);
+    ok = bi != NULL;
+    if (ok) memcpy(bias + (size_t)i * out_each, bi, out_each * sizeof(float));
     g_free(bi);
   }
-  Linear *lin = ok ? linear_new(ops, weight, bias, in_features, out_each * n_parts, error) : NULL;
+  Linear *lin =
+      ok ? linear_make(ops, &src, 0, 1, bias, in_features, out_each * n_parts, error) : NULL;
   g_free(bias);
   return lin;
 }

@@ -1,5 +1,6 @@
 /* The Ops context, the primitive cache, tensors and data movement. */
 #include "ops-internal.h"
+#include "weight-cache.h"
 
 #include <math.h>
 #include <oneapi/dnnl/dnnl_debug.h>
@@ -113,8 +114,22 @@ Ops *ops_new(LcmPrecision precision, GError **error) {
   return ops;
 }
 
+void ops_use_weight_cache(Ops *ops, const char *network, const Weights *w) {
+  weight_cache_free(ops->weight_cache);
+  ops->weight_cache = weight_cache_open(network, ops->dtype, w);
+}
+
+void ops_weight_cache_store(Ops *ops) {
+  weight_cache_store(ops->weight_cache);
+}
+
+gboolean ops_weight_cache_was_read(const Ops *ops) {
+  return weight_cache_was_read(ops->weight_cache);
+}
+
 void ops_free(Ops *ops) {
   if (!ops) return;
+  weight_cache_free(ops->weight_cache); /* the layers are freed: only the mapping is left */
   if (ops->primitives) g_hash_table_destroy(ops->primitives);
   free(ops->scratchpad);
   ops_load_done(ops);

@@ -22,6 +22,16 @@ void ops_free(Ops *ops);
  * network has loaded (loading more layers later still works). */
 void ops_load_done(Ops *ops);
 LcmPrecision ops_precision(const Ops *ops); /* FP32 or BF16, never AUTO */
+
+/* Layers loaded from `w` from now on come from, and go to, the on-disk
+ * weight cache entry of `network` (e.g. "unet"; see docs/architecture.md,
+ * "Weight cache") unless the cache is off. Call before loading layers. */
+void ops_use_weight_cache(Ops *ops, const char *network, const Weights *w);
+/* Writes the network's cache entry if its layers gained layouts since it was
+ * read or written: call after a successful forward pass (cheap otherwise). */
+void ops_weight_cache_store(Ops *ops);
+/* Whether the layers could come from a cache entry read at load. */
+gboolean ops_weight_cache_was_read(const Ops *ops);
 dnnl_data_type_t ops_dtype(const Ops *ops);
 
 /* ---- Tensors --------------------------------------------------------------- */

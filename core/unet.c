@@ -392,6 +392,7 @@ LcmUNet *lcm_unet_load(LcmModel *model, LcmPrecision precision, GError **error) 
       !check_config(&u->config, weights_path(weights), error))
     goto fail;
   if (!(u->ops = ops_new(precision, error))) goto fail;
+  ops_use_weight_cache(u->ops, "unet", weights);
 
   const UNetConfig *c = &u->config;
   Loader ld = {u->ops, weights, c};
@@ -844,7 +845,10 @@ gboolean lcm_unet_run_conditioned(LcmUNet *unet, const float *sample, int batch,
                                 ACT_SILU, error)) &&
          advance(&x, conv2d(ops, unet->conv_out, x, NULL, ACT_NONE, error));
   }
-  if (ok) tensor_to_nchw(x, out);
+  if (ok) {
+    tensor_to_nchw(x, out);
+    ops_weight_cache_store(ops);
+  }
 
   skips_clear(&skips);
   tensor_free(x);

@@ -227,8 +227,12 @@ LcmVae *lcm_vae_load(LcmModel *model, LcmPrecision precision, GError **error) {
   LcmVae *vae = g_new0(LcmVae, 1);
   if (!model_vae_config(model, &vae->config, error) ||
       !check_config(&vae->config, weights_path(w), error) ||
-      !(vae->ops = ops_new(precision, error)) ||
-      !encoder_load(&vae->encoder, vae->ops, w, &vae->config, error) ||
+      !(vae->ops = ops_new(precision, error))) {
+    lcm_vae_free(vae);
+    return NULL;
+  }
+  ops_use_weight_cache(vae->ops, "vae", w);
+  if (!encoder_load(&vae->encoder, vae->ops, w, &vae->config, error) ||
       !decoder_load(&vae->decoder, vae->ops, w, &vae->config, error) ||
       (vae->config.use_quant_conv &&
        !(vae->quant_conv = conv2d_load(vae->ops, w, "quant_conv", 2 * vae->config.latent_channels,
@@ -419,6 +423,7 @@ gboolean lcm_vae_encode(LcmVae *vae, const float *image, int batch, int h, int w
       logvar[half * b + i] = CLAMP(src[half + i], VAE_LOGVAR_MIN, VAE_LOGVAR_MAX);
   }
   g_free(moments);
+  ops_weight_cache_store(vae->ops);
   return TRUE;
 }
 
@@ -434,5 +439,6 @@ gboolean lcm_vae_decode(LcmVae *vae, const float *z, int batch, int h, int w, fl
   if (!x) return FALSE;
   tensor_to_nchw(x, image);
   tensor_free(x);
+  ops_weight_cache_store(vae->ops);
   return TRUE;
 }

@@ -6,6 +6,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef struct {
   const StTensor *tensor;
@@ -432,15 +433,16 @@ static gboolean merge_updates(const Weights *weights, const char *name, const We
   return TRUE;
 }
 
-gboolean weights_read(const Weights *weights, const char *name, int ndims, const int64_t *shape,
-                      float *dst, GError **error) {
-  gpointer key = NULL, value = NULL;
-  if (!g_hash_table_lookup_extended(weights->entries, name, &key, &value)) {
+/* The entry of `name` if it has that shape (else an error); *key is its name. */
+static const WeightEntry *checked_entry(const Weights *weights, const char *name, int ndims,
+                                        const int64_t *shape, gpointer *key, GError **error) {
+  gpointer value = NULL;
+  if (!g_hash_table_lookup_extended(weights->entries, name, key, &value)) {
     char *what = describe_tensor(weights, name, NULL);
     g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING, "%s: tensor %s is missing", weights->path,
                 what);
     g_free(what);
-    return FALSE;
+    return NULL;
   }
   const WeightEntry *entry = value;
   int actual_ndims;
@@ -456,8 +458,24 @@ gboolean weights_read(const Weights *weights, const char *name, int ndims, const
     g_free(what);
     g_free(actual);
     g_free(expected);
-    return FALSE;
+    return NULL;
   }
+  return entry;
+}
+
+gboolean weights_check(const Weights *weights, const char *name, int ndims, const int64_t *shape,
+                       GError **error) {
+  gpointer key = NULL;
+  if (!checked_entry(weights, name, ndims, shape, &key, error)) return FALSE;
+  g_hash_table_add(weights->requested, key);
+  return TRUE;
+}
+
+gboolean weights_read(const Weights *weights, const char *name, int ndims, const int64_t *shape,
+                      float *dst, GError **error) {
+  gpointer key = NULL;
+  const WeightEntry *entry = checked_entry(weights, name, ndims, shape, &key, error);
+  if (!entry) return FALSE;
   st_tensor_to_f32(entry->tensor, dst);
   st_tensor_drop_pages(entry->tensor);
   if (entry->updates && !merge_updates(weights, name, entry, dst, error)) return FALSE;
@@ -524,6 +542,42 @@ GPtrArray *weights_names(const Weights *weights) {
 
 GPtrArray *weights_unused(const Weights *weights) {
   return sorted_names(weights->entries, weights->requested);
+}
+
+/* "PATH size N mtime S.NS inode I" of a file, or NULL if it cannot be examined. */
+static char *file_identity(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0) return NULL;
+  return g_strdup_printf("%s size %lld mtime %lld.%09ld inode %llu:%llu", path,
+                         (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+                         (long)st.st_mtim.tv_nsec, (unsigned long long)st.st_dev,
+                         (unsigned long long)st.st_ino);
+}
+
+char *weights_identity(const Weights *weights) {
+  char *file = file_identity(weights->path);
+  if (!file) return NULL;
+  GString *text = g_string_new(NULL);
+  g_string_append_printf(text, "weights %s network %s\n", file,
+                         weights->network ? weights->network : "-");
+  g_free(file);
+  GPtrArray *names = sorted_names(weights->entries, NULL);
+  gboolean ok = TRUE;
+  for (guint i = 0; i < names->len && ok; i++) {
+    const WeightEntry *entry = g_hash_table_lookup(weights->entries, names->pdata[i]);
+    for (guint k = 0; entry->updates && k < entry->updates->len && ok; k++) {
+      const WeightUpdate *u = &g_array_index(entry->updates, WeightUpdate, k);
+      char *lora = file_identity(st_path(u->file));
+      ok = lora != NULL;
+      if (ok)
+        g_string_append_printf(text, "update %s factor %a from %s (%s, %s)\n",
+                               (const char *)names->pdata[i], u->factor, lora, u->up->name,
+                               u->down->name);
+      g_free(lora);
+    }
+  }
+  g_ptr_array_unref(names);
+  return ok ? g_string_free(text, FALSE) : (g_string_free(text, TRUE), NULL);
 }
 
 const char *weights_source_name(const Weights *weights, const char *name) {

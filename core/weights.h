@@ -38,6 +38,15 @@ gboolean weights_read(const Weights *weights, const char *name, int ndims, const
 /* Elements of a tensor of that shape. */
 size_t weights_shape_numel(int ndims, const int64_t *shape);
 const char *weights_path(const Weights *weights);
+/* What weights_read checks (present, that shape), and marks `name` used,
+ * without reading it: for layers that come packed from the weight cache. */
+gboolean weights_check(const Weights *weights, const char *name, int ndims, const int64_t *shape,
+                       GError **error);
+/* Text that changes whenever the tensors weights_get returns could: the
+ * file's path, size, modification time and inode, and each queued LoRA
+ * update (tensor, factor, and its file's identity). NULL if a file cannot
+ * be examined. g_free it. */
+char *weights_identity(const Weights *weights);
 /* "[a, b, c]" for messages; g_free it. */
 char *weights_shape_string(int ndims, const int64_t *shape);
 
@@ -59,6 +68,7 @@ const char *weights_source_name(const Weights *weights, const char *name);
 typedef struct {
   const StTensor *up, *down;
   float factor;
+  const StFile *file; /* the LoRA file holding up and down */
 } WeightUpdate;
 
 /* Queues an update of tensor `name`, which must exist; the caller has

@@ -218,6 +218,36 @@ static void test_same_seed_same_bytes(void) {
   }
 }
 
+/* --no-weight-cache writes nothing even where GIMP_LCM_WEIGHT_CACHE names a
+ * folder; without it the second process reads what the first wrote and
+ * gives the same bytes. */
+static void test_weight_cache_flag(void) {
+  g_autofree char *model = model_path(), *cache = work_path("weight-cache");
+  g_autofree char *first = work_path("cache-first.png"), *second = work_path("cache-second.png");
+  g_setenv("GIMP_LCM_WEIGHT_CACHE", cache, TRUE);
+  assert_cli_ok(run_cli("txt2img", "a red cube", "-o", first, "--model", model, "--precision",
+                        "fp32", "--seed", "5", "--steps", "2", "--width", "32", "--height", "32",
+                        "--no-weight-cache"));
+  g_assert_false(g_file_test(cache, G_FILE_TEST_EXISTS));
+  for (int run = 0; run < 2; run++)
+    assert_cli_ok(run_cli("txt2img", "a red cube", "-o", second, "--model", model, "--precision",
+                          "fp32", "--seed", "5", "--steps", "2", "--width", "32", "--height",
+                          "32"));
+  g_setenv("GIMP_LCM_WEIGHT_CACHE", "off", TRUE);
+  GDir *dir = g_dir_open(cache, 0, NULL);
+  g_assert_nonnull(dir);
+  int files = 0;
+  for (const char *name; (name = g_dir_read_name(dir));) {
+    g_autofree char *path = g_build_filename(cache, name, NULL);
+    g_unlink(path);
+    files++;
+  }
+  g_dir_close(dir);
+  g_rmdir(cache);
+  g_assert_cmpint(files, ==, 3); /* text encoder, UNet, VAE */
+  g_assert_true(files_equal(first, second));
+}
+
 static void test_txt2img_matches_api(gconstpointer with_loras_data) {
   gboolean with_loras = GPOINTER_TO_INT(with_loras_data);
   g_autofree char *model = model_path(), *out = work_path("txt2img.png");
@@ -386,6 +416,7 @@ int main(int argc, char **argv) {
   work_dir = g_dir_make_tmp("lcm-cli-test-XXXXXX", &error);
   g_assert_no_error(error);
   g_test_add_func("/cli/same-seed-same-bytes", test_same_seed_same_bytes);
+  g_test_add_func("/cli/weight-cache-flag", test_weight_cache_flag);
   g_test_add_data_func("/cli/txt2img-matches-api", GINT_TO_POINTER(FALSE),
                        test_txt2img_matches_api);
   g_test_add_data_func("/cli/txt2img-lora-matches-api", GINT_TO_POINTER(TRUE),

@@ -21,7 +21,7 @@ typedef struct {
   char **loras;
   int steps, width, height, threads;
   double strength;
-  gboolean verbose;
+  gboolean verbose, no_weight_cache;
 } Options;
 
 static void options_clear(Options *o) {
@@ -63,6 +63,10 @@ static void add_common_entries(GOptionContext *context, Options *o) {
       {"threads", 0, 0, G_OPTION_ARG_INT, &o->threads,
        "Compute threads (default: OpenMP's, OMP_NUM_THREADS or all cores)", "N"},
       {"verbose", 'v', 0, G_OPTION_ARG_NONE, &o->verbose, "Print the time of each stage", NULL},
+      {"no-weight-cache", 0, 0, G_OPTION_ARG_NONE, &o->no_weight_cache,
+       "Pack the weights from the model files; neither read nor write the packed-weight cache "
+       "(also: GIMP_LCM_WEIGHT_CACHE=off)",
+       NULL},
       G_OPTION_ENTRY_NULL};
   g_option_context_add_main_entries(context, entries, NULL);
 }
@@ -406,6 +410,7 @@ static int generate(LcmMode mode, const Options *o, LcmPipelineParams *params,
   if (mode != LCM_MODE_TXT2IMG && !(source = load_source(o->input, &error))) goto out;
   if (mode == LCM_MODE_INPAINT && !(mask = load_mask(o->mask, source, o->input, &error))) goto out;
   if (o->threads > 0) omp_set_num_threads(o->threads);
+  if (o->no_weight_cache) lcm_weight_cache_set_enabled(FALSE);
   load_start = g_get_monotonic_time();
   if (!(pipeline = load_pipeline(o->model, loras, precision, &error))) goto out;
   load_end = g_get_monotonic_time();
