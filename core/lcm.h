@@ -418,8 +418,9 @@ typedef enum {
  * SLICE (StableDiffusionImg2ImgPipeline and StableDiffusionInpaintPipeline):
  *   the last min(int(steps x strength), steps) steps of the full schedule;
  *   strength 0.5, 4 steps: 499 259. Needs strength >= 1/steps.
- * AUTO: what diffusers does: RESPACE for img2img with an LCM UNet (one with
- *   a guidance embedding), SLICE for other UNets and for inpainting. */
+ * AUTO: what diffusers does: RESPACE for SD1.5-family img2img with an LCM
+ *   UNet (one with a guidance embedding), SLICE for other UNets, for
+ *   inpainting and for the SDXL family (StableDiffusionXLImg2ImgPipeline). */
 typedef enum {
   LCM_STRENGTH_AUTO,
   LCM_STRENGTH_RESPACE,
@@ -458,9 +459,14 @@ typedef void (*LcmProgressFunc)(const LcmProgress *progress, gpointer user_data)
 
 typedef struct {
   LcmMode mode;
-  const char *prompt;          /* NULL = "" */
-  const char *negative_prompt; /* NULL = ""; used only with classifier-free guidance */
-  int steps;                   /* 1..LCM_MAX_STEPS; 2-8 is typical */
+  const char *prompt; /* NULL = "" */
+  /* Used only with classifier-free guidance. NULL: SD1.5 encodes "", SDXL
+   * uses all-zero embeddings (force_zeros_for_empty_prompt); "" is encoded. */
+  const char *negative_prompt;
+  /* SDXL: the prompts for the second text encoder (and the pooled
+   * embedding); NULL = prompt / negative_prompt. SD1.5 ignores them. */
+  const char *prompt_2, *negative_prompt_2;
+  int steps; /* 1..LCM_MAX_STEPS; 2-8 is typical */
   /* LCM UNets (guidance embedding): w = guidance - 1 goes into the UNet, one
    * UNet call per step; diffusers' default is 8. Other UNets (SD with
    * LCM-LoRA): classifier-free guidance when > 1 (a batch of 2 per step,
@@ -482,6 +488,12 @@ typedef struct {
    * UNet and the VAE: when it holds a non-zero value the run stops with
    * LCM_ERROR_CANCELLED within a block's time. May be NULL. */
   volatile gint *cancel;
+  /* SDXL's size conditioning (time ids), in pixels: the original image size
+   * (0 = the output's), the crop's top-left corner, the target size (0 = the
+   * output's). SD1.5 ignores them. */
+  int original_width, original_height;
+  int crop_top, crop_left;
+  int target_width, target_height;
 } LcmPipelineParams;
 
 /* txt2img, 512 x 512, 4 steps, guidance 1, strength 1, seed 0, AUTO, no
@@ -502,6 +514,11 @@ gboolean lcm_pipeline_supports(const LcmPipeline *pipeline, LcmMode mode);
 int lcm_pipeline_latent_channels(const LcmPipeline *pipeline);
 /* A guidance scale that suits the model: 8 for an LCM UNet, 1 otherwise. */
 double lcm_pipeline_default_guidance(const LcmPipeline *pipeline);
+/* diffusers' default strength of the model family's pipeline for a mode: 1
+ * for txt2img; img2img 0.8 (SD1.5) or 0.3 (SDXL); inpainting 1 (SD1.5) or
+ * 0.9999 (SDXL, which starts from the source noised to the second
+ * timestep). */
+double lcm_pipeline_default_strength(const LcmPipeline *pipeline, LcmMode mode);
 
 /* One run. Returns the decoded RGB image (the txt2img size, or the source's
  * size), clamp(decoder/2 + 0.5, 0, 1), as diffusers' pipelines give it;

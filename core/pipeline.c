@@ -1,12 +1,14 @@
 /* The diffusers pipelines the plug-in runs, on one loaded model:
  * LatentConsistencyModel(Img2Img)Pipeline for LCM UNets, and
  * StableDiffusion(Img2Img|Inpaint)Pipeline with an LCMScheduler for plain and
- * inpainting UNets (SD + LCM-LoRA). They share one loop; the differences are
- * the guidance (w-embedding or classifier-free batch), how strength picks the
- * timesteps, the UNet input (9 channels for inpainting UNets) and the
- * latent blend of inpainting with a 4-channel UNet. Every random tensor comes
- * from one noise source in diffusers' draw order, so a seed reproduces
- * diffusers' image. */
+ * inpainting UNets (SD + LCM-LoRA); for the SDXL family
+ * StableDiffusionXL(Img2Img|Inpaint)Pipeline with an LCMScheduler (LCM-SDXL,
+ * LCM-SSD-1B, SDXL + LCM-LoRA). They share one loop; the differences are the
+ * guidance (w-embedding or classifier-free batch), how strength picks the
+ * timesteps, the UNet input (9 channels for inpainting UNets), SDXL's pooled
+ * text embedding and size conditioning, and the latent blend of inpainting
+ * with a 4-channel UNet. Every random tensor comes from one noise source in
+ * diffusers' draw order, so a seed reproduces diffusers' image. */
 #include "lcm.h"
 #include "model.h"
 
@@ -31,14 +33,17 @@ typedef struct {
 } EncodeCacheEntry;
 
 struct LcmPipeline {
-  LcmTokenizer *tokenizer;
-  LcmTextEncoder *text_encoder;
+  LcmPromptEncoder *prompts;
   LcmUNet *unet;
   LcmVae *vae;
   LcmScheduler *scheduler;
-  int hidden;               /* text embedding width = the UNet's cross-attention width */
-  int latent_channels;      /* the VAE's */
-  GHashTable *prompt_cache; /* prompt text -> LCM_CLIP_TOKENS x hidden floats */
+  LcmModelFamily family;
+  int hidden;          /* text context width = the UNet's cross-attention width */
+  int pooled;          /* SDXL's pooled text width (the UNet's text_embeds), else 0 */
+  int latent_channels; /* the VAE's */
+  /* "prompt\x1fprompt_2" -> LCM_CLIP_TOKENS x hidden context floats, then
+   * `pooled` floats */
+  GHashTable *prompt_cache;
   EncodeCacheEntry encode_cache[ENCODE_CACHE_SIZE];
   guint64 encode_uses;
 };
@@ -155,26 +160,31 @@ static gboolean check_finite(const float *values, size_t n, const char *network,
   return FALSE;
 }
 
-/* The text encoder's last hidden state for `text`, copied to out
- * (LCM_CLIP_TOKENS x hidden). */
-static gboolean encode_prompt(LcmPipeline *p, const char *text, float *out, GError **error) {
+/* The text conditioning of `text` (and SDXL's `text_2` for the second
+ * encoder, NULL = text): context (LCM_CLIP_TOKENS x hidden) and, for SDXL,
+ * the pooled embedding (`pooled` floats; NULL otherwise). */
+static gboolean encode_prompt(LcmPipeline *p, const char *text, const char *text_2, float *context,
+                              float *pooled, GError **error) {
   size_t n = (size_t)LCM_CLIP_TOKENS * p->hidden;
-  const float *cached = g_hash_table_lookup(p->prompt_cache, text);
+  char *key = g_strdup_printf("%s\x1f%s", text, text_2 ? text_2 : text);
+  const float *cached = g_hash_table_lookup(p->prompt_cache, key);
   if (!cached) {
-    int32_t ids[LCM_CLIP_TOKENS];
-    lcm_tokenizer_encode(p->tokenizer, text, ids);
-    float *embedding = g_new(float, n);
-    if (!lcm_text_encoder_encode(p->text_encoder, ids, 1, embedding, error) ||
-        !check_finite(embedding, n, "text encoder", 0, error)) {
+    float *embedding = g_new(float, n + p->pooled);
+    if (!lcm_prompt_encoder_encode(p->prompts, text, text_2, 0, embedding,
+                                   p->pooled ? embedding + n : NULL, error) ||
+        !check_finite(embedding, n + p->pooled, "text encoder", 0, error)) {
       g_free(embedding);
+      g_free(key);
       return FALSE;
     }
     if (g_hash_table_size(p->prompt_cache) >= PROMPT_CACHE_SIZE)
       g_hash_table_remove_all(p->prompt_cache);
-    g_hash_table_insert(p->prompt_cache, g_strdup(text), embedding);
+    g_hash_table_insert(p->prompt_cache, g_steal_pointer(&key), embedding);
     cached = embedding;
   }
-  memcpy(out, cached, n * sizeof(float));
+  g_free(key);
+  memcpy(context, cached, n * sizeof(float));
+  if (p->pooled) memcpy(pooled, cached + n, p->pooled * sizeof(float));
   return TRUE;
 }
 
@@ -239,15 +249,15 @@ void lcm_pipeline_free(LcmPipeline *p) {
   if (!p) return;
   lcm_pipeline_clear_caches(p);
   g_hash_table_unref(p->prompt_cache);
-  lcm_tokenizer_free(p->tokenizer);
-  lcm_text_encoder_free(p->text_encoder);
+  lcm_prompt_encoder_free(p->prompts);
   lcm_unet_free(p->unet);
   lcm_vae_free(p->vae);
   lcm_scheduler_free(p->scheduler);
   g_free(p);
 }
 
-/* The networks must fit together: text width = cross-attention width, and
+/* The networks must fit together: text width = cross-attention width, the
+ * pooled text width = the UNet's text_embeds width (SDXL; 0 for SD1.5), and
  * the UNet's channels those of the VAE's latents (9 = latents, mask and
  * masked-image latents for inpainting UNets). */
 static gboolean check_compatible(LcmPipeline *p, LcmModel *model, GError **error) {
@@ -256,6 +266,11 @@ static gboolean check_compatible(LcmPipeline *p, LcmModel *model, GError **error
   const char *problem = NULL;
   if (p->hidden != cross)
     problem = "its text encoder's width differs from the UNet's cross-attention width";
+  else if (p->pooled != lcm_unet_text_embeds_dim(p->unet))
+    problem = p->pooled ? "its pooled text embedding does not fit the UNet's added conditioning "
+                          "(an SDXL text side with a UNet of another family)"
+                        : "its UNet takes SDXL's pooled text embedding, which the text side "
+                          "lacks (an SDXL UNet with SD1.5 text encoders)";
   else if (lcm_unet_out_channels(p->unet) != lc || (in != lc && in != 2 * lc + 1))
     problem = "its UNet's channels do not match the VAE's latent channels";
   if (problem)
@@ -274,13 +289,14 @@ LcmPipeline *lcm_pipeline_new(LcmModel *model, LcmPrecision precision, GError **
   }
   LcmPipeline *p = g_new0(LcmPipeline, 1);
   p->prompt_cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  if (!(p->tokenizer = lcm_model_load_tokenizer(model, error)) ||
-      !(p->text_encoder = lcm_text_encoder_load(model, precision, error)) ||
+  if (!(p->prompts = lcm_prompt_encoder_new(model, precision, error)) ||
       !(p->unet = lcm_unet_load(model, precision, error)) ||
       !(p->vae = lcm_vae_load(model, precision, error)) ||
       !(p->scheduler = lcm_scheduler_new(model_scheduler_config(model), error)))
     goto fail;
-  p->hidden = lcm_text_encoder_hidden_size(p->text_encoder);
+  p->family = lcm_prompt_encoder_family(p->prompts);
+  p->hidden = lcm_prompt_encoder_context_dim(p->prompts);
+  p->pooled = lcm_prompt_encoder_pooled_dim(p->prompts);
   p->latent_channels = lcm_vae_latent_channels(p->vae);
   if (!check_compatible(p, model, error)) goto fail;
   return p;
@@ -306,6 +322,21 @@ int lcm_pipeline_latent_channels(const LcmPipeline *pipeline) {
 double lcm_pipeline_default_guidance(const LcmPipeline *p) {
   g_return_val_if_fail(p, 1.0);
   return lcm_unet_time_cond_proj_dim(p->unet) > 0 ? 8.0 : 1.0;
+}
+
+double lcm_pipeline_default_strength(const LcmPipeline *p, LcmMode mode) {
+  g_return_val_if_fail(p, 1.0);
+  gboolean sdxl = p->family == LCM_FAMILY_SDXL;
+  switch (mode) {
+  case LCM_MODE_IMG2IMG:
+    return sdxl ? 0.3 : 0.8;
+  case LCM_MODE_INPAINT:
+    /* StableDiffusionXLInpaintPipeline's 0.9999 starts from the noised
+     * source at the second timestep, not from pure noise */
+    return sdxl ? 0.9999 : 1.0;
+  default:
+    return 1.0;
+  }
 }
 
 void lcm_pipeline_params_init(LcmPipelineParams *params) {
@@ -379,6 +410,8 @@ typedef struct {
   int first, count; /* the run does timesteps[first .. first+count) */
   NoiseSource noise;
   float *context;        /* batch x 77 x hidden */
+  float *pooled;         /* SDXL: batch x pooled text embeddings, else NULL */
+  float *time_ids;       /* SDXL: batch x LCM_TIME_IDS, else NULL */
   float *w_embedding;    /* time_cond_proj_dim floats, or NULL */
   float *latents;        /* n */
   float *image_latents;  /* n: the source's, or NULL */
@@ -391,6 +424,8 @@ typedef struct {
 static void run_clear(Run *r) {
   lcm_rng_free(r->noise.rng);
   g_free(r->context);
+  g_free(r->pooled);
+  g_free(r->time_ids);
   g_free(r->w_embedding);
   g_free(r->latents);
   g_free(r->image_latents);
@@ -465,7 +500,9 @@ static gboolean choose_timesteps(const LcmPipeline *p, const LcmPipelineParams *
   if (params->mode == LCM_MODE_TXT2IMG) {
     rule = LCM_STRENGTH_RESPACE; /* at strength 1 both rules give the full schedule */
   } else if (rule == LCM_STRENGTH_AUTO) {
-    rule = params->mode == LCM_MODE_IMG2IMG && lcm_unet_time_cond_proj_dim(p->unet) > 0
+    /* only the SD1.5 LCM img2img pipeline respaces; SDXL's slices */
+    rule = params->mode == LCM_MODE_IMG2IMG && p->family == LCM_FAMILY_SD15 &&
+                   lcm_unet_time_cond_proj_dim(p->unet) > 0
                ? LCM_STRENGTH_RESPACE
                : LCM_STRENGTH_SLICE;
   }
@@ -489,8 +526,24 @@ static gboolean choose_timesteps(const LcmPipeline *p, const LcmPipelineParams *
   return TRUE;
 }
 
-/* The prompt embeddings (negative first with classifier-free guidance) and
- * an LCM UNet's guidance embedding. */
+/* SDXL's time ids of every batch row: original size, crop top-left and
+ * target size, (height, width) order, defaulting to the output's size and
+ * crop (0, 0) as diffusers does. */
+static void fill_time_ids(const LcmPipelineParams *params, Run *r) {
+  const float row[LCM_TIME_IDS] = {
+      (float)(params->original_height ? params->original_height : r->height),
+      (float)(params->original_width ? params->original_width : r->width),
+      (float)params->crop_top,
+      (float)params->crop_left,
+      (float)(params->target_height ? params->target_height : r->height),
+      (float)(params->target_width ? params->target_width : r->width)};
+  r->time_ids = g_new(float, r->batch *LCM_TIME_IDS);
+  for (int b = 0; b < r->batch; b++) memcpy(r->time_ids + b * LCM_TIME_IDS, row, sizeof row);
+}
+
+/* The prompt embeddings (negative first with classifier-free guidance),
+ * SDXL's pooled embeddings and time ids, and an LCM UNet's guidance
+ * embedding. */
 static gboolean prepare_conditioning(LcmPipeline *p, const LcmPipelineParams *params, Run *r,
                                      GError **error) {
   int cond_dim = lcm_unet_time_cond_proj_dim(p->unet);
@@ -499,11 +552,20 @@ static gboolean prepare_conditioning(LcmPipeline *p, const LcmPipelineParams *pa
   r->cfg = cond_dim == 0 && params->guidance_scale > 1.0;
   r->batch = r->cfg ? 2 : 1;
   size_t one = (size_t)LCM_CLIP_TOKENS * p->hidden;
-  r->context = g_new(float, r->batch *one);
+  r->context = g_new0(float, r->batch *one);
+  if (p->pooled) {
+    r->pooled = g_new0(float, (size_t)r->batch * p->pooled);
+    fill_time_ids(params, r);
+  }
   const char *prompt = params->prompt ? params->prompt : "";
+  /* SDXL's missing negative prompt is all-zero embeddings (the g_new0 above) */
+  gboolean encode_negative =
+      r->cfg && !lcm_prompt_encoder_negative_is_zero(p->prompts, params->negative_prompt);
   const char *negative = params->negative_prompt ? params->negative_prompt : "";
-  if ((r->cfg && !encode_prompt(p, negative, r->context, error)) ||
-      !encode_prompt(p, prompt, r->context + (r->batch - 1) * one, error))
+  if ((encode_negative &&
+       !encode_prompt(p, negative, params->negative_prompt_2, r->context, r->pooled, error)) ||
+      !encode_prompt(p, prompt, params->prompt_2, r->context + (r->batch - 1) * one,
+                     r->pooled ? r->pooled + (r->batch - 1) * p->pooled : NULL, error))
     return FALSE;
   if (cond_dim > 0) {
     r->w_embedding = g_new(float, cond_dim);
@@ -593,8 +655,9 @@ static gboolean predict_noise(LcmPipeline *p, const LcmPipelineParams *params, R
   }
   /* A UNet with a guidance embedding never gets a guidance batch, so the
    * one embedding covers the batch. */
-  if (!lcm_unet_run(p->unet, r->unet_in, r->batch, r->lh, r->lw, (float)t, r->context,
-                    LCM_CLIP_TOKENS, r->w_embedding, r->unet_out, error) ||
+  const LcmUNetConditions conditions = {r->w_embedding, r->pooled, r->time_ids};
+  if (!lcm_unet_run_conditioned(p->unet, r->unet_in, r->batch, r->lh, r->lw, (float)t, r->context,
+                                LCM_CLIP_TOKENS, &conditions, r->unet_out, error) ||
       !check_finite(r->unet_out, r->batch * r->n, "UNet", step, error))
     return FALSE;
   if (!r->cfg) {

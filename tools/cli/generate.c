@@ -76,8 +76,10 @@ static void add_source_entries(GOptionContext *context, Options *o, gboolean wit
       {"input", 'i', 0, G_OPTION_ARG_FILENAME, &o->input,
        "The source picture (PNG or any format GdkPixbuf reads; alpha is ignored)", "IN.png"},
       {"strength", 0, 0, G_OPTION_ARG_DOUBLE, &o->strength,
-       with_mask ? "How much to change, above 0 to 1 (default 1: repaint from noise)"
-                 : "How much to change, above 0 to 1 (default 0.8)",
+       with_mask ? "How much to change, above 0 to 1 (default: the model's pipeline's, 1 = "
+                   "repaint from noise for SD1.5, 0.9999 for SDXL)"
+                 : "How much to change, above 0 to 1 (default: the model's pipeline's, 0.8 for "
+                   "SD1.5, 0.3 for SDXL)",
        "S"},
       {"strength-rule", 0, 0, G_OPTION_ARG_STRING, &o->strength_rule,
        "How strength picks the timesteps: auto (default, as diffusers), respace or slice", "R"},
@@ -416,6 +418,7 @@ static int generate(LcmMode mode, const Options *o, LcmPipelineParams *params,
   load_end = g_get_monotonic_time();
   if (isnan(params->guidance_scale))
     params->guidance_scale = lcm_pipeline_default_guidance(pipeline);
+  if (isnan(params->strength)) params->strength = lcm_pipeline_default_strength(pipeline, mode);
   params->image = source;
   params->mask = mask;
   params->noise = monitor_noise;
@@ -447,8 +450,8 @@ out:
 }
 
 static int run_command(LcmMode mode, int argc, char **argv) {
-  Options o = {
-      .steps = 4, .width = 512, .height = 512, .strength = mode == LCM_MODE_IMG2IMG ? 0.8 : 1.0};
+  /* strength NAN: the model's default, once loaded */
+  Options o = {.steps = 4, .width = 512, .height = 512, .strength = NAN};
   GOptionContext *context;
   char *description;
   if (mode == LCM_MODE_TXT2IMG) {

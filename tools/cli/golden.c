@@ -866,6 +866,25 @@ static LcmImage *case_image_u8(Case *c, const char *name, GError **error) {
   return image;
 }
 
+/* A (height, width) pair of the case's params into *height, *width. */
+static void params_size(Case *c, const char *key, int *height, int *width) {
+  if (!json_object_has_member(c->params, key)) return;
+  JsonArray *pair = json_object_get_array_member(c->params, key);
+  if (!pair || json_array_get_length(pair) != 2) return;
+  *height = (int)json_array_get_int_element(pair, 0);
+  *width = (int)json_array_get_int_element(pair, 1);
+}
+
+/* SDXL's second prompts and size conditioning, when the case gives them. */
+static void case_sdxl_params(Case *c, LcmPipelineParams *params) {
+  params->prompt_2 = json_object_get_string_member_with_default(c->params, "prompt_2", NULL);
+  params->negative_prompt_2 =
+      json_object_get_string_member_with_default(c->params, "negative_prompt_2", NULL);
+  params_size(c, "original_size", &params->original_height, &params->original_width);
+  params_size(c, "crops_coords_top_left", &params->crop_top, &params->crop_left);
+  params_size(c, "target_size", &params->target_height, &params->target_width);
+}
+
 static gboolean run_pipeline(Case *c, GError **error) {
   LcmPipelineParams params;
   lcm_pipeline_params_init(&params);
@@ -882,6 +901,7 @@ static gboolean run_pipeline(Case *c, GError **error) {
   params.height = (int)json_object_get_int_member_with_default(c->params, "height", 0);
   params.noise = case_noise;
   params.noise_data = c;
+  case_sdxl_params(c, &params);
   LcmImage *source = NULL, *mask = NULL, *image = NULL;
   if (params.mode != LCM_MODE_TXT2IMG &&
       !(params.image = source = case_image_u8(c, "init_image_u8_hwc", error)))
@@ -1315,6 +1335,11 @@ static const struct {
     {"pipeline_inpaint_4ch", run_pipeline},
     {"pipeline_txt2img_cfg", run_pipeline},
     {"pipeline_img2img_cfg", run_pipeline},
+    {"pipeline_sdxl_txt2img", run_pipeline},
+    {"pipeline_sdxl_img2img", run_pipeline},
+    {"pipeline_sdxl_inpaint", run_pipeline},
+    {"pipeline_sdxl_txt2img_cfg", run_pipeline},
+    {"pipeline_sdxl_img2img_cfg", run_pipeline},
 };
 
 typedef enum { CASE_PASSED, CASE_FAILED, CASE_NOT_IMPLEMENTED } CaseResult;
