@@ -954,9 +954,9 @@ static gboolean write_outputs(Case *c, GError **error) {
 
 /* ---- LoRA merging ------------------------------------------------------------- *
  * Outputs: merged.NETWORK.NAME, a weight as its network loads it with the
- * case's LoRAs merged; unet_out / unet_out_merged and
- * text_encoder_last_hidden_state, the networks with them on the case's
- * inputs; unet_out_base, the UNet without them. */
+ * case's LoRAs merged; unet_out / unet_out_merged,
+ * text_encoder_last_hidden_state and SDXL's te_out.*, the networks with
+ * them on the case's inputs; unet_out_base, the UNet without them. */
 
 static gboolean add_merged_weight(Case *c, LcmModel *model, const char *output, GError **error) {
   const char *network_start = output + strlen("merged.");
@@ -988,6 +988,11 @@ static gboolean run_lora_merge(Case *c, GError **error) {
       ok = unet_on_inputs(c, model, name, error);
     } else if (!strcmp(name, "text_encoder_last_hidden_state")) {
       ok = encode_ids(c, model, "input_ids", name, error);
+    } else if (!strcmp(name, "te_out.prompt_embeds")) {
+      /* SDXL: both merged encoders, all te_out.* at once */
+      ok = sdxl_encode_case_ids(c, model, "te_out.", "text_embeds", error);
+    } else if (g_str_has_prefix(name, "te_out.")) {
+      continue;
     } else if (!strcmp(name, "unet_out_base")) {
       LcmModel *base = case_base_model(c, error);
       ok = base && unet_on_inputs(c, base, name, error);
