@@ -411,6 +411,11 @@ typedef struct {
   double guidance_scale;
   double strength; /* img2img and inpaint: in (0, 1]; 1 = start from pure noise */
   LcmStrengthRule strength_rule;
+  /* 0 = off; N takes the text encoder's hidden state N layers before the
+   * last, then its final layer norm (diffusers' clip_skip, which some SD1.5
+   * checkpoints ask for, usually 1). The negative prompt ignores it, as in
+   * diffusers. */
+  int clip_skip;
   uint64_t seed;         /* only the low 32 bits count, as in torch */
   int width, height;     /* txt2img: the output size, multiples of 8 */
   const LcmImage *image; /* img2img, inpaint: the RGB source, sides multiples of 8 */

@@ -31,14 +31,14 @@ typedef struct {
 } EncodeCacheEntry;
 
 struct LcmPipeline {
-  LcmTokenizer *tokenizer;
-  LcmTextEncoder *text_encoder;
+  LcmPromptEncoder *prompts;
   LcmUNet *unet;
   LcmVae *vae;
   LcmScheduler *scheduler;
-  int hidden;               /* text embedding width = the UNet's cross-attention width */
-  int latent_channels;      /* the VAE's */
-  GHashTable *prompt_cache; /* prompt text -> LCM_CLIP_TOKENS x hidden floats */
+  int hidden;          /* text embedding width = the UNet's cross-attention width */
+  int latent_channels; /* the VAE's */
+  /* "clip skip \n prompt text" -> LCM_CLIP_TOKENS x hidden floats */
+  GHashTable *prompt_cache;
   EncodeCacheEntry encode_cache[ENCODE_CACHE_SIZE];
   guint64 encode_uses;
 };
@@ -138,24 +138,26 @@ static void image_to_vae_input(const LcmImage *image, const float *keep, float *
 
 /* ---- Caches --------------------------------------------------------------------- */
 
-/* The text encoder's last hidden state for `text`, copied to out
+/* The UNet context of `text` with that clip skip, copied to out
  * (LCM_CLIP_TOKENS x hidden). */
-static gboolean encode_prompt(LcmPipeline *p, const char *text, float *out, GError **error) {
+static gboolean encode_prompt(LcmPipeline *p, const char *text, int clip_skip, float *out,
+                              GError **error) {
   size_t n = (size_t)LCM_CLIP_TOKENS * p->hidden;
-  const float *cached = g_hash_table_lookup(p->prompt_cache, text);
+  char *key = g_strdup_printf("%d\n%s", clip_skip, text);
+  const float *cached = g_hash_table_lookup(p->prompt_cache, key);
   if (!cached) {
-    int32_t ids[LCM_CLIP_TOKENS];
-    lcm_tokenizer_encode(p->tokenizer, text, ids);
     float *embedding = g_new(float, n);
-    if (!lcm_text_encoder_encode(p->text_encoder, ids, 1, embedding, error)) {
+    if (!lcm_prompt_encoder_encode(p->prompts, text, NULL, clip_skip, embedding, NULL, error)) {
       g_free(embedding);
+      g_free(key);
       return FALSE;
     }
     if (g_hash_table_size(p->prompt_cache) >= PROMPT_CACHE_SIZE)
       g_hash_table_remove_all(p->prompt_cache);
-    g_hash_table_insert(p->prompt_cache, g_strdup(text), embedding);
+    g_hash_table_insert(p->prompt_cache, g_strdup(key), embedding);
     cached = embedding;
   }
+  g_free(key);
   memcpy(out, cached, n * sizeof(float));
   return TRUE;
 }
@@ -220,8 +222,7 @@ void lcm_pipeline_free(LcmPipeline *p) {
   if (!p) return;
   lcm_pipeline_clear_caches(p);
   g_hash_table_unref(p->prompt_cache);
-  lcm_tokenizer_free(p->tokenizer);
-  lcm_text_encoder_free(p->text_encoder);
+  lcm_prompt_encoder_free(p->prompts);
   lcm_unet_free(p->unet);
   lcm_vae_free(p->vae);
   lcm_scheduler_free(p->scheduler);
@@ -255,13 +256,12 @@ LcmPipeline *lcm_pipeline_new(LcmModel *model, LcmPrecision precision, GError **
   }
   LcmPipeline *p = g_new0(LcmPipeline, 1);
   p->prompt_cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  if (!(p->tokenizer = lcm_model_load_tokenizer(model, error)) ||
-      !(p->text_encoder = lcm_text_encoder_load(model, precision, error)) ||
+  if (!(p->prompts = lcm_prompt_encoder_new(model, precision, error)) ||
       !(p->unet = lcm_unet_load(model, precision, error)) ||
       !(p->vae = lcm_vae_load(model, precision, error)) ||
       !(p->scheduler = lcm_scheduler_new(model_scheduler_config(model), error)))
     goto fail;
-  p->hidden = lcm_text_encoder_hidden_size(p->text_encoder);
+  p->hidden = lcm_prompt_encoder_context_dim(p->prompts);
   p->latent_channels = lcm_vae_latent_channels(p->vae);
   if (!check_compatible(p, model, error)) goto fail;
   return p;
@@ -482,8 +482,9 @@ static gboolean prepare_conditioning(LcmPipeline *p, const LcmPipelineParams *pa
   r->context = g_new(float, r->batch *one);
   const char *prompt = params->prompt ? params->prompt : "";
   const char *negative = params->negative_prompt ? params->negative_prompt : "";
-  if ((r->cfg && !encode_prompt(p, negative, r->context, error)) ||
-      !encode_prompt(p, prompt, r->context + (r->batch - 1) * one, error))
+  /* diffusers applies clip skip to the prompt only */
+  if ((r->cfg && !encode_prompt(p, negative, 0, r->context, error)) ||
+      !encode_prompt(p, prompt, params->clip_skip, r->context + (r->batch - 1) * one, error))
     return FALSE;
   if (cond_dim > 0) {
     r->w_embedding = g_new(float, cond_dim);
