@@ -229,25 +229,6 @@ static void test_errors(void) {
 #define SDXL_TE1_HIDDEN 16
 #define SDXL_TE1_LAYERS 3
 
-/* tiny-sdxl-lcm's text side: both encoders and tokenizers. */
-static LcmModel *open_sdxl_text(void) {
-  char *folder = test_data_path("golden-sdxl/tiny-sdxl-lcm");
-  static const char *const names[] = {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"};
-  char *dirs[G_N_ELEMENTS(names)];
-  for (size_t i = 0; i < G_N_ELEMENTS(names); i++)
-    dirs[i] = g_build_filename(folder, names[i], NULL);
-  LcmModelParts parts = {.text_encoder = dirs[0],
-                         .text_encoder_2 = dirs[1],
-                         .tokenizer = dirs[2],
-                         .tokenizer_2 = dirs[3]};
-  GError *error = NULL;
-  LcmModel *model = lcm_model_open_parts(&parts, &error);
-  g_assert_no_error(error);
-  for (size_t i = 0; i < G_N_ELEMENTS(names); i++) g_free(dirs[i]);
-  g_free(folder);
-  return model;
-}
-
 static StFile *open_sdxl_case(const char *name) {
   char *relative = g_strdup_printf("golden-sdxl/cases/%s.safetensors", name);
   char *path = test_data_path(relative);
@@ -290,7 +271,7 @@ static void test_layer_outputs(void) {
   const int batch = (int)(n_ids / LCM_CLIP_TOKENS);
   int32_t *ids = g_new(int32_t, n_ids);
   for (int64_t i = 0; i < n_ids; i++) ids[i] = (int32_t)ids_f[i];
-  LcmModel *model = open_sdxl_text();
+  LcmModel *model = test_sdxl_text_model();
   GError *error = NULL;
   int ndims;
   int64_t shape[ST_MAX_DIMS];
@@ -403,7 +384,7 @@ static void test_prompt_encoder_clip_skip(void) {
  * sdxl_encode_prompt_cfg): every output keeps the fp32 reference's
  * direction; skipped where the CPU has no bf16. */
 static void test_sdxl_bf16(void) {
-  LcmModel *model = open_sdxl_text();
+  LcmModel *model = test_sdxl_text_model();
   GError *error = NULL;
   LcmPromptEncoder *prompts = lcm_prompt_encoder_new(model, LCM_PRECISION_BF16, &error);
   if (test_skip_if_unsupported(error, LCM_PRECISION_BF16)) {

@@ -743,19 +743,8 @@ static void copy_file(const char *from_relative, const char *to) {
  * tokenizers, the force_zeros_for_empty_prompt default, the second
  * encoder's tensors. */
 static void test_open_sdxl_text_parts(void) {
-  char *folder = test_data_path("golden-sdxl/tiny-sdxl-lcm");
-  char *dirs[4];
-  static const char *const names[] = {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"};
-  for (size_t i = 0; i < G_N_ELEMENTS(names); i++)
-    dirs[i] = g_build_filename(folder, names[i], NULL);
-  LcmModelParts parts = {.text_encoder = dirs[0],
-                         .text_encoder_2 = dirs[1],
-                         .tokenizer = dirs[2],
-                         .tokenizer_2 = dirs[3]};
+  LcmModel *model = test_sdxl_text_model();
   GError *error = NULL;
-  LcmModel *model = lcm_model_open_parts(&parts, &error);
-  for (size_t i = 0; i < G_N_ELEMENTS(names); i++) g_free(dirs[i]);
-  g_assert_no_error(error);
   g_assert_cmpint(lcm_model_family(model), ==, LCM_FAMILY_SDXL);
   g_assert_true(model_force_zeros_for_empty_prompt(model));
   ClipConfig clip;
@@ -782,7 +771,6 @@ static void test_open_sdxl_text_parts(void) {
   g_assert_cmpint(ids[4], ==, 0);
   lcm_tokenizer_free(tokenizer_2);
   lcm_model_free(model);
-  g_free(folder);
 }
 
 /* Both text encoders of the SDXL single file (TE1 under

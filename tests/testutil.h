@@ -12,6 +12,9 @@
 char *test_data_path(const char *relative);
 /* Path of a file under tests/data/golden; g_free it. */
 char *test_golden_path(const char *relative);
+/* The text side of tests/data/golden-sdxl/tiny-sdxl-lcm (both text
+ * encoders and tokenizers, no UNet); fails the test if it does not open. */
+LcmModel *test_sdxl_text_model(void);
 /* Max |a-b| over n floats. */
 double test_max_abs_diff(const float *a, const float *b, size_t n);
 /* Cosine similarity of two vectors. */
