@@ -474,6 +474,11 @@ typedef struct {
   double guidance_scale;
   double strength; /* img2img and inpaint: in (0, 1]; 1 = start from pure noise */
   LcmStrengthRule strength_rule;
+  /* 0 = off; N takes the text encoder's hidden state N layers before the
+   * last, then its final layer norm (diffusers' clip_skip, which some SD1.5
+   * checkpoints ask for, usually 1). The negative prompt ignores it, as in
+   * diffusers. */
+  int clip_skip;
   uint64_t seed;         /* only the low 32 bits count, as in torch */
   int width, height;     /* txt2img: the output size, multiples of 8 */
   const LcmImage *image; /* img2img, inpaint: the RGB source, sides multiples of 8 */
@@ -576,25 +581,27 @@ char *lcm_find_taesd(const char *model_path);
 
 /* ---- LoRA (kohya / sd-scripts and diffusers / peft files) ------------------ */
 
-/* Merges a LoRA .safetensors into the model's UNet and text encoder: each
+/* Merges a LoRA .safetensors into the model's UNet and text encoder(s): each
  * weight W a module changes becomes W + scale * alpha/rank * up @ down as its
  * network loads (no second copy of the model is kept). Call it right after
  * opening the model, before its UNet or text encoder loads (lcm_unet_load,
  * lcm_text_encoder_load, lcm_pipeline_new, lcm_model_read_tensor); later it
  * fails with LCM_ERROR_INVALID. Several LoRAs merge in the order added, each
  * with its own scale (e.g. LCM-LoRA at 1.0, then a style LoRA at 0.8).
- * Reads kohya keys (lora_unet_* / lora_te_* with the diffusers or the LDM
- * module path, SDXL's input_blocks / middle_block / output_blocks too, .lora_down / .lora_up /
- * .alpha) and diffusers / peft keys (unet.* / text_encoder.* with .lora_A / .lora_B or .lora.down /
- * .lora.up; alpha already folded in). The whole file is checked before anything merges: a LoRA for
- * another architecture (SDXL on SD1.5 or the reverse, SD 2.x) and keys that match no tensor of the
- * model fail with LCM_ERROR_UNSUPPORTED (naming the first few), shapes that do not fit with
- * LCM_ERROR_SHAPE. Modules for a network the model lacks (text encoder modules of a UNet-only
- * model) are skipped. */
+ * Reads kohya keys (lora_unet_* / lora_te_* / SDXL's lora_te1_* and
+ * lora_te2_* with the diffusers or the LDM module path, SDXL's UNet
+ * input_blocks / middle_block / output_blocks too, .lora_down /
+ * .lora_up / .alpha) and diffusers / peft keys (unet.* / text_encoder.* /
+ * text_encoder_2.* with .lora_A / .lora_B or .lora.down / .lora.up; alpha
+ * already folded in). The whole file is checked before anything merges: a
+ * LoRA for another architecture (SDXL on SD1.5, SD 2.x) and keys that match
+ * no tensor of the model fail with LCM_ERROR_UNSUPPORTED (naming the first
+ * few), shapes that do not fit with LCM_ERROR_SHAPE. Modules for a network
+ * the model lacks (text encoder modules of a UNet-only model) are skipped. */
 gboolean lcm_model_add_lora(LcmModel *model, const char *path, float scale, GError **error);
-/* The networks a LoRA file changes: a NULL-terminated list of "unet" and / or
- * "text_encoder" (g_strfreev it); NULL with error when it is no LoRA this
- * loader reads. */
+/* The networks a LoRA file changes: a NULL-terminated list of "unet",
+ * "text_encoder" and / or "text_encoder_2" (g_strfreev it); NULL with error
+ * when it is no LoRA this loader reads. */
 char **lcm_lora_networks(const char *path, GError **error);
 
 /* ---- Devices ------------------------------------------------------------------ */

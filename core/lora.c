@@ -2,12 +2,13 @@
  * weight it changes, and the updates are queued on the networks' Weights.
  *
  * Spellings read (PATH = the module's diffusers / transformers path):
- *   kohya / sd-scripts: lora_unet_PATH / lora_te_PATH with '.' -> '_', or
- *     the LDM path of the UNet (lora_unet_input_blocks_1_1_...), and
- *     .lora_down.weight, .lora_up.weight, .alpha;
- *   diffusers / peft: unet.PATH / text_encoder.PATH with .lora_A.weight and
- *     .lora_B.weight (alpha / rank already folded into lora_B), or
- *     .lora.down.weight and .lora.up.weight.
+ *   kohya / sd-scripts: lora_unet_PATH / lora_te_PATH (SDXL: lora_te1_PATH,
+ *     lora_te2_PATH) with '.' -> '_', or the LDM path of the UNet
+ *     (lora_unet_input_blocks_1_1_...), and .lora_down.weight,
+ *     .lora_up.weight, .alpha;
+ *   diffusers / peft: unet.PATH / text_encoder.PATH / text_encoder_2.PATH
+ *     with .lora_A.weight and .lora_B.weight (alpha / rank already folded
+ *     into lora_B), or .lora.down.weight and .lora.up.weight.
  * The '_'-joined kohya paths are ambiguous (module names hold underscores),
  * so they are looked up among the network's own names spelled the same way. */
 #include "lora.h"
@@ -35,15 +36,16 @@ static const struct {
   const char *prefix;
   Component network;
   gboolean underscored; /* kohya: the path with '.' -> '_' */
+  gboolean sdxl;        /* a prefix only SDXL LoRAs use (two text encoders) */
 } network_prefixes[] = {
-    {"lora_unet_", COMPONENT_UNET, TRUE},
-    {"lora_te_", COMPONENT_TEXT_ENCODER, TRUE},
-    {"unet.", COMPONENT_UNET, FALSE},
-    {"text_encoder.", COMPONENT_TEXT_ENCODER, FALSE},
+    {"lora_unet_", COMPONENT_UNET, TRUE, FALSE},
+    {"lora_te_", COMPONENT_TEXT_ENCODER, TRUE, FALSE},
+    {"lora_te1_", COMPONENT_TEXT_ENCODER, TRUE, TRUE},
+    {"lora_te2_", COMPONENT_TEXT_ENCODER_2, TRUE, TRUE},
+    {"unet.", COMPONENT_UNET, FALSE, FALSE},
+    {"text_encoder.", COMPONENT_TEXT_ENCODER, FALSE, FALSE},
+    {"text_encoder_2.", COMPONENT_TEXT_ENCODER_2, FALSE, TRUE},
 };
-
-/* Keys only LoRAs of Stable Diffusion XL have (its two text encoders). */
-static const char *const sdxl_prefixes[] = {"lora_te1_", "lora_te2_", "text_encoder_2."};
 
 /* How many names an error message lists. */
 #define NAMES_SHOWN 3
@@ -53,6 +55,7 @@ typedef struct {
   const char *path; /* inside `name`, after the network prefix */
   Component network;
   gboolean underscored;
+  gboolean sdxl; /* named as only SDXL LoRAs name modules */
   const StTensor *parts[N_PARTS];
   char *target; /* the weight it changes, once matched */
 } LoraModule;
@@ -88,17 +91,17 @@ static char *name_list(const GPtrArray *names) {
   return g_string_free(s, FALSE);
 }
 
-static gboolean refuse_sdxl(const StFile *file, GError **error) {
-  for (guint i = 0; i < st_count(file); i++) {
-    const char *key = st_tensor_at(file, i)->name;
-    for (size_t k = 0; k < G_N_ELEMENTS(sdxl_prefixes); k++) {
-      if (!g_str_has_prefix(key, sdxl_prefixes[k])) continue;
-      g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                  "%s: this is a Stable Diffusion XL LoRA (it changes two text encoders, e.g. "
-                  "'%s'); only LoRAs for Stable Diffusion 1.5-family models can be merged",
-                  st_path(file), key);
-      return FALSE;
-    }
+/* SDXL LoRAs (named for two text encoders) do not fit an SD1.5 model, whose
+ * text encoder and UNet names they partly share. */
+static gboolean refuse_sdxl_lora(const LoraFile *lora, const char *path, GError **error) {
+  for (guint i = 0; i < lora->modules->len; i++) {
+    const LoraModule *module = lora->modules->pdata[i];
+    if (!module->sdxl) continue;
+    g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+                "%s: this is a Stable Diffusion XL LoRA (it changes two text encoders, e.g. "
+                "'%s'); this model is of the Stable Diffusion 1.5 family",
+                path, module->name);
+    return FALSE;
   }
   return TRUE;
 }
@@ -120,6 +123,7 @@ static gboolean add_key(LoraFile *lora, GHashTable *by_name, const StTensor *ten
         module->path = name + strlen(network_prefixes[n].prefix);
         module->network = network_prefixes[n].network;
         module->underscored = network_prefixes[n].underscored;
+        module->sdxl = network_prefixes[n].sdxl;
         g_hash_table_insert(by_name, module->name, module);
         g_ptr_array_add(lora->modules, module);
       } else {
@@ -145,10 +149,6 @@ static gboolean add_key(LoraFile *lora, GHashTable *by_name, const StTensor *ten
 static LoraFile *lora_file_open(const char *path, GError **error) {
   StFile *file = st_open(path, error);
   if (!file) return NULL;
-  if (!refuse_sdxl(file, error)) {
-    st_close(file);
-    return NULL;
-  }
   LoraFile *lora = g_new0(LoraFile, 1);
   lora->file = file;
   lora->modules = g_ptr_array_new_with_free_func(module_free);
@@ -188,13 +188,14 @@ static LoraFile *lora_file_open(const char *path, GError **error) {
 char **lcm_lora_networks(const char *path, GError **error) {
   LoraFile *lora = lora_file_open(path, error);
   if (!lora) return NULL;
-  gboolean has[COMPONENT_TEXT_ENCODER + 1] = {FALSE};
+  gboolean has[N_COMPONENTS] = {FALSE};
   for (guint i = 0; i < lora->modules->len; i++)
     has[((const LoraModule *)lora->modules->pdata[i])->network] = TRUE;
   lora_file_free(lora, TRUE);
   GStrvBuilder *networks = g_strv_builder_new();
   if (has[COMPONENT_UNET]) g_strv_builder_add(networks, "unet");
   if (has[COMPONENT_TEXT_ENCODER]) g_strv_builder_add(networks, "text_encoder");
+  if (has[COMPONENT_TEXT_ENCODER_2]) g_strv_builder_add(networks, "text_encoder_2");
   char **result = g_strv_builder_end(networks);
   g_strv_builder_unref(networks);
   return result;
@@ -371,10 +372,15 @@ StFile *lora_attach(const char *path, float scale, const LoraTargets *targets, G
   }
   LoraFile *lora = lora_file_open(path, error);
   if (!lora) return NULL;
-  NetworkIndex indexes[COMPONENT_TEXT_ENCODER + 1];
+  if (!targets->sdxl && !refuse_sdxl_lora(lora, path, error)) {
+    lora_file_free(lora, TRUE);
+    return NULL;
+  }
+  NetworkIndex indexes[N_COMPONENTS];
   network_index_init(&indexes[COMPONENT_UNET], targets->unet, targets->unet_layers_per_block);
   network_index_init(&indexes[COMPONENT_VAE], NULL, 0);
   network_index_init(&indexes[COMPONENT_TEXT_ENCODER], targets->text_encoder, 0);
+  network_index_init(&indexes[COMPONENT_TEXT_ENCODER_2], targets->text_encoder_2, 0);
   GPtrArray *unmatched = g_ptr_array_new();
   guint considered;
   gboolean ok = match_modules(lora, indexes, unmatched, &considered, error);
@@ -382,8 +388,7 @@ StFile *lora_attach(const char *path, float scale, const LoraTargets *targets, G
     char *names = name_list(unmatched);
     g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
                 "%s: none of the LoRA's %u modules matches a tensor of this model (%s): it was "
-                "made for a different architecture (SDXL for an SD 1.5 model or the reverse, SD "
-                "2.x, ...); a LoRA merges only into the model family it was trained on",
+                "made for a different architecture (SD1.5 vs SDXL, SD 2.x, ...)",
                 path, considered, names);
     g_free(names);
     ok = FALSE;

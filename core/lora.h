@@ -13,6 +13,8 @@ typedef struct {
   Weights *unet;
   int unet_layers_per_block; /* resnets per down level, for LDM-path keys */
   Weights *text_encoder;
+  Weights *text_encoder_2; /* SDXL */
+  gboolean sdxl;           /* the model is SDXL: LoRAs for a second text encoder fit */
 } LoraTargets;
 
 /* Opens the LoRA at `path`, matches every module with a weight of

@@ -435,7 +435,8 @@ gboolean lcm_model_add_lora(LcmModel *model, const char *path, float scale, GErr
     return FALSE;
   }
   if (!refuse_pickle_name(path, error)) return FALSE;
-  static const Component changed[] = {COMPONENT_UNET, COMPONENT_TEXT_ENCODER};
+  static const Component changed[] = {COMPONENT_UNET, COMPONENT_TEXT_ENCODER,
+                                      COMPONENT_TEXT_ENCODER_2};
   for (size_t i = 0; i < G_N_ELEMENTS(changed); i++) {
     const Weights *weights = model->parts[changed[i]].weights;
     if (weights && weights_any_fetched(weights)) {
@@ -447,7 +448,9 @@ gboolean lcm_model_add_lora(LcmModel *model, const char *path, float scale, GErr
     }
   }
   LoraTargets targets = {.unet = model->parts[COMPONENT_UNET].weights,
-                         .text_encoder = model->parts[COMPONENT_TEXT_ENCODER].weights};
+                         .text_encoder = model->parts[COMPONENT_TEXT_ENCODER].weights,
+                         .text_encoder_2 = model->parts[COMPONENT_TEXT_ENCODER_2].weights,
+                         .sdxl = model->family == LCM_FAMILY_SDXL};
   if (targets.unet) {
     UNetConfig config;
     if (!model_unet_config(model, &config, error)) return FALSE;

@@ -41,8 +41,8 @@ struct LcmPipeline {
   int hidden;          /* text context width = the UNet's cross-attention width */
   int pooled;          /* SDXL's pooled text width (the UNet's text_embeds), else 0 */
   int latent_channels; /* the VAE's */
-  /* "prompt\x1fprompt_2" -> LCM_CLIP_TOKENS x hidden context floats, then
-   * `pooled` floats */
+  /* "clip skip \n prompt \x1f prompt_2" -> LCM_CLIP_TOKENS x hidden context
+   * floats, then `pooled` floats */
   GHashTable *prompt_cache;
   EncodeCacheEntry encode_cache[ENCODE_CACHE_SIZE];
   guint64 encode_uses;
@@ -161,16 +161,17 @@ static gboolean check_finite(const float *values, size_t n, const char *network,
 }
 
 /* The text conditioning of `text` (and SDXL's `text_2` for the second
- * encoder, NULL = text): context (LCM_CLIP_TOKENS x hidden) and, for SDXL,
- * the pooled embedding (`pooled` floats; NULL otherwise). */
-static gboolean encode_prompt(LcmPipeline *p, const char *text, const char *text_2, float *context,
-                              float *pooled, GError **error) {
+ * encoder, NULL = text) with that clip skip: context (LCM_CLIP_TOKENS x
+ * hidden) and, for SDXL, the pooled embedding (`pooled` floats; NULL
+ * otherwise). */
+static gboolean encode_prompt(LcmPipeline *p, const char *text, const char *text_2, int clip_skip,
+                              float *context, float *pooled, GError **error) {
   size_t n = (size_t)LCM_CLIP_TOKENS * p->hidden;
-  char *key = g_strdup_printf("%s\x1f%s", text, text_2 ? text_2 : text);
+  char *key = g_strdup_printf("%d\n%s\x1f%s", clip_skip, text, text_2 ? text_2 : text);
   const float *cached = g_hash_table_lookup(p->prompt_cache, key);
   if (!cached) {
     float *embedding = g_new(float, n + p->pooled);
-    if (!lcm_prompt_encoder_encode(p->prompts, text, text_2, 0, embedding,
+    if (!lcm_prompt_encoder_encode(p->prompts, text, text_2, clip_skip, embedding,
                                    p->pooled ? embedding + n : NULL, error) ||
         !check_finite(embedding, n + p->pooled, "text encoder", 0, error)) {
       g_free(embedding);
@@ -562,9 +563,11 @@ static gboolean prepare_conditioning(LcmPipeline *p, const LcmPipelineParams *pa
   gboolean encode_negative =
       r->cfg && !lcm_prompt_encoder_negative_is_zero(p->prompts, params->negative_prompt);
   const char *negative = params->negative_prompt ? params->negative_prompt : "";
+  /* diffusers applies clip skip to the prompt only */
   if ((encode_negative &&
-       !encode_prompt(p, negative, params->negative_prompt_2, r->context, r->pooled, error)) ||
-      !encode_prompt(p, prompt, params->prompt_2, r->context + (r->batch - 1) * one,
+       !encode_prompt(p, negative, params->negative_prompt_2, 0, r->context, r->pooled, error)) ||
+      !encode_prompt(p, prompt, params->prompt_2, params->clip_skip,
+                     r->context + (r->batch - 1) * one,
                      r->pooled ? r->pooled + (r->batch - 1) * p->pooled : NULL, error))
     return FALSE;
   if (cond_dim > 0) {

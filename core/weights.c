@@ -8,11 +8,27 @@
 #include <string.h>
 #include <sys/stat.h>
 
-typedef struct {
-  const StTensor *tensor;
+/* How a checkpoint tensor becomes its diffusers tensor(s). */
+typedef enum {
+  MAP_AS_IS,
   /* VAE attention q/k/v/proj_out: stored as 1x1 conv [C,C,1,1], used as
    * Linear [C,C]. The data is the same; only the shape differs. */
-  gboolean squeeze_1x1;
+  MAP_SQUEEZE_1X1,
+  /* OpenCLIP's text_projection, [hidden, proj] used as x @ P: transposed
+   * into transformers' Linear weight [proj, hidden]. */
+  MAP_TRANSPOSE,
+  /* OpenCLIP's in_proj_weight / in_proj_bias: q, k and v stacked along dim
+   * 0; the mapped name is the attention's prefix, and each third becomes
+   * its q_proj / k_proj / v_proj tensor. */
+  MAP_SPLIT_QKV,
+} MapKind;
+
+typedef struct {
+  const StTensor *tensor;
+  gboolean squeeze_1x1, transpose;
+  /* rows [row_offset, row_offset + rows) of dim 0 (MAP_SPLIT_QKV); rows 0:
+   * the whole tensor */
+  int64_t row_offset, rows;
   GArray *updates; /* WeightUpdate, merged in order by weights_get; NULL: none */
 } WeightEntry;
 
@@ -177,9 +193,8 @@ static const char *const vae_coder_renames[][2] = {
 
 /* encoder.down.i ↔ encoder.down_blocks.i, but decoder.up.i ↔
  * decoder.up_blocks.{n-1-i}: LDM numbers decoder levels by resolution. */
-static char *map_vae_key(const char *key, const LdmLayout *layout, gboolean *attention_weight) {
+static char *map_vae_key(const char *key, const LdmLayout *layout, MapKind *kind) {
   const char *p = key;
-  *attention_weight = FALSE;
   if (!take_prefix(&p, "first_stage_model.")) return NULL;
   if (g_str_has_prefix(p, "quant_conv.") || g_str_has_prefix(p, "post_quant_conv."))
     return g_strdup(p);
@@ -195,7 +210,7 @@ static char *map_vae_key(const char *key, const LdmLayout *layout, gboolean *att
   if (take_prefix(&p, "mid.block_2."))
     return vae_resnet(g_strconcat(coder, "mid_block.resnets.1.", NULL), p);
   if (take_prefix(&p, "mid.attn_1.")) {
-    *attention_weight = g_str_has_suffix(p, ".weight") && !g_str_has_prefix(p, "norm.");
+    if (g_str_has_suffix(p, ".weight") && !g_str_has_prefix(p, "norm.")) *kind = MAP_SQUEEZE_1X1;
     return rename_under(g_strconcat(coder, "mid_block.attentions.0.", NULL), p,
                         vae_attention_renames, G_N_ELEMENTS(vae_attention_renames));
   }
@@ -227,18 +242,54 @@ static char *map_text_encoder_key(const char *key) {
   return g_strconcat("text_model.", p, NULL);
 }
 
+static const char *const open_clip_top_renames[][2] = {
+    {"token_embedding.", "text_model.embeddings.token_embedding."},
+    {"positional_embedding", "text_model.embeddings.position_embedding.weight"},
+    {"ln_final.", "text_model.final_layer_norm."},
+};
+
+static const char *const open_clip_layer_renames[][2] = {
+    {"ln_1.", "layer_norm1."},
+    {"ln_2.", "layer_norm2."},
+    {"attn.out_proj.", "self_attn.out_proj."},
+    {"mlp.c_fc.", "mlp.fc1."},
+    {"mlp.c_proj.", "mlp.fc2."},
+};
+
+/* SDXL's second text encoder in OpenCLIP names (the SGM conditioner's
+ * embedder 1) -> transformers' CLIPTextModelWithProjection. */
+static char *map_open_clip_key(const char *key, MapKind *kind) {
+  const char *p = key;
+  if (!take_prefix(&p, "conditioner.embedders.1.model.")) return NULL;
+  if (strcmp(p, "text_projection") == 0) {
+    *kind = MAP_TRANSPOSE;
+    return g_strdup("text_projection.weight");
+  }
+  char *top =
+      rename_under(g_strdup(""), p, open_clip_top_renames, G_N_ELEMENTS(open_clip_top_renames));
+  if (top) return top;
+  int layer;
+  if (!take_prefix(&p, "transformer.resblocks.") || !take_index(&p, &layer)) return NULL;
+  char *prefix = g_strdup_printf("text_model.encoder.layers.%d.", layer);
+  if (strcmp(p, "attn.in_proj_weight") == 0 || strcmp(p, "attn.in_proj_bias") == 0) {
+    *kind = MAP_SPLIT_QKV;
+    return under(prefix, p + strlen("attn.in_proj_"));
+  }
+  return rename_under(prefix, p, open_clip_layer_renames, G_N_ELEMENTS(open_clip_layer_renames));
+}
+
 static char *map_checkpoint_key(Component component, const char *key, const LdmLayout *layout,
-                                gboolean *attention_weight) {
-  *attention_weight = FALSE;
+                                MapKind *kind) {
+  *kind = MAP_AS_IS;
   switch (component) {
   case COMPONENT_UNET:
     return map_unet_key(key, layout);
   case COMPONENT_VAE:
-    return map_vae_key(key, layout, attention_weight);
+    return map_vae_key(key, layout, kind);
   case COMPONENT_TEXT_ENCODER:
     return map_text_encoder_key(key);
   default:
-    return NULL;
+    return map_open_clip_key(key, kind);
   }
 }
 
@@ -288,22 +339,57 @@ void weights_free(Weights *weights) {
   g_free(weights);
 }
 
-/* Takes ownership of `name`. */
-static gboolean weights_add(Weights *weights, char *name, const StTensor *tensor,
-                            gboolean attention_weight, GError **error) {
+/* Takes ownership of `name`; `entry` is copied. */
+static gboolean weights_add_entry(Weights *weights, char *name, const WeightEntry *entry,
+                                  GError **error) {
   WeightEntry *existing = g_hash_table_lookup(weights->entries, name);
   if (existing) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: tensors '%s' and '%s' both map to '%s'",
-                weights->path, existing->tensor->name, tensor->name, name);
+                weights->path, existing->tensor->name, entry->tensor->name, name);
     g_free(name);
     return FALSE;
   }
-  WeightEntry *entry = g_new0(WeightEntry, 1);
-  entry->tensor = tensor;
-  entry->squeeze_1x1 =
-      attention_weight && tensor->ndims == 4 && tensor->shape[2] == 1 && tensor->shape[3] == 1;
-  g_hash_table_insert(weights->entries, name, entry);
+  g_hash_table_insert(weights->entries, name, g_memdup2(entry, sizeof *entry));
   return TRUE;
+}
+
+/* Adds the diffusers tensor(s) `name` (owned) that `tensor` maps to. */
+static gboolean weights_add(Weights *weights, char *name, const StTensor *tensor, MapKind kind,
+                            GError **error) {
+  WeightEntry entry = {.tensor = tensor};
+  switch (kind) {
+  case MAP_SQUEEZE_1X1:
+    entry.squeeze_1x1 = tensor->ndims == 4 && tensor->shape[2] == 1 && tensor->shape[3] == 1;
+    break;
+  case MAP_TRANSPOSE:
+    entry.transpose = tensor->ndims == 2;
+    break;
+  case MAP_SPLIT_QKV: {
+    /* name is "PREFIX.weight" or "PREFIX.bias" */
+    const char *suffix = strrchr(name, '.');
+    if (!suffix || tensor->ndims < 1 || tensor->shape[0] % 3 != 0) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE,
+                  "%s: tensor '%s' should stack q, k and v along its first dimension, but its "
+                  "shape does not divide by 3",
+                  weights->path, tensor->name);
+      g_free(name);
+      return FALSE;
+    }
+    static const char *const parts[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
+    gboolean ok = TRUE;
+    entry.rows = tensor->shape[0] / 3;
+    for (int i = 0; i < 3 && ok; i++) {
+      entry.row_offset = i * entry.rows;
+      char *part = g_strdup_printf("%.*s.%s%s", (int)(suffix - name), name, parts[i], suffix);
+      ok = weights_add_entry(weights, part, &entry, error);
+    }
+    g_free(name);
+    return ok;
+  }
+  default:
+    break;
+  }
+  return weights_add_entry(weights, name, &entry, error);
 }
 
 /* diffusers before 0.14 named the VAE's attention query/key/value/proj_attn;
@@ -330,7 +416,7 @@ Weights *weights_open_file(const char *path, GError **error) {
   weights->owned_file = file;
   for (guint i = 0; i < st_count(file); i++) {
     const StTensor *tensor = st_tensor_at(file, i);
-    if (!weights_add(weights, current_diffusers_name(tensor->name), tensor, FALSE, error)) {
+    if (!weights_add(weights, current_diffusers_name(tensor->name), tensor, MAP_AS_IS, error)) {
       weights_free(weights);
       return NULL;
     }
@@ -357,9 +443,9 @@ Weights *weights_open_checkpoint(StFile *checkpoint, Component component, GError
   LdmLayout layout = ldm_layout(checkpoint);
   for (guint i = 0; i < st_count(checkpoint); i++) {
     const StTensor *tensor = st_tensor_at(checkpoint, i);
-    gboolean attention_weight;
-    char *name = map_checkpoint_key(component, tensor->name, &layout, &attention_weight);
-    if (name && !weights_add(weights, name, tensor, attention_weight, error)) {
+    MapKind kind;
+    char *name = map_checkpoint_key(component, tensor->name, &layout, &kind);
+    if (name && !weights_add(weights, name, tensor, kind, error)) {
       weights_free(weights);
       return NULL;
     }
@@ -380,6 +466,42 @@ gboolean weights_contains(const Weights *weights, const char *name) {
 static void entry_shape(const WeightEntry *entry, int *ndims, int64_t *shape) {
   *ndims = entry->squeeze_1x1 ? 2 : entry->tensor->ndims;
   memcpy(shape, entry->tensor->shape, sizeof(int64_t) * (size_t)*ndims);
+  if (entry->rows) shape[0] = entry->rows;
+  if (entry->transpose) {
+    const int64_t rows = shape[0];
+    shape[0] = shape[1];
+    shape[1] = rows;
+  }
+}
+
+/* The stored tensor, or the rows of it the entry covers, as a tensor of
+ * its own (the data stays in the file's mapping). */
+static StTensor entry_stored(const WeightEntry *entry) {
+  StTensor view = *entry->tensor;
+  if (entry->rows) {
+    const size_t row_bytes = view.nbytes / (size_t)view.shape[0];
+    view.data = (const char *)view.data + (size_t)entry->row_offset * row_bytes;
+    view.shape[0] = entry->rows;
+    view.nbytes = (size_t)entry->rows * row_bytes;
+  }
+  return view;
+}
+
+/* The entry's values in fp32, in its diffusers shape, into dst. */
+static gboolean entry_to_f32(const WeightEntry *entry, float *dst) {
+  const StTensor stored = entry_stored(entry);
+  if (!entry->transpose) {
+    st_tensor_to_f32(&stored, dst);
+    return TRUE;
+  }
+  const int64_t rows = stored.shape[0], cols = stored.shape[1];
+  float *plain = g_try_new(float, (size_t)MAX(rows * cols, 1));
+  if (!plain) return FALSE;
+  st_tensor_to_f32(&stored, plain);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) dst[c * rows + r] = plain[r * cols + c];
+  g_free(plain);
+  return TRUE;
 }
 
 gboolean weights_shape(const Weights *weights, const char *name, int *ndims, int64_t *shape) {
@@ -408,7 +530,10 @@ static char *describe_tensor(const Weights *weights, const char *name, const Wei
  * so a LoRA costs no second copy of the network. */
 static gboolean merge_updates(const Weights *weights, const char *name, const WeightEntry *entry,
                               float *data, GError **error) {
-  const int64_t rows = entry->tensor->shape[0], cols = st_numel(entry->tensor) / rows;
+  int ndims;
+  int64_t shape[ST_MAX_DIMS];
+  entry_shape(entry, &ndims, shape);
+  const int64_t rows = shape[0], cols = (int64_t)weights_shape_numel(ndims, shape) / rows;
   for (guint i = 0; i < entry->updates->len; i++) {
     const WeightUpdate *update = &g_array_index(entry->updates, WeightUpdate, i);
     const int64_t rank = update->down->shape[0];
@@ -476,8 +601,14 @@ gboolean weights_read(const Weights *weights, const char *name, int ndims, const
   gpointer key = NULL;
   const WeightEntry *entry = checked_entry(weights, name, ndims, shape, &key, error);
   if (!entry) return FALSE;
-  st_tensor_to_f32(entry->tensor, dst);
-  st_tensor_drop_pages(entry->tensor);
+  if (!entry_to_f32(entry, dst)) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: out of memory loading tensor '%s'",
+                weights->path, name);
+    return FALSE;
+  }
+  /* the other thirds of a split tensor drop their own pages */
+  const StTensor stored = entry_stored(entry);
+  st_tensor_drop_pages(&stored);
   if (entry->updates && !merge_updates(weights, name, entry, dst, error)) return FALSE;
   g_hash_table_add(weights->requested, key);
   return TRUE;
@@ -592,8 +723,8 @@ GPtrArray *weights_checkpoint_unmapped(const StFile *checkpoint) {
     const char *key = st_tensor_at(checkpoint, i)->name;
     gboolean mapped = FALSE;
     for (int c = 0; c < N_COMPONENTS && !mapped; c++) {
-      gboolean attention_weight;
-      char *name = map_checkpoint_key((Component)c, key, &layout, &attention_weight);
+      MapKind kind;
+      char *name = map_checkpoint_key((Component)c, key, &layout, &kind);
       mapped = name != NULL;
       g_free(name);
     }

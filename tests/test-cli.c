@@ -387,6 +387,7 @@ static void test_bad_inputs(void) {
   assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--seed", "abc"), 2, "--seed");
   assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--steps", "many"), 2, "many");
   assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--precision", "fp8"), 2, "fp8");
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--clip-skip", "-1"), 2, "--clip-skip -1");
   assert_cli_fails(run_cli("txt2img", "x"), 2, "-o OUT.png");
   assert_cli_fails(run_cli("img2img", "x", "-o", out), 2, "-i IN.png");
   assert_cli_fails(run_cli("inpaint", "x", "-i", source, "-o", out), 2, "-m MASK.png");
@@ -396,6 +397,8 @@ static void test_bad_inputs(void) {
                    "multiple of 8");
   assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--model", model, "--steps", "0"), 1,
                    "steps");
+  assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--model", model, "--clip-skip", "9"), 1,
+                   "clip skip 9");
   g_assert_false(g_file_test(out, G_FILE_TEST_EXISTS));
 }
 

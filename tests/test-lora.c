@@ -8,6 +8,7 @@
 #include "weights.h"
 
 #include <glib/gstdio.h>
+#include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
 
@@ -81,6 +82,24 @@ static const LoraCase lora_cases[] = {
     {"lora_lcm_like_plain_unet", TRUE, {{"lora/lcm_lora_like_kohya.safetensors", 1.0f}}, 1},
 };
 
+/* The golden merged.NETWORK.NAME weight `key` read through the model with
+ * the LoRAs; the same weight without them (base) must differ, or the check
+ * proves nothing. Returns NETWORK (g_free it). */
+static char *assert_merged_weight(const StFile *golden, const char *key, LcmModel *merged,
+                                  LcmModel *base) {
+  const char *network_start = key + strlen("merged.");
+  char *network = g_strndup(network_start, strcspn(network_start, "."));
+  const char *name = network_start + strlen(network) + 1;
+  int64_t n, n_golden, n_base;
+  g_autofree float *got = read_weight(merged, network, name, &n);
+  g_autofree float *original = read_weight(base, network, name, &n_base);
+  g_autofree float *expected = test_golden_tensor(golden, key, &n_golden);
+  g_assert_cmpint(n, ==, n_golden);
+  test_assert_close(key, got, expected, (size_t)n, MERGED_ATOL, MERGED_RTOL);
+  g_assert_cmpfloat(test_max_abs_diff(original, expected, (size_t)n), >, 1e-4);
+  return network;
+}
+
 /* Each merged.NETWORK.NAME golden, read through the model with the LoRAs;
  * the same weight without them must differ, or the check proves nothing. */
 static void test_merged_weights(gconstpointer data) {
@@ -93,16 +112,7 @@ static void test_merged_weights(gconstpointer data) {
   for (guint i = 0; i < st_count(golden); i++) {
     const char *key = st_tensor_at(golden, i)->name;
     if (!g_str_has_prefix(key, "merged.")) continue;
-    const char *network_start = key + strlen("merged.");
-    g_autofree char *network = g_strndup(network_start, strcspn(network_start, "."));
-    const char *name = network_start + strlen(network) + 1;
-    int64_t n, n_golden, n_base;
-    g_autofree float *got = read_weight(merged, network, name, &n);
-    g_autofree float *original = read_weight(base, network, name, &n_base);
-    g_autofree float *expected = test_golden_tensor(golden, key, &n_golden);
-    g_assert_cmpint(n, ==, n_golden);
-    test_assert_close(key, got, expected, (size_t)n, MERGED_ATOL, MERGED_RTOL);
-    g_assert_cmpfloat(test_max_abs_diff(original, expected, (size_t)n), >, 1e-4);
+    g_free(assert_merged_weight(golden, key, merged, base));
     checked++;
   }
   g_assert_cmpint(checked, >=, 4);
@@ -490,6 +500,169 @@ static void test_lora_networks(void) {
   }
 }
 
+/* ---- SDXL: two text encoders ------------------------------------------------ */
+
+#define SDXL_STYLE_LORA "golden-sdxl/lora/style_lora_sdxl_kohya_te1_te2.safetensors"
+#define SDXL_STYLE_SCALE 0.8f
+
+/* tiny-sdxl-lcm's text side (both encoders; no UNet), or its single file,
+ * with the LoRA at `lora` (a path under tests/data) merged when not NULL. */
+static LcmModel *open_sdxl_text(gboolean single_file, const char *lora, float scale) {
+  g_autoptr(GError) error = NULL;
+  LcmModel *model;
+  if (single_file) {
+    g_autofree char *checkpoint = test_data_path("golden-sdxl/tiny-sdxl-lcm.safetensors");
+    /* tiny encoders' head counts do not follow from their widths */
+    g_autofree char *config = test_data_path("golden-sdxl/tiny-sdxl-lcm/text_encoder/config.json");
+    g_autofree char *config_2 =
+        test_data_path("golden-sdxl/tiny-sdxl-lcm/text_encoder_2/config.json");
+    LcmModelParts parts = {
+        .checkpoint = checkpoint, .text_encoder_config = config, .text_encoder_2_config = config_2};
+    model = lcm_model_open_parts(&parts, &error);
+    g_assert_no_error(error);
+  } else {
+    model = test_sdxl_text_model();
+  }
+  if (lora) {
+    g_autofree char *path = lora[0] == '/' ? g_strdup(lora) : test_data_path(lora);
+    g_assert_true(lcm_model_add_lora(model, path, scale, &error));
+    g_assert_no_error(error);
+  }
+  return model;
+}
+
+/* The kohya lora_te1_ / lora_te2_ modules of the style LoRA merge into both
+ * encoders as the golden case's merged.text_encoder{,_2}.* weights say (its
+ * UNet modules are skipped: this model has no UNet). */
+static void test_sdxl_text_encoder_merges(void) {
+  g_autofree char *case_path =
+      test_data_path("golden-sdxl/cases/lora_xl_style_te1_te2_scale0.8.safetensors");
+  g_autoptr(GError) error = NULL;
+  StFile *golden = st_open(case_path, &error);
+  g_assert_no_error(error);
+  LcmModel *merged = open_sdxl_text(FALSE, SDXL_STYLE_LORA, SDXL_STYLE_SCALE);
+  LcmModel *base = open_sdxl_text(FALSE, NULL, 0);
+  int checked[2] = {0, 0};
+  for (guint i = 0; i < st_count(golden); i++) {
+    const char *key = st_tensor_at(golden, i)->name;
+    if (!g_str_has_prefix(key, "merged.text_encoder")) continue;
+    g_autofree char *network = assert_merged_weight(golden, key, merged, base);
+    checked[strcmp(network, "text_encoder_2") == 0]++;
+  }
+  g_assert_cmpint(checked[0], >=, 2);
+  g_assert_cmpint(checked[1], >=, 2);
+  lcm_model_free(base);
+  lcm_model_free(merged);
+  st_close(golden);
+}
+
+/* Every weight of an SDXL model's two text encoders agrees within fp32
+ * rounding (alpha / rank folded at different times). */
+static void assert_text_weights_close(LcmModel *a, LcmModel *b) {
+  static const struct {
+    Component component;
+    const char *network;
+  } networks[] = {{COMPONENT_TEXT_ENCODER, "text_encoder"},
+                  {COMPONENT_TEXT_ENCODER_2, "text_encoder_2"}};
+  for (size_t k = 0; k < G_N_ELEMENTS(networks); k++) {
+    g_autoptr(GError) error = NULL;
+    Weights *weights = model_weights(a, networks[k].component, &error);
+    g_assert_no_error(error);
+    g_autoptr(GPtrArray) names = weights_names(weights);
+    for (guint i = 0; i < names->len; i++) {
+      int64_t n_a, n_b;
+      g_autofree float *wa = read_weight(a, networks[k].network, names->pdata[i], &n_a);
+      g_autofree float *wb = read_weight(b, networks[k].network, names->pdata[i], &n_b);
+      g_assert_cmpint(n_a, ==, n_b);
+      test_assert_close(names->pdata[i], wa, wb, (size_t)n_a, MERGED_ATOL, MERGED_RTOL);
+    }
+  }
+}
+
+/* The style LoRA's text-encoder modules rewritten in diffusers / peft names
+ * (text_encoder.* / text_encoder_2.*, lora_A / lora_B with alpha / rank
+ * folded into B), using the golden keymap's module paths, merge alike. */
+static void test_sdxl_kohya_and_peft_agree(void) {
+  g_autofree char *kohya_path = test_data_path(SDXL_STYLE_LORA);
+  g_autofree char *keymap_path = test_data_path("golden-sdxl/lora/sdxl_lora_keymap.json");
+  g_autoptr(GError) error = NULL;
+  StFile *kohya = st_open(kohya_path, &error);
+  g_assert_no_error(error);
+  JsonParser *parser = json_parser_new();
+  g_assert_true(json_parser_load_from_file(parser, keymap_path, &error));
+  JsonObject *style =
+      json_object_get_object_member(json_node_get_object(json_parser_get_root(parser)), "style");
+  LoraWriter *writer = lora_writer_new();
+  GList *modules = json_object_get_members(style);
+  int written = 0;
+  for (GList *l = modules; l; l = l->next) {
+    const char *module = l->data;
+    if (!g_str_has_prefix(module, "lora_te")) continue;
+    const char *path = json_object_get_string_member(json_object_get_object_member(style, module),
+                                                     "diffusers_module");
+    g_autofree char *down_key = g_strconcat(module, ".lora_down.weight", NULL);
+    g_autofree char *up_key = g_strconcat(module, ".lora_up.weight", NULL);
+    g_autofree char *alpha_key = g_strconcat(module, ".alpha", NULL);
+    int64_t n_down, n_up, n_alpha;
+    g_autofree float *down = test_golden_tensor(kohya, down_key, &n_down);
+    g_autofree float *up = test_golden_tensor(kohya, up_key, &n_up);
+    g_autofree float *alpha = test_golden_tensor(kohya, alpha_key, &n_alpha);
+    const StTensor *down_info = st_find(kohya, down_key), *up_info = st_find(kohya, up_key);
+    const int64_t rank = down_info->shape[0];
+    for (int64_t i = 0; i < n_up; i++) up[i] *= alpha[0] / (float)rank;
+    g_autofree char *a_name = g_strconcat(path, ".lora_A.weight", NULL);
+    g_autofree char *b_name = g_strconcat(path, ".lora_B.weight", NULL);
+    lora_add(writer, a_name, 2, down_info->shape, down);
+    lora_add(writer, b_name, 2, up_info->shape, up);
+    written++;
+  }
+  g_list_free(modules);
+  g_object_unref(parser);
+  st_close(kohya);
+  g_assert_cmpint(written, >, 10);
+  g_autofree char *peft_path = lora_write(writer, "sdxl-te-peft.safetensors");
+  g_auto(GStrv) networks = lcm_lora_networks(peft_path, &error);
+  g_assert_no_error(error);
+  g_assert_cmpstr(networks[0], ==, "text_encoder");
+  g_assert_cmpstr(networks[1], ==, "text_encoder_2");
+  g_assert_null(networks[2]);
+  LcmModel *a = open_sdxl_text(FALSE, SDXL_STYLE_LORA, SDXL_STYLE_SCALE);
+  LcmModel *b = open_sdxl_text(FALSE, peft_path, SDXL_STYLE_SCALE);
+  assert_text_weights_close(a, b);
+  lcm_model_free(a);
+  lcm_model_free(b);
+}
+
+/* In the single file TE2's q, k and v live in one fused in_proj tensor; a
+ * LoRA on q_proj changes its rows only, by the same delta as in the folder. */
+static void test_sdxl_single_file_lora(void) {
+  LcmModel *models[2][2]; /* [single file][with LoRA] */
+  for (int f = 0; f < 2; f++)
+    for (int l = 0; l < 2; l++)
+      models[f][l] = open_sdxl_text(f, l ? SDXL_STYLE_LORA : NULL, SDXL_STYLE_SCALE);
+  static const char *const names[] = {"text_model.encoder.layers.0.self_attn.q_proj.weight",
+                                      "text_model.encoder.layers.1.self_attn.k_proj.weight",
+                                      "text_model.encoder.layers.2.self_attn.v_proj.weight"};
+  for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
+    int64_t n[2][2];
+    float *w[2][2];
+    for (int f = 0; f < 2; f++)
+      for (int l = 0; l < 2; l++)
+        w[f][l] = read_weight(models[f][l], "text_encoder_2", names[i], &n[f][l]);
+    float max_delta = 0;
+    for (int64_t k = 0; k < n[0][0]; k++) {
+      const float folder_delta = w[0][1][k] - w[0][0][k], file_delta = w[1][1][k] - w[1][0][k];
+      g_assert_cmpfloat(fabsf(folder_delta - file_delta), <=, 1e-6f);
+      max_delta = fmaxf(max_delta, fabsf(folder_delta));
+    }
+    g_assert_cmpfloat(max_delta, >, 1e-4f);
+    for (int f = 0; f < 2; f++)
+      for (int l = 0; l < 2; l++) g_free(w[f][l]);
+  }
+  for (int f = 0; f < 2; f++)
+    for (int l = 0; l < 2; l++) lcm_model_free(models[f][l]);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   tmp_dir = g_dir_make_tmp("test-lora-XXXXXX", NULL);
@@ -510,6 +683,9 @@ int main(int argc, char **argv) {
   g_test_add_func("/lora/late-add-refused", test_late_add_refused);
   g_test_add_func("/lora/unet-only-model", test_unet_only_model);
   g_test_add_func("/lora/networks", test_lora_networks);
+  g_test_add_func("/lora/sdxl-text-encoder-merges", test_sdxl_text_encoder_merges);
+  g_test_add_func("/lora/sdxl-kohya-and-peft-agree", test_sdxl_kohya_and_peft_agree);
+  g_test_add_func("/lora/sdxl-single-file", test_sdxl_single_file_lora);
   int status = g_test_run();
   /* the files written here */
   GDir *dir = g_dir_open(tmp_dir, 0, NULL);

@@ -839,19 +839,8 @@ static void copy_file(const char *from_relative, const char *to) {
  * tokenizers, the force_zeros_for_empty_prompt default, the second
  * encoder's tensors. */
 static void test_open_sdxl_text_parts(void) {
-  char *folder = test_data_path("golden-sdxl/tiny-sdxl-lcm");
-  char *dirs[4];
-  static const char *const names[] = {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"};
-  for (size_t i = 0; i < G_N_ELEMENTS(names); i++)
-    dirs[i] = g_build_filename(folder, names[i], NULL);
-  LcmModelParts parts = {.text_encoder = dirs[0],
-                         .text_encoder_2 = dirs[1],
-                         .tokenizer = dirs[2],
-                         .tokenizer_2 = dirs[3]};
+  LcmModel *model = test_sdxl_text_model();
   GError *error = NULL;
-  LcmModel *model = lcm_model_open_parts(&parts, &error);
-  for (size_t i = 0; i < G_N_ELEMENTS(names); i++) g_free(dirs[i]);
-  g_assert_no_error(error);
   g_assert_cmpint(lcm_model_family(model), ==, LCM_FAMILY_SDXL);
   g_assert_true(model_force_zeros_for_empty_prompt(model));
   ClipConfig clip;
@@ -878,7 +867,58 @@ static void test_open_sdxl_text_parts(void) {
   g_assert_cmpint(ids[4], ==, 0);
   lcm_tokenizer_free(tokenizer_2);
   lcm_model_free(model);
-  g_free(folder);
+}
+
+/* Both text encoders of the SDXL single file (TE1 under
+ * conditioner.embedders.0, TE2 in OpenCLIP names with fused q/k/v and a
+ * transposed projection) give every tensor of the diffusers folder it was
+ * made from, rounded to fp16 as the file stores them, and nothing else. */
+static void test_sdxl_checkpoint_text_encoders(void) {
+  char *checkpoint = test_data_path("golden-sdxl/tiny-sdxl-lcm.safetensors");
+  GError *error = NULL;
+  LcmModelParts parts = {.checkpoint = checkpoint};
+  LcmModel *model = lcm_model_open_parts(&parts, &error);
+  g_assert_no_error(error);
+  g_assert_cmpint(lcm_model_family(model), ==, LCM_FAMILY_SDXL);
+  static const struct {
+    Component component;
+    const char *network, *folder_file;
+  } encoders[] = {
+      {COMPONENT_TEXT_ENCODER, "text_encoder",
+       "golden-sdxl/tiny-sdxl-lcm/text_encoder/model.safetensors"},
+      {COMPONENT_TEXT_ENCODER_2, "text_encoder_2",
+       "golden-sdxl/tiny-sdxl-lcm/text_encoder_2/model.safetensors"},
+  };
+  for (size_t e = 0; e < G_N_ELEMENTS(encoders); e++) {
+    char *folder_path = test_data_path(encoders[e].folder_file);
+    Weights *folder = weights_open_file(folder_path, &error);
+    g_assert_no_error(error);
+    GPtrArray *names = weights_names(folder);
+    Weights *mapped = model_weights(model, encoders[e].component, &error);
+    g_assert_no_error(error);
+    GPtrArray *mapped_names = weights_names(mapped);
+    g_assert_cmpuint(mapped_names->len, ==, names->len);
+    for (guint i = 0; i < names->len; i++) {
+      const char *name = names->pdata[i];
+      int ndims;
+      int64_t shape[ST_MAX_DIMS];
+      g_assert_true(weights_shape(folder, name, &ndims, shape));
+      float *want = weights_get(folder, name, ndims, shape, &error);
+      g_assert_no_error(error);
+      float *got = lcm_model_read_tensor(model, encoders[e].network, name, &ndims, shape, &error);
+      g_assert_no_error(error);
+      size_t n = weights_shape_numel(ndims, shape);
+      for (size_t k = 0; k < n; k++) g_assert_cmpfloat(got[k], ==, (float)(_Float16)want[k]);
+      g_free(want);
+      g_free(got);
+    }
+    g_ptr_array_unref(mapped_names);
+    g_ptr_array_unref(names);
+    weights_free(folder);
+    g_free(folder_path);
+  }
+  lcm_model_free(model);
+  g_free(checkpoint);
 }
 
 static void test_incomplete_folders(void) {
@@ -967,6 +1007,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/model/refuse-sd2", test_refuse_sd2);
   g_test_add_func("/model/incomplete-folders", test_incomplete_folders);
   g_test_add_func("/model/open-sdxl-text-parts", test_open_sdxl_text_parts);
+  g_test_add_func("/model/sdxl-checkpoint-text-encoders", test_sdxl_checkpoint_text_encoders);
   int result = g_test_run();
   char *variant = tmp_path("variant-config.json");
   char *vae_config = tmp_path("vae-no-mid-attention.json");

@@ -451,6 +451,25 @@ static gboolean failing_noise(int index, float *out, int64_t n, gpointer rng, GE
   return FALSE;
 }
 
+/* Clip skip changes the prompt's embedding, so the picture; the prompt
+ * cache keeps the two apart (same prompt, same seed). */
+static void test_clip_skip(void) {
+  LcmPipeline *p = tiny_pipeline("tiny-lcm");
+  LcmPipelineParams params;
+  txt2img_params(&params, 5);
+  LcmImage *plain = run_ok(p, &params);
+  params.clip_skip = 1;
+  LcmImage *skipped = run_ok(p, &params);
+  g_assert_false(same_image(plain, skipped));
+  params.clip_skip = 0;
+  LcmImage *again = run_ok(p, &params);
+  g_assert_true(same_image(plain, again));
+  lcm_image_free(plain);
+  lcm_image_free(skipped);
+  lcm_image_free(again);
+  lcm_pipeline_free(p);
+}
+
 static void test_bad_params(void) {
   LcmPipeline *p = tiny_pipeline("tiny-lcm");
   LcmImage *source = test_picture(), *mask = test_mask();
@@ -474,6 +493,11 @@ static void test_bad_params(void) {
   txt2img_params(&params, 1);
   params.mode = (LcmMode)7;
   assert_invalid(p, &params, "unknown mode");
+  txt2img_params(&params, 1);
+  params.clip_skip = 99;
+  assert_invalid(p, &params, "clip skip beyond the text encoder's layers");
+  params.clip_skip = -1;
+  assert_invalid(p, &params, "negative clip skip");
 
   txt2img_params(&params, 1);
   params.mode = LCM_MODE_IMG2IMG;
@@ -709,6 +733,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/pipeline/latents-approx", test_latents_approx);
   g_test_add_func("/pipeline/cancel", test_cancel);
   g_test_add_func("/pipeline/bad-params", test_bad_params);
+  g_test_add_func("/pipeline/clip-skip", test_clip_skip);
   g_test_add_func("/pipeline/supports", test_supports);
   g_test_add_func("/pipeline/composite", test_composite);
   g_test_add_func("/pipeline/bf16", test_bf16);

@@ -15,6 +15,20 @@ char *test_golden_path(const char *relative) {
   return test_data_path(path);
 }
 
+LcmModel *test_sdxl_text_model(void) {
+  g_autofree char *folder = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  g_autofree char *te = g_build_filename(folder, "text_encoder", NULL);
+  g_autofree char *te_2 = g_build_filename(folder, "text_encoder_2", NULL);
+  g_autofree char *tok = g_build_filename(folder, "tokenizer", NULL);
+  g_autofree char *tok_2 = g_build_filename(folder, "tokenizer_2", NULL);
+  LcmModelParts parts = {
+      .text_encoder = te, .text_encoder_2 = te_2, .tokenizer = tok, .tokenizer_2 = tok_2};
+  g_autoptr(GError) error = NULL;
+  LcmModel *model = lcm_model_open_parts(&parts, &error);
+  g_assert_no_error(error);
+  return model;
+}
+
 double test_max_abs_diff(const float *a, const float *b, size_t n) {
   double m = 0;
   for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - (double)b[i]));

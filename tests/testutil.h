@@ -14,6 +14,10 @@ char *test_data_path(const char *relative);
 char *test_golden_path(const char *relative);
 /* Removes a file or a folder with everything in it (temporary test trees). */
 void test_remove_tree(const char *path);
+
+/* The text side of tests/data/golden-sdxl/tiny-sdxl-lcm (both text
+ * encoders and tokenizers, no UNet); fails the test if it does not open. */
+LcmModel *test_sdxl_text_model(void);
 /* Max |a-b| over n floats. */
 double test_max_abs_diff(const float *a, const float *b, size_t n);
 /* Cosine similarity of two vectors. */

@@ -19,7 +19,7 @@
 typedef struct {
   char *output, *input, *mask, *model, *negative, *precision, *seed, *guidance, *strength_rule;
   char **loras;
-  int steps, width, height, threads;
+  int steps, width, height, threads, clip_skip;
   double strength;
   gboolean verbose, no_weight_cache;
 } Options;
@@ -59,6 +59,10 @@ static void add_common_entries(GOptionContext *context, Options *o) {
        "Random seed; -1 or absent picks one and prints it (only the low 32 bits count, as in "
        "torch)",
        "S"},
+      {"clip-skip", 0, 0, G_OPTION_ARG_INT, &o->clip_skip,
+       "Take the prompt's text embedding N layers before the last (default 0: off; some SD1.5 "
+       "checkpoints ask for 1)",
+       "N"},
       {"precision", 0, 0, G_OPTION_ARG_STRING, &o->precision, "auto (default), fp32 or bf16", "P"},
       {"threads", 0, 0, G_OPTION_ARG_INT, &o->threads,
        "Compute threads (default: OpenMP's, OMP_NUM_THREADS or all cores)", "N"},
@@ -353,6 +357,8 @@ static gboolean prepare_params(LcmMode mode, const Options *o, int argc, char **
   if (mode == LCM_MODE_INPAINT && !o->mask)
     return lcm_error_invalid(error, "give the mask with -m MASK.png");
   if (o->threads < 0) return lcm_error_invalid(error, "--threads %d: give 1 or more", o->threads);
+  if (o->clip_skip < 0)
+    return lcm_error_invalid(error, "--clip-skip %d: give 0 (off) or more", o->clip_skip);
   params->mode = mode;
   params->prompt = argv[1];
   params->negative_prompt = o->negative;
@@ -360,6 +366,7 @@ static gboolean prepare_params(LcmMode mode, const Options *o, int argc, char **
   params->width = o->width;
   params->height = o->height;
   params->strength = o->strength;
+  params->clip_skip = o->clip_skip;
   params->guidance_scale = NAN; /* the model's default, once loaded */
   if (o->guidance && !parse_double("--guidance", o->guidance, &params->guidance_scale, error))
     return FALSE;

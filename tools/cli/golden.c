@@ -93,17 +93,18 @@ static char *case_path(Case *c, const char *role) {
   return g_build_filename(c->base_dir, json_node_get_string(node), NULL);
 }
 
-/* The UNet config of a checkpoint made from a diffusers folder beside it
- * (tiny-sdxl-lcm.safetensors: tiny-sdxl-lcm/unet/config.json), as
- * diffusers' from_single_file(config=...) takes it: tiny models' head
- * counts do not follow from shapes. NULL when there is none; g_free it. */
-static char *checkpoint_unet_config(const char *checkpoint) {
+/* A file in the diffusers folder a checkpoint was made from, named like it
+ * without ".safetensors" (tiny-sdxl-lcm/ for tiny-sdxl-lcm.safetensors),
+ * or NULL. Tiny networks need their config.json from there (as diffusers'
+ * from_single_file(config=...)): their head counts do not follow from their
+ * widths. */
+static char *checkpoint_twin_file(const char *checkpoint, const char *relative) {
   if (!checkpoint || !g_str_has_suffix(checkpoint, ".safetensors")) return NULL;
-  char *stem = g_strndup(checkpoint, strlen(checkpoint) - strlen(".safetensors"));
-  char *config = g_build_filename(stem, "unet", "config.json", NULL);
-  g_free(stem);
-  if (g_file_test(config, G_FILE_TEST_IS_REGULAR)) return config;
-  g_free(config);
+  char *folder = g_strndup(checkpoint, strlen(checkpoint) - strlen(".safetensors"));
+  char *path = g_build_filename(folder, relative, NULL);
+  g_free(folder);
+  if (g_file_test(path, G_FILE_TEST_IS_REGULAR)) return path;
+  g_free(path);
   return NULL;
 }
 
@@ -114,7 +115,7 @@ static LcmModel *case_base_model(Case *c, GError **error) {
                                       "checkpoint",   "text_encoder_2", "tokenizer_2"};
   char *p[G_N_ELEMENTS(roles)];
   for (size_t i = 0; i < G_N_ELEMENTS(roles); i++) p[i] = case_path(c, roles[i]);
-  char *unet_config = p[0] ? NULL : checkpoint_unet_config(p[6]);
+  char *unet_config = p[0] ? NULL : checkpoint_twin_file(p[6], "unet/config.json");
   LcmModelParts parts = {.unet = p[0],
                          .unet_weights = p[1],
                          .vae = p[2],
@@ -1063,9 +1064,9 @@ static gboolean write_outputs(Case *c, GError **error) {
 
 /* ---- LoRA merging ------------------------------------------------------------- *
  * Outputs: merged.NETWORK.NAME, a weight as its network loads it with the
- * case's LoRAs merged; unet_out / unet_out_merged and
- * text_encoder_last_hidden_state, the networks with them on the case's
- * inputs; unet_out_base, the UNet without them. */
+ * case's LoRAs merged; unet_out / unet_out_merged,
+ * text_encoder_last_hidden_state and SDXL's te_out.*, the networks with
+ * them on the case's inputs; unet_out_base, the UNet without them. */
 
 static gboolean add_merged_weight(Case *c, LcmModel *model, const char *output, GError **error) {
   const char *network_start = output + strlen("merged.");
@@ -1097,6 +1098,11 @@ static gboolean run_lora_merge(Case *c, GError **error) {
       ok = unet_on_inputs(c, model, name, error);
     } else if (!strcmp(name, "text_encoder_last_hidden_state")) {
       ok = encode_ids(c, model, "input_ids", name, error);
+    } else if (!strcmp(name, "te_out.prompt_embeds")) {
+      /* SDXL: both merged encoders, all te_out.* at once */
+      ok = sdxl_encode_case_ids(c, model, "te_out.", "text_embeds", error);
+    } else if (g_str_has_prefix(name, "te_out.")) {
+      continue;
     } else if (!strcmp(name, "unet_out_base")) {
       LcmModel *base = case_base_model(c, error);
       ok = base && unet_on_inputs(c, base, name, error);
@@ -1119,6 +1125,53 @@ static gboolean run_lora_merge(Case *c, GError **error) {
  * other cases in the same cases.json whose weights have the checkpoint's
  * precision (for tiny-lcm: the fp16-weight UNet golden). */
 
+/* The values a keymap entry's diffusers tensor(s) give the stored key, read
+ * through our loader: one tensor ("network.name"), several concatenated
+ * along dim 0 (OpenCLIP's fused q/k/v), or one transposed (OpenCLIP's
+ * text_projection). *n gets the element count; NULL + error when one is
+ * unreadable. */
+static float *keymap_values(LcmModel *model, JsonObject *entry, int64_t *n, GError **error) {
+  JsonNode *targets = json_object_get_member(entry, "diffusers");
+  JsonArray *list = JSON_NODE_HOLDS_ARRAY(targets) ? json_node_get_array(targets) : NULL;
+  const guint count = list ? json_array_get_length(list) : 1;
+  GByteArray *values = g_byte_array_new();
+  int64_t shape[ST_MAX_DIMS];
+  int ndims = 0;
+  for (guint i = 0; i < count; i++) {
+    const char *target =
+        list ? json_array_get_string_element(list, i) : json_node_get_string(targets);
+    const char *dot = target ? strchr(target, '.') : NULL;
+    if (!dot) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "keymap target '%s' is not NETWORK.NAME",
+                  target ? target : "(none)");
+      g_byte_array_unref(values);
+      return NULL;
+    }
+    char *network = g_strndup(target, dot - target);
+    float *part = lcm_model_read_tensor(model, network, dot + 1, &ndims, shape, error);
+    g_free(network);
+    if (!part) {
+      g_byte_array_unref(values);
+      return NULL;
+    }
+    g_byte_array_append(values, (const guint8 *)part,
+                        (guint)(shape_numel(ndims, shape) * sizeof(float)));
+    g_free(part);
+  }
+  *n = values->len / sizeof(float);
+  float *data = (float *)g_byte_array_free(values, FALSE);
+  if (!g_strcmp0(json_object_get_string_member_with_default(entry, "transform", ""), "transpose") &&
+      ndims == 2) {
+    float *transposed = g_new(float, MAX(*n, 1));
+    for (int64_t r = 0; r < shape[0]; r++)
+      for (int64_t col = 0; col < shape[1]; col++)
+        transposed[col * shape[0] + r] = data[r * shape[1] + col];
+    g_free(data);
+    data = transposed;
+  }
+  return data;
+}
+
 static gboolean check_keymap(Case *c, LcmModel *model, GError **error) {
   if (!json_object_has_member(c->params, "keymap")) return TRUE;
   char *path =
@@ -1136,34 +1189,23 @@ static gboolean check_keymap(Case *c, LcmModel *model, GError **error) {
   guint checked = 0, wrong = 0;
   for (GList *l = keys; l && ok; l = l->next) {
     const char *orig = l->data;
-    JsonNode *target_node =
-        json_object_get_member(json_object_get_object_member(map, orig), "diffusers");
-    /* a key made of several diffusers tensors (fused q/k/v) is a list */
-    const char *target = target_node && JSON_NODE_HOLDS_VALUE(target_node)
-                             ? json_node_get_string(target_node)
-                             : NULL;
-    const char *dot = target ? strchr(target, '.') : NULL;
     const StTensor *raw = st_find(c->data, orig);
-    if (!dot || !raw) {
+    if (!raw) {
       wrong++;
       continue;
     }
-    char *network = g_strndup(target, dot - target);
-    int ndims;
-    int64_t shape[ST_MAX_DIMS];
+    int64_t n;
     GError *local = NULL;
-    float *mapped = lcm_model_read_tensor(model, network, dot + 1, &ndims, shape, &local);
-    g_free(network);
+    float *mapped = keymap_values(model, json_object_get_object_member(map, orig), &n, &local);
     if (!mapped) {
       if (wrong++ == 0) g_string_append_printf(c->note, " %s;", local->message);
       g_clear_error(&local);
       continue;
     }
-    int64_t n = st_numel(raw);
-    float *expected = g_new(float, MAX(n, 1));
+    float *expected = g_new(float, MAX(st_numel(raw), 1));
     st_tensor_to_f32(raw, expected);
-    if (shape_numel(ndims, shape) != n || memcmp(mapped, expected, n * sizeof(float)) != 0) {
-      if (wrong == 0) g_string_append_printf(c->note, " %s -> %s differs;", orig, target);
+    if (st_numel(raw) != n || memcmp(mapped, expected, n * sizeof(float)) != 0) {
+      if (wrong == 0) g_string_append_printf(c->note, " %s differs;", orig);
       wrong++;
     }
     checked++;
@@ -1215,7 +1257,7 @@ static gboolean rerun_sibling(Case *c, JsonObject *sib, size_t check, gboolean *
   g_free(file);
   if (!sc.data) return FALSE;
   char *ckpt = case_path(c, "checkpoint");
-  char *unet_config = checkpoint_unet_config(ckpt);
+  char *unet_config = checkpoint_twin_file(ckpt, "unet/config.json");
   LcmModelParts parts = {.checkpoint = ckpt, .unet_config = unet_config};
   LcmModel *model = lcm_model_open_parts(&parts, error);
   g_free(unet_config);
@@ -1240,11 +1282,37 @@ static gboolean rerun_sibling(Case *c, JsonObject *sib, size_t check, gboolean *
   return ok;
 }
 
+/* The dtype of the UNet tensors of the case's checkpoint (paths.checkpoint:
+ * the case's own file for SD1.5, not for SDXL's singlefile_sdxl_outputs). */
 static int checkpoint_dtype(Case *c) {
-  for (guint i = 0; i < st_count(c->data); i++)
-    if (g_str_has_prefix(st_tensor_at(c->data, i)->name, "model.diffusion_model."))
-      return st_tensor_at(c->data, i)->dtype;
-  return -1;
+  char *path = case_path(c, "checkpoint");
+  StFile *file = path ? st_open(path, NULL) : NULL;
+  g_free(path);
+  int dtype = -1;
+  for (guint i = 0; file && i < st_count(file) && dtype < 0; i++)
+    if (g_str_has_prefix(st_tensor_at(file, i)->name, "model.diffusion_model."))
+      dtype = st_tensor_at(file, i)->dtype;
+  if (file) st_close(file);
+  return dtype;
+}
+
+/* SDXL single files: the text encoders loaded from the checkpoint on the
+ * case's ids (te1_penultimate, te2_penultimate, te2_text_embeds), when the
+ * case lists them. */
+static gboolean single_file_text_outputs(Case *c, GError **error) {
+  if (!case_has_output(c, "te1_penultimate")) return TRUE;
+  char *checkpoint = case_path(c, "checkpoint");
+  char *config = checkpoint_twin_file(checkpoint, "text_encoder/config.json");
+  char *config_2 = checkpoint_twin_file(checkpoint, "text_encoder_2/config.json");
+  LcmModelParts parts = {
+      .checkpoint = checkpoint, .text_encoder_config = config, .text_encoder_2_config = config_2};
+  LcmModel *model = lcm_model_open_parts(&parts, error);
+  gboolean ok = model && sdxl_encode_case_ids(c, model, "", "te2_text_embeds", error);
+  if (model) lcm_model_free(model);
+  g_free(checkpoint);
+  g_free(config);
+  g_free(config_2);
+  return ok;
 }
 
 /* A case whose outputs are the networks of the checkpoint on its inputs
@@ -1265,6 +1333,8 @@ static gboolean single_file_outputs(Case *c, LcmModel *model, GError **error) {
       ok = vae_decode_inputs(c, model, name, error);
     else if (!strcmp(name, "vae_encode_mean"))
       ok = vae_encode_inputs(c, model, "vae_encode_", error);
+    else if (g_str_has_prefix(name, "te1_") || g_str_has_prefix(name, "te2_"))
+      continue; /* single_file_text_outputs */
     else {
       g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "case %s: unknown single-file output '%s'",
                   c->name, name);
@@ -1280,13 +1350,14 @@ static gboolean run_single_file(Case *c, GError **error) {
   if (!model) return FALSE;
   gboolean ok = check_keymap(c, model, error) && single_file_outputs(c, model, error);
   lcm_model_free(model);
-  if (!ok) return FALSE;
+  if (!ok || !single_file_text_outputs(c, error)) return FALSE;
   int dtype = checkpoint_dtype(c);
   guint ran = 0, failed = 0;
   for (guint i = 0; i < json_array_get_length(c->all_cases); i++) {
     JsonObject *sib = json_array_get_object_element(c->all_cases, i);
-    JsonObject *paths = json_object_get_object_member(sib, "paths");
-    if (json_object_has_member(paths, "loras")) continue;
+    JsonObject *paths =
+        json_object_has_member(sib, "paths") ? json_object_get_object_member(sib, "paths") : NULL;
+    if (!paths || json_object_has_member(paths, "loras")) continue;
     for (size_t k = 0; k < G_N_ELEMENTS(sibling_checks); k++) {
       if (g_strcmp0(json_object_get_string_member(sib, "component"), sibling_checks[k].component))
         continue;
