@@ -506,12 +506,13 @@ UpsampleConv *upsample_conv_new(Ops *ops, const float *weight, const float *bias
 }
 
 UpsampleConv *upsample_conv_load(Ops *ops, const Weights *w, const char *prefix, int in_ch,
-                                 int out_ch, gboolean any_size, GError **error) {
+                                 int out_ch, gboolean has_bias, gboolean any_size, GError **error) {
   const int64_t wshape[4] = {out_ch, in_ch, 3, 3};
   float *weight = load_weight(ops, w, prefix, 4, wshape, error);
-  float *bias = weight ? load_vector(w, prefix, "bias", out_ch, error) : NULL;
-  UpsampleConv *uc =
-      bias ? upsample_conv_new(ops, weight, bias, in_ch, out_ch, any_size, error) : NULL;
+  float *bias = weight && has_bias ? load_vector(w, prefix, "bias", out_ch, error) : NULL;
+  UpsampleConv *uc = weight && (!has_bias || bias)
+                         ? upsample_conv_new(ops, weight, bias, in_ch, out_ch, any_size, error)
+                         : NULL;
   g_free(bias);
   return uc;
 }
@@ -812,12 +813,18 @@ static Tensor *run_norm(Ops *ops, const Primitive *p, const Norm *norm, const Te
   return out;
 }
 
-/* e^x for x in [-87, 88] (clamped outside) to about 2 ulp, branch-free so
- * that loops over it vectorise: 2^n by the exponent bits, e^r on
- * |r| <= ln2/2 by a degree-6 polynomial. */
-static inline float exp_vectorisable(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
+/* e^x for x <= 0 (to about 2 ulp; 0 below -87), branch-free so that loops
+ * over it vectorise: 2^n by the exponent bits, e^r on |r| <= ln2/2 by a
+ * degree-6 polynomial. For x <= 0 the bits read as a signed integer grow with
+ * |x|, so the clamp at -87 is an integer min: a float select there made GCC
+ * split the caller's division into two. */
+static inline float exp_nonpositive(float x) {
+  const float lowest = -87.0f;
+  int32_t bits, lowest_bits;
+  memcpy(&bits, &x, sizeof bits);
+  memcpy(&lowest_bits, &lowest, sizeof lowest_bits);
+  bits = bits < lowest_bits ? bits : lowest_bits;
+  memcpy(&x, &bits, sizeof x);
   const float round_magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
   const float n = (x * 1.44269504f + round_magic) - round_magic;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f; /* ln2 split in two */
@@ -828,10 +835,18 @@ static inline float exp_vectorisable(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = ((int32_t)n + 127) << 23;
+  const int32_t scale_bits = ((int32_t)n + 127) << 23;
   float scale;
-  memcpy(&scale, &bits, sizeof scale);
+  memcpy(&scale, &scale_bits, sizeof scale);
   return p * scale;
+}
+
+/* v sigmoid(v) with one division: t = e^-|v| never overflows, and sigmoid(v)
+ * is 1/(1+t) for v >= 0, t/(1+t) below. NaN stays NaN. */
+static inline float silu_vectorisable(float v) {
+  const float t = exp_nonpositive(-fabsf(v));
+  const float r = 1.0f / (1.0f + t);
+  return v * (v >= 0 ? r : t * r);
 }
 
 /* ---- Group norm by hand ------------------------------------------------------ *
@@ -900,10 +915,7 @@ VECTOR_CLONES static void group_norm_apply(const void *src, void *dst, dnnl_data
     float *y = dtype == dnnl_f32 ? (float *)((char *)dst + p * row_bytes) : scratch;
     if (silu) {
 #pragma omp simd
-      for (int k = 0; k < c; k++) {
-        const float v = (x[k] - mean[k]) * a[k] + shift[k];
-        y[k] = v / (1.0f + exp_vectorisable(-v));
-      }
+      for (int k = 0; k < c; k++) y[k] = silu_vectorisable((x[k] - mean[k]) * a[k] + shift[k]);
     } else {
 #pragma omp simd
       for (int k = 0; k < c; k++) y[k] = (x[k] - mean[k]) * a[k] + shift[k];

@@ -79,15 +79,15 @@ void conv2d_free(Conv2d *conv);
 Conv2d *conv2d_new(Ops *ops, const float *weight, const float *bias, int in_ch, int out_ch,
                    int kernel, int stride, GError **error);
 
-/* Nearest x2 upsampling followed by a 3x3 convolution (stride 1, padding 1,
- * bias) as one layer: PREFIX.weight and PREFIX.bias are folded at load into
+/* Nearest x2 upsampling followed by a 3x3 convolution (stride 1, padding 1)
+ * as one layer: PREFIX.weight (and PREFIX.bias) are folded at load into
  * four 2x2 convolutions on the low-resolution input (2.25x fewer FLOPs, no
  * upsampled tensor). With any_size the 3x3 weights are kept too, for
  * targets other than exactly x2 (the UNet's odd skip sizes). */
 typedef struct UpsampleConv UpsampleConv;
 UpsampleConv *upsample_conv_load(Ops *ops, const Weights *w, const char *prefix, int in_ch,
-                                 int out_ch, gboolean any_size, GError **error);
-/* From fp32 host arrays: weight [out_ch, in_ch, 3, 3], bias [out_ch]. */
+                                 int out_ch, gboolean has_bias, gboolean any_size, GError **error);
+/* From fp32 host arrays: weight [out_ch, in_ch, 3, 3], bias [out_ch] or NULL. */
 UpsampleConv *upsample_conv_new(Ops *ops, const float *weight, const float *bias, int in_ch,
                                 int out_ch, gboolean any_size, GError **error);
 void upsample_conv_free(UpsampleConv *uc);
@@ -122,7 +122,7 @@ void norm_free(Norm *norm);
 
 Tensor *conv2d(Ops *ops, const Conv2d *conv, const Tensor *x, const Tensor *residual,
                Activation act, GError **error);
-/* conv3x3(upsample_nearest(x, out_h, out_w)) + bias. */
+/* conv3x3(upsample_nearest(x, out_h, out_w)) (+ bias). */
 Tensor *upsample_conv(Ops *ops, const UpsampleConv *uc, const Tensor *x, int out_h, int out_w,
                       GError **error);
 /* Rows of x (n*h*w of them, c = in_features) times W^T. */

@@ -25,7 +25,8 @@
  *   's' conv 3x3, stride 2, without bias
  *   'r' ReLU (fused into the conv before it)
  *   'b' block: relu(conv.4(relu(conv.2(relu(conv.0(x))))) + x)
- *   'u' nearest x2 upsampling */
+ *   'u' nearest x2 upsampling; always followed by 'c', the two run as one
+ *       upsample_conv layer (four 2x2 convs on the low-resolution input) */
 static const char DECODER_LAYERS[] = "irbbbucbbbucbbbucbo";
 static const char ENCODER_LAYERS[] = "ibsbbbsbbbsbbbo";
 
@@ -43,9 +44,10 @@ G_STATIC_ASSERT(sizeof(DECODER_LAYERS) <= TAESD_MAX_LAYERS &&
 typedef enum { NET_DECODER, NET_ENCODER, N_NETS } NetKind;
 
 typedef struct {
-  char kind;       /* a character of the layer string */
-  Conv2d *conv[3]; /* convs: conv[0]; blocks: conv.0, conv.2, conv.4 */
-  Activation act;  /* of a conv: RELU when a ReLU module follows it */
+  char kind;              /* a character of the layer string */
+  Conv2d *conv[3];        /* convs: conv[0]; blocks: conv.0, conv.2, conv.4 */
+  UpsampleConv *upsample; /* 'u': the upsampling and the 'c' conv after it */
+  Activation act;         /* of a conv: RELU when a ReLU module follows it */
 } TaesdLayer;
 
 typedef struct {
@@ -96,8 +98,10 @@ static char *layer_name(const KeyLayout *layout, int index) {
 /* ---- Loading ------------------------------------------------------------------- */
 
 static void net_clear(TaesdNet *net) {
-  for (int i = 0; i < net->n_layers; i++)
+  for (int i = 0; i < net->n_layers; i++) {
     for (int j = 0; j < 3; j++) g_clear_pointer(&net->layers[i].conv[j], conv2d_free);
+    g_clear_pointer(&net->layers[i].upsample, upsample_conv_free);
+  }
   g_clear_pointer(&net->source, g_free);
   net->n_layers = 0;
 }
@@ -124,8 +128,9 @@ static gboolean conv_dim(const Weights *w, const KeyLayout *layout, int index, i
 static gboolean layer_load(TaesdLayer *layer, Ops *ops, const Weights *w, const char *prefix,
                            int width, int in_ch, int out_ch, GError **error) {
   switch (layer->kind) {
-  case 'u': /* no weights */
-    return TRUE;
+  case 'u': /* prefix names the 'c' conv after the upsampling */
+    return (layer->upsample =
+                upsample_conv_load(ops, w, prefix, width, width, FALSE, FALSE, error)) != NULL;
   case 'b':
     for (int j = 0; j < 3; j++) {
       g_autofree char *conv = g_strdup_printf("%s.conv.%d", prefix, 2 * j);
@@ -159,6 +164,7 @@ static gboolean net_load(TaesdNet *net, NetKind kind, Ops *ops, const Weights *w
     }
     TaesdLayer *layer = &net->layers[net->n_layers++];
     *layer = (TaesdLayer){.kind = spec[k], .act = ACT_NONE};
+    if (spec[k] == 'u') k++; /* the upsampling runs with the 'c' conv after it */
     g_autofree char *prefix = layer_name(layout, k);
     if (!layer_load(layer, ops, w, prefix, width, net->in_ch, net->out_ch, error)) return FALSE;
   }
@@ -318,7 +324,7 @@ static Tensor *layer_forward(Ops *ops, const TaesdLayer *layer, Tensor *x, GErro
   case 'b':
     return block_forward(ops, layer, x, error);
   case 'u':
-    y = upsample_nearest(ops, x, 2 * x->h, 2 * x->w, error);
+    y = upsample_conv(ops, layer->upsample, x, 2 * x->h, 2 * x->w, error);
     break;
   default:
     y = conv2d(ops, layer->conv[0], x, NULL, layer->act, error);

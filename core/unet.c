@@ -275,7 +275,7 @@ static gboolean load_block(const Loader *ld, const char *prefix, int n_resnets,
     /* Odd latent sizes upsample some levels to 2n - 1: keep the 3x3 for those. */
     g_snprintf(name, sizeof name, "%s.upsamplers.0.conv", prefix);
     if (!(b->upsampler =
-              upsample_conv_load(ld->ops, ld->weights, name, out_ch, out_ch, TRUE, error)))
+              upsample_conv_load(ld->ops, ld->weights, name, out_ch, out_ch, TRUE, TRUE, error)))
       return FALSE;
   }
   return TRUE;

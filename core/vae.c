@@ -197,7 +197,7 @@ static gboolean decoder_load(VaeCoder *dec, Ops *ops, const Weights *w, const Va
     }
     if (i < n - 1) {
       g_autofree char *path = g_strdup_printf("decoder.up_blocks.%d.upsamplers.0.conv", i);
-      if (!(level->upsample = upsample_conv_load(ops, w, path, ch[i], ch[i], FALSE, error)))
+      if (!(level->upsample = upsample_conv_load(ops, w, path, ch[i], ch[i], TRUE, FALSE, error)))
         return FALSE;
     }
   }
