@@ -384,6 +384,8 @@ Conv2d *conv2d_load(Ops *ops, const Weights *w, const char *prefix, int in_ch, i
                     int kernel, int stride, gboolean has_bias, GError **error) {
   const int64_t wshape[4] = {out_ch, in_ch, kernel, kernel};
   WeightSource src = {.w = w, .prefixes = &prefix, .n_prefixes = 1, .ndims = 4, .shape = wshape};
+  /* The weight's errors come first (a wrong file shows there). */
+  if (!weight_source_check(&src, error)) return NULL;
   float *bias = has_bias ? load_vector(w, prefix, "bias", out_ch, error) : NULL;
   Conv2d *conv = NULL;
   if (!has_bias || bias)
@@ -638,6 +640,7 @@ gboolean linear_load_split(Ops *ops, const Weights *w, const char *prefix, int i
   for (int i = 0; i < n_parts; i++) parts[i] = NULL;
   const int64_t wshape[2] = {(int64_t)n_parts * out_each, in_features};
   WeightSource src = {.w = w, .prefixes = &prefix, .n_prefixes = 1, .ndims = 2, .shape = wshape};
+  if (!weight_source_check(&src, error)) return FALSE;
   float *bias = has_bias ? load_vector(w, prefix, "bias", wshape[0], error) : NULL;
   gboolean ok = !has_bias || bias;
   for (int i = 0; ok && i < n_parts; i++)
@@ -660,6 +663,7 @@ Linear *linear_load_fused(Ops *ops, const Weights *w, const char *const *prefixe
   const int64_t wshape[2] = {out_each, in_features};
   WeightSource src = {
       .w = w, .prefixes = prefixes, .n_prefixes = n_parts, .ndims = 2, .shape = wshape};
+  if (!weight_source_check(&src, error)) return NULL;
   float *bias = has_bias ? g_new(float, (size_t)out_each *n_parts) : NULL;
   gboolean ok = TRUE;
   for (int i = 0; i < n_parts && ok && has_bias; i++) {

@@ -54,24 +54,9 @@ static void fixture_setup(Fixture *f, gconstpointer data) {
   g_unsetenv("GIMP_LCM_WEIGHT_CACHE_MAX_MB");
 }
 
-static void remove_tree(const char *path) {
-  if (g_file_test(path, G_FILE_TEST_IS_DIR)) {
-    GDir *dir = g_dir_open(path, 0, NULL);
-    const char *name;
-    while (dir && (name = g_dir_read_name(dir))) {
-      g_autofree char *child = g_build_filename(path, name, NULL);
-      remove_tree(child);
-    }
-    if (dir) g_dir_close(dir);
-    g_rmdir(path);
-  } else {
-    g_unlink(path);
-  }
-}
-
 static void fixture_teardown(Fixture *f, gconstpointer data) {
   (void)data;
-  remove_tree(f->root);
+  test_remove_tree(f->root);
   g_free(f->root);
   g_free(f->model);
   g_free(f->cache);
@@ -308,7 +293,7 @@ static void test_eviction(Fixture *f, gconstpointer data) {
   lcm_image_free(run(f, LCM_PRECISION_FP32, 0));
   const guint64 model_bytes = folder_size(f);
   g_assert_cmpuint(model_bytes, >, 1 << 20);
-  remove_tree(f->cache);
+  test_remove_tree(f->cache);
   g_assert_cmpint(g_mkdir_with_parents(f->cache, 0700), ==, 0);
   const int bound_mb = (int)(model_bytes >> 20) + 6;
   g_autofree char *bound = g_strdup_printf("%d", bound_mb);

@@ -4,6 +4,7 @@
  *   gimp-lcm-bench make-model DIR [--seed N]
  *   gimp-lcm-bench run --model DIR [--sizes 256,512] [--precision fp32,bf16]
  *                      [--repeat N] [--make-if-missing] [--seed N]
+ *                      [--no-fresh] [--cli PATH] [--plugin PATH] [--batch N]
  *
  * `run` prints a Markdown report on stdout (progress goes to stderr), ready
  * for docs/benchmarks.md.
@@ -95,21 +96,43 @@ static long max_rss_kib(void) {
   return getrusage(RUSAGE_SELF, &usage) == 0 ? usage.ru_maxrss : -1;
 }
 
-/* Asks the kernel to drop a folder's .safetensors files from the page cache
- * (best effort: pages another process maps stay), for a cold load. */
+/* Asks the kernel to drop the files of `folder` ending in `suffix` from the
+ * page cache (best effort: pages another process maps stay; written pages
+ * are flushed first, since dirty ones cannot be dropped). */
+static void drop_folder_page_cache(const char *folder, const char *suffix) {
+  GDir *d = g_dir_open(folder, 0, NULL);
+  for (const char *name; d && (name = g_dir_read_name(d));) {
+    if (!g_str_has_suffix(name, suffix)) continue;
+    g_autofree char *path = g_build_filename(folder, name, NULL);
+    const int fd = open(path, O_RDONLY);
+    if (fd < 0) continue;
+    fdatasync(fd);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+  }
+  if (d) g_dir_close(d);
+}
+
+/* Deletes a folder and everything in it. */
+static void remove_tree(const char *path) {
+  if (g_file_test(path, G_FILE_TEST_IS_DIR) && !g_file_test(path, G_FILE_TEST_IS_SYMLINK)) {
+    GDir *d = g_dir_open(path, 0, NULL);
+    for (const char *name; d && (name = g_dir_read_name(d));) {
+      g_autofree char *child = g_build_filename(path, name, NULL);
+      remove_tree(child);
+    }
+    if (d) g_dir_close(d);
+    g_rmdir(path);
+  } else {
+    g_unlink(path);
+  }
+}
+
+/* The model's weight files out of the page cache, for a cold load. */
 static void drop_page_cache(const char *dir) {
   for (size_t i = 0; i < G_N_ELEMENTS(network_folders); i++) {
     g_autofree char *folder = g_build_filename(dir, network_folders[i], NULL);
-    GDir *d = g_dir_open(folder, 0, NULL);
-    for (const char *name; d && (name = g_dir_read_name(d));) {
-      if (!g_str_has_suffix(name, ".safetensors")) continue;
-      g_autofree char *path = g_build_filename(folder, name, NULL);
-      const int fd = open(path, O_RDONLY);
-      if (fd < 0) continue;
-      posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-      close(fd);
-    }
-    if (d) g_dir_close(d);
+    drop_folder_page_cache(folder, ".safetensors");
   }
 }
 
@@ -334,8 +357,20 @@ typedef struct {
   double cancel_in_decode_ms; /* cancel a quarter of the way through the VAE decode */
 } PipelineRow;
 
+/* A fresh process (the CLI, or a gimp-console batch) at one size. */
+typedef struct {
+  LcmPrecision precision;
+  int size;
+  const char *what;
+  double ms;
+  int images; /* the time covers this many images (a batch) */
+} FreshRow;
+
 typedef struct {
   const char *model_dir;
+  const char *cli, *plugin; /* gimp-lcm-cli and the plug-in binary */
+  int batch;                /* plug-in calls in a Script-Fu batch; 0: none */
+  char *work;               /* temp folder: outputs, weight cache, GIMP profile */
   int n_sizes, sizes[MAX_SIZES];
   int n_precisions;
   LcmPrecision precisions[MAX_PRECISIONS];
@@ -343,7 +378,7 @@ typedef struct {
   char *config_texts[G_N_ELEMENTS(networks)]; /* NULL when the model has no config.json */
   double peak[LCM_PRECISION_BF16 + 1];        /* FLOP/s by precision, 0 = not measured */
   char *unsupported[LCM_PRECISION_BF16 + 1];  /* why the CPU cannot run a precision, or NULL */
-  GArray *stages, *loads, *memory, *pipelines;
+  GArray *stages, *loads, *memory, *pipelines, *fresh;
 } Run;
 
 /* FLOPs of a stage from the model's own config.json (0 if unknown). */
@@ -558,6 +593,178 @@ static gboolean bench_pipeline(Run *run, LcmPrecision precision, GError **error)
   return ok;
 }
 
+/* ---- Fresh processes ------------------------------------------------------------ */
+
+/* Every GIMP plug-in call is a new process: what a user waits for is the
+ * process's whole life, load and first-call costs included. */
+
+#define FRESH_PROMPT "a lighthouse on a cliff at dusk"
+
+/* The environment of a child: ours with `pairs` (NULL-terminated name,
+ * value, ...) set. */
+static char **child_environment(const char *const *pairs) {
+  char **env = g_get_environ();
+  for (int i = 0; pairs[i]; i += 2) env = g_environ_setenv(env, pairs[i], pairs[i + 1], TRUE);
+  return env;
+}
+
+/* Runs argv to its end; its wall time in ms, or -1 with error set. */
+static double time_child(const char *const *argv, const char *const *env_pairs, GError **error) {
+  g_auto(GStrv) env = child_environment(env_pairs);
+  g_autofree char *out = NULL, *err = NULL;
+  int status = 0;
+  const double t0 = now_ms();
+  if (!g_spawn_sync(NULL, (char **)argv, env, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err, &status,
+                    error))
+    return -1;
+  const double ms = now_ms() - t0;
+  if (!g_spawn_check_wait_status(status, NULL)) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_BACKEND, "%s failed: %s%s", argv[0], err,
+                out && strstr(out, "error") ? out : "");
+    return -1;
+  }
+  return ms;
+}
+
+/* A fresh gimp-lcm-cli txt2img (4 steps) with the weight cache in `cache`
+ * ("off": none): process start to PNG written. */
+static double time_cli(const Run *run, LcmPrecision precision, int size, const char *cache,
+                       GError **error) {
+  g_autofree char *side = g_strdup_printf("%d", size);
+  g_autofree char *png = g_build_filename(run->work, "fresh.png", NULL);
+  const char *argv[] = {run->cli,       "txt2img",     FRESH_PROMPT,
+                        "-o",           png,           "--model",
+                        run->model_dir, "--precision", lcm_precision_name(precision),
+                        "--width",      side,          "--height",
+                        side,           "--steps",     G_STRINGIFY(PIPELINE_STEPS),
+                        "--seed",       "1",           NULL};
+  const char *env[] = {"GIMP_LCM_WEIGHT_CACHE", cache, NULL};
+  return time_child(argv, env, error);
+}
+
+/* A gimp-console batch of `count` plug-in-lcm-txt2img calls at `size`,
+ * with the plug-in installed in a throw-away profile (as
+ * tests/gimp/run-gimp-tests.sh does). */
+static double time_gimp_batch(const Run *run, LcmPrecision precision, int size, int count,
+                              const char *cache, GError **error) {
+  g_autofree char *profile = g_build_filename(run->work, "gimp-profile", NULL);
+  g_autofree char *models = g_build_filename(run->work, "no-models", NULL);
+  g_autofree char *expr = g_strdup_printf(
+      "(begin (script-fu-use-v3)"
+      " (let* ((image (gimp-image-new %d %d RGB))"
+      "        (layer (gimp-layer-new image \"background\" %d %d RGB-IMAGE 100 "
+      "LAYER-MODE-NORMAL)))"
+      "   (gimp-image-insert-layer image layer 0 0)"
+      "   (let loop ((i 0))"
+      "     (when (< i %d)"
+      "       (plug-in-lcm-txt2img #:run-mode RUN-NONINTERACTIVE #:image image"
+      "         #:drawables (vector layer) #:model \"%s\" #:prompt \"" FRESH_PROMPT "\""
+      "         #:seed (+ i 1) #:width %d #:height %d)"
+      "       (loop (+ i 1))))"
+      "   (gimp-image-delete image)))",
+      size, size, size, size, count, run->model_dir, size, size);
+  g_mkdir_with_parents(models, 0700);
+  const char *argv[] = {"gimp-console-3.0",
+                        "-i",
+                        "--quit",
+                        "--batch-interpreter=plug-in-script-fu-eval",
+                        "-b",
+                        expr,
+                        NULL};
+  const char *env[] = {"GIMP3_DIRECTORY",
+                       profile,
+                       "GIMP_LCM_PRECISION",
+                       lcm_precision_name(precision),
+                       "GIMP_LCM_MODELS",
+                       models,
+                       "GIMP_LCM_WEIGHT_CACHE",
+                       cache,
+                       NULL};
+  return time_child(argv, env, error);
+}
+
+static gboolean install_plugin(const Run *run, GError **error) {
+  g_autofree char *folder =
+      g_build_filename(run->work, "gimp-profile", "plug-ins", "gimp-lcm", NULL);
+  g_autofree char *target = g_build_filename(folder, "gimp-lcm", NULL);
+  g_autofree char *data = NULL;
+  gsize size = 0;
+  if (g_mkdir_with_parents(folder, 0700) != 0 ||
+      !g_file_get_contents(run->plugin, &data, &size, error) ||
+      !g_file_set_contents(target, data, size, error))
+    return FALSE;
+  return g_chmod(target, 0755) == 0;
+}
+
+static void add_fresh(Run *run, LcmPrecision precision, int size, const char *what, double ms,
+                      int images) {
+  const FreshRow row = {precision, size, what, ms, images};
+  g_array_append_val(run->fresh, row);
+}
+
+/* The fresh-process rows of one precision and size: the CLI without the
+ * weight cache, filling it, with it warm (min of two) and with it and the
+ * model cold; then Script-Fu batches without and with the cache, less a
+ * batch without calls (GIMP's own start and stop). */
+static gboolean bench_fresh(Run *run, LcmPrecision precision, int size, GError **error) {
+  g_autofree char *cache = g_build_filename(run->work, "weight-cache", NULL);
+  g_printerr("  %s %dx%d: fresh processes...\n", lcm_precision_name(precision), size, size);
+  double ms = time_cli(run, precision, size, "off", error);
+  if (ms < 0) return FALSE;
+  add_fresh(run, precision, size, "CLI, weight cache off", ms, 1);
+  ms = time_cli(run, precision, size, cache, error);
+  if (ms < 0) return FALSE;
+  add_fresh(run, precision, size, "CLI, weight cache written (first call ever)", ms, 1);
+  double best = G_MAXDOUBLE;
+  for (int i = 0; i < 2; i++) {
+    ms = time_cli(run, precision, size, cache, error);
+    if (ms < 0) return FALSE;
+    best = MIN(best, ms);
+  }
+  add_fresh(run, precision, size, "CLI, weight cache read, page cache warm", best, 1);
+  drop_page_cache(run->model_dir);
+  drop_folder_page_cache(cache, ".lcmw");
+  ms = time_cli(run, precision, size, cache, error);
+  if (ms < 0) return FALSE;
+  add_fresh(run, precision, size, "CLI, weight cache read, page cache cold", ms, 1);
+  if (run->batch <= 0) return TRUE;
+
+  g_printerr("  %s %dx%d: Script-Fu batches of %d calls...\n", lcm_precision_name(precision), size,
+             size, run->batch);
+  /* The first start registers the plug-in in the new profile: not timed. */
+  if (!install_plugin(run, error) || time_gimp_batch(run, precision, size, 0, cache, error) < 0)
+    return FALSE;
+  const double empty = time_gimp_batch(run, precision, size, 0, cache, error);
+  if (empty < 0) return FALSE;
+  const char *caches[] = {"off", cache};
+  const char *labels[] = {"Script-Fu batch, weight cache off",
+                          "Script-Fu batch, weight cache read"};
+  for (int c = 0; c < 2; c++) {
+    ms = time_gimp_batch(run, precision, size, run->batch, caches[c], error);
+    if (ms < 0) return FALSE;
+    add_fresh(run, precision, size, labels[c], ms - empty, run->batch);
+  }
+  return TRUE;
+}
+
+/* The minimum time of a whole txt2img run at this precision and size. */
+static double pipeline_min(const Run *run, LcmPrecision precision, int size) {
+  for (guint i = 0; i < run->pipelines->len; i++) {
+    const PipelineRow *r = &g_array_index(run->pipelines, PipelineRow, i);
+    if (r->precision == precision && r->size == size) return r->timing.min_ms;
+  }
+  return 0;
+}
+
+/* The FLOPs of a whole txt2img run: text encoding, the UNet steps and the
+ * decode. */
+static double pipeline_flops(const Run *run, int size) {
+  const int latent = size / LATENT_FACTOR;
+  return stage_flops(run, GEN_STAGE_TEXT_ENCODE, GEN_TEXT_ENCODER, latent) +
+         PIPELINE_STEPS * stage_flops(run, GEN_STAGE_UNET_STEP, GEN_UNET, latent) +
+         stage_flops(run, GEN_STAGE_VAE_DECODE, GEN_VAE, latent);
+}
+
 /* ---- Report -------------------------------------------------------------------- */
 
 static void print_report(const Run *run, const char *load_before, const char *load_after) {
@@ -656,6 +863,41 @@ static void print_report(const Run *run, const char *load_before, const char *lo
            r->timing.min_ms, r->timing.median_ms, r->cancel_in_step_ms, r->cancel_in_decode_ms,
            stage_median(run, r->precision, r->size, "UNet step"));
   }
+
+  printf("\n### Against the compute floor\n\n");
+  printf("The floor: the whole run's FLOPs (text encoding, %d UNet steps, VAE decode) at the "
+         "convolution peak of the same precision.\n\n",
+         PIPELINE_STEPS);
+  printf("| precision | size | GFLOP | floor (ms) | run min (ms) | run ÷ floor |\n");
+  printf("|---|---|---:|---:|---:|---:|\n");
+  for (guint i = 0; i < run->pipelines->len; i++) {
+    const PipelineRow *r = &g_array_index(run->pipelines, PipelineRow, i);
+    const double flops = pipeline_flops(run, r->size), peak = run->peak[r->precision];
+    if (flops <= 0 || peak <= 0) continue;
+    const double floor_ms = flops / peak * 1e3;
+    printf("| %s | %d×%d | %.0f | %.0f | %.0f | %.2f× |\n", lcm_precision_name(r->precision),
+           r->size, r->size, flops / 1e9, floor_ms, r->timing.min_ms, r->timing.min_ms / floor_ms);
+  }
+
+  if (!run->fresh->len) return;
+  printf("\n### Fresh processes\n\n");
+  printf(
+      "What a user waits for: a new process per image, as every GIMP plug-in call is. CLI: "
+      "gimp-lcm-cli txt2img, %d steps, process start to PNG written. Script-Fu: gimp-console-3.0 "
+      "running a batch of plug-in-lcm-txt2img calls, less a batch without calls (GIMP's own "
+      "start and stop), per image. Cold: the model's and the cache's files dropped from the "
+      "page cache first (this VM's host may still cache them). ÷ steady: against the minimum "
+      "whole run in one process above.\n\n",
+      PIPELINE_STEPS);
+  printf("| precision | size | process | ms per image | ÷ steady run |\n|---|---|---|---:|---:|\n");
+  for (guint i = 0; i < run->fresh->len; i++) {
+    const FreshRow *f = &g_array_index(run->fresh, FreshRow, i);
+    const double per_image = f->ms / f->images, steady = pipeline_min(run, f->precision, f->size);
+    g_autofree char *what =
+        f->images > 1 ? g_strdup_printf("%s (%d calls)", f->what, f->images) : g_strdup(f->what);
+    printf("| %s | %d×%d | %s | %.0f | %.2f× |\n", lcm_precision_name(f->precision), f->size,
+           f->size, what, per_image, steady > 0 ? per_image / steady : 0);
+  }
 }
 
 /* ---- Commands ------------------------------------------------------------------ */
@@ -745,9 +987,11 @@ static gboolean bench_run(Run *run, GError **error) {
   }
   for (int p = 0; p < run->n_precisions; p++) {
     const LcmPrecision precision = run->precisions[p];
-    if (!run->unsupported[precision] &&
-        !(bench_precision(run, precision, error) && bench_pipeline(run, precision, error)))
+    if (run->unsupported[precision]) continue;
+    if (!(bench_precision(run, precision, error) && bench_pipeline(run, precision, error)))
       return FALSE;
+    for (int s = 0; s < run->n_sizes && run->cli; s++)
+      if (!bench_fresh(run, precision, run->sizes[s], error)) return FALSE;
   }
   g_autofree char *load_after = load_average();
   print_report(run, load_before, load_after);
@@ -757,7 +1001,8 @@ static gboolean bench_run(Run *run, GError **error) {
 static int usage(void) {
   g_printerr("usage: gimp-lcm-bench make-model DIR [--seed N]\n"
              "       gimp-lcm-bench run --model DIR [--sizes 256,512] [--precision fp32,bf16]\n"
-             "                          [--repeat N] [--make-if-missing] [--seed N]\n");
+             "                          [--repeat N] [--make-if-missing] [--seed N]\n"
+             "                          [--no-fresh] [--cli PATH] [--plugin PATH] [--batch N]\n");
   return 2;
 }
 
@@ -792,8 +1037,9 @@ static int command_make_model(int argc, char **argv) {
 static int command_run(int argc, char **argv) {
   gint64 seed = 0;
   g_autofree char *model_dir = NULL, *sizes = NULL, *precisions = NULL;
-  int repeat = 3;
-  gboolean make_if_missing = FALSE;
+  int repeat = 3, batch = 4;
+  gboolean make_if_missing = FALSE, no_fresh = FALSE;
+  g_autofree char *cli = NULL, *plugin = NULL;
   const GOptionEntry entries[] = {
       {"model", 0, 0, G_OPTION_ARG_FILENAME, &model_dir, "Diffusers model folder", "DIR"},
       {"sizes", 0, 0, G_OPTION_ARG_STRING, &sizes, "Image sides (256,512)", "N,N"},
@@ -802,13 +1048,35 @@ static int command_run(int argc, char **argv) {
       {"make-if-missing", 0, 0, G_OPTION_ARG_NONE, &make_if_missing,
        "First write a random-weight model to DIR if it holds none", NULL},
       {"seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Seed of those random weights (0)", "N"},
+      {"no-fresh", 0, 0, G_OPTION_ARG_NONE, &no_fresh, "Skip the fresh-process measurements", NULL},
+      {"cli", 0, 0, G_OPTION_ARG_FILENAME, &cli,
+       "gimp-lcm-cli for the fresh processes (default: next to this program)", "PATH"},
+      {"plugin", 0, 0, G_OPTION_ARG_FILENAME, &plugin,
+       "The plug-in binary for the Script-Fu batch (default: ../plugin/gimp-lcm from here)",
+       "PATH"},
+      {"batch", 0, 0, G_OPTION_ARG_INT, &batch,
+       "plug-in-lcm-txt2img calls per Script-Fu batch (4; 0: no batch)", "N"},
       {NULL, 0, 0, 0, NULL, NULL, NULL},
   };
   GError *error = NULL;
+  const char *program = argv[0];
   if (!parse_options(&argc, &argv, entries, &error)) return report_error(error);
   if (argc != 1 || !model_dir || repeat < 1) return usage();
 
-  Run run = {.model_dir = model_dir, .repeat = repeat};
+  /* In this process every load packs from the model files (the loads are
+   * timed that way); the fresh processes get a weight cache of their own. */
+  lcm_weight_cache_set_enabled(FALSE);
+  g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+  g_autofree char *self_dir = self ? g_path_get_dirname(self) : g_path_get_dirname(program);
+  if (!cli) cli = g_build_filename(self_dir, "gimp-lcm-cli", NULL);
+  if (!plugin) plugin = g_build_filename(self_dir, "..", "plugin", "gimp-lcm", NULL);
+  Run run = {.model_dir = model_dir,
+             .repeat = repeat,
+             .cli = no_fresh ? NULL : cli,
+             .plugin = plugin,
+             .batch = batch};
+  if (!no_fresh && !(run.work = g_dir_make_tmp("gimp-lcm-bench-XXXXXX", &error)))
+    return report_error(error);
   if (!parse_sizes(sizes ? sizes : "256,512", &run, &error) ||
       !parse_precisions(precisions ? precisions : "fp32,bf16", &run, &error))
     return report_error(error);
@@ -821,6 +1089,7 @@ static int command_run(int argc, char **argv) {
   run.loads = g_array_new(FALSE, FALSE, sizeof(LoadRow));
   run.memory = g_array_new(FALSE, FALSE, sizeof(MemoryRow));
   run.pipelines = g_array_new(FALSE, FALSE, sizeof(PipelineRow));
+  run.fresh = g_array_new(FALSE, FALSE, sizeof(FreshRow));
   const gboolean ok = bench_run(&run, &error);
   for (size_t n = 0; n < G_N_ELEMENTS(networks); n++) g_free(run.config_texts[n]);
   for (size_t p = 0; p < G_N_ELEMENTS(run.unsupported); p++) g_free(run.unsupported[p]);
@@ -828,6 +1097,9 @@ static int command_run(int argc, char **argv) {
   g_array_unref(run.loads);
   g_array_unref(run.memory);
   g_array_unref(run.pipelines);
+  g_array_unref(run.fresh);
+  if (run.work) remove_tree(run.work);
+  g_free(run.work);
   return ok ? 0 : report_error(error);
 }
 
