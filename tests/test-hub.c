@@ -21,20 +21,6 @@ static char *new_models_dir(void) {
   return dir;
 }
 
-static void remove_tree(const char *path) {
-  if (g_file_test(path, G_FILE_TEST_IS_DIR) && !g_file_test(path, G_FILE_TEST_IS_SYMLINK)) {
-    GDir *dir = g_dir_open(path, 0, NULL);
-    for (const char *name; dir && (name = g_dir_read_name(dir));) {
-      g_autofree char *child = g_build_filename(path, name, NULL);
-      remove_tree(child);
-    }
-    if (dir) g_dir_close(dir);
-    g_rmdir(path);
-  } else {
-    g_unlink(path);
-  }
-}
-
 static const LcmCatalogueEntry *entry_named(const char *name) {
   const LcmCatalogueEntry *entry = lcm_catalogue_find(catalogue, name);
   g_assert_nonnull(entry);
@@ -197,7 +183,7 @@ static void test_download(void) {
   g_assert_false(lcm_catalogue_verify(entry, &error));
   test_expect_error(error, LCM_ERROR_CHECKSUM, "vae/config.json", NULL);
   g_clear_error(&error);
-  remove_tree(models);
+  test_remove_tree(models);
 }
 
 static void test_resume_after_drop(void) {
@@ -214,7 +200,7 @@ static void test_resume_after_drop(void) {
   assert_same_files(entry, install);
   g_assert_true(lcm_catalogue_verify(entry, &error));
   fake_hub_set_mode(hub, FAKE_HUB_NORMAL);
-  remove_tree(models);
+  test_remove_tree(models);
 }
 
 /* A .part left by an earlier run continues with a Range request. */
@@ -243,7 +229,7 @@ static void test_resume_part_file(void) {
   g_assert_cmpint(fake_hub_range_requests(hub) - ranges, ==, 1);
   g_autofree char *install = lcm_catalogue_install_dir(entry);
   assert_same_files(entry, install);
-  remove_tree(models);
+  test_remove_tree(models);
 }
 
 static void expect_failure(FakeHubMode mode, int code, const char *part1, const char *part2) {
@@ -256,7 +242,7 @@ static void expect_failure(FakeHubMode mode, int code, const char *part1, const 
   g_clear_error(&error);
   assert_not_installed(entry);
   fake_hub_set_mode(hub, FAKE_HUB_NORMAL);
-  remove_tree(models);
+  test_remove_tree(models);
 }
 
 static void test_wrong_checksum(void) {
@@ -269,7 +255,7 @@ static void test_wrong_checksum(void) {
                                            "model.safetensors.part", NULL);
   g_assert_false(g_file_test(part, G_FILE_TEST_EXISTS));
   fake_hub_set_mode(hub, FAKE_HUB_NORMAL);
-  remove_tree(models);
+  test_remove_tree(models);
 }
 
 static void test_not_found(void) {
@@ -316,7 +302,7 @@ static void test_disk_full(void) {
   test_expect_error(error, LCM_ERROR_IO, "disk is full", "GIMP_LCM_MODELS", NULL);
   g_clear_error(&error);
   assert_not_installed(entry);
-  remove_tree(models);
+  test_remove_tree(models);
 }
 
 typedef struct {
@@ -353,7 +339,7 @@ static void test_cancel_slow_server(void) {
   assert_not_installed(entry);
   g_object_unref(c.cancellable);
   fake_hub_set_mode(hub, FAKE_HUB_NORMAL);
-  remove_tree(models);
+  test_remove_tree(models);
 }
 
 /* ---- Discovery in a Hugging Face cache ---------------------------------------- */
@@ -509,8 +495,8 @@ static void test_hf_cache_discovery(void) {
   g_assert_cmpstr(override, ==, "/elsewhere/hub");
   g_unsetenv("HF_HUB_CACHE");
   g_unsetenv("HF_HOME");
-  remove_tree(home);
-  remove_tree(models);
+  test_remove_tree(home);
+  test_remove_tree(models);
 }
 
 int main(int argc, char **argv) {

@@ -12,6 +12,8 @@
 char *test_data_path(const char *relative);
 /* Path of a file under tests/data/golden; g_free it. */
 char *test_golden_path(const char *relative);
+/* Deletes a file or a folder with everything in it (symlinks not followed). */
+void test_remove_tree(const char *path);
 /* Max |a-b| over n floats. */
 double test_max_abs_diff(const float *a, const float *b, size_t n);
 /* Cosine similarity of two vectors. */
