@@ -476,6 +476,10 @@ char *lcm_resolve(const char *spec, LcmAssetKind kind, gboolean *is_test_model, 
     if (g_file_test(by_name, G_FILE_TEST_EXISTS) && (path = usable_path(by_name, kind)))
       return path;
   }
+  if (g_path_is_absolute(spec) || g_str_has_prefix(spec, "./") || g_str_has_prefix(spec, "../")) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING, "%s: no such file or folder", spec);
+    return NULL;
+  }
   g_autofree char *cache = lcm_hf_cache_dir();
   g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
               "no %s \"%s\": it is not a file or folder, not in the catalogue (gimp-lcm-cli "
