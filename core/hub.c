@@ -613,3 +613,28 @@ gboolean lcm_catalogue_verify(const LcmCatalogueEntry *entry, GError **error) {
   }
   return TRUE;
 }
+
+static void append_bytes(GString *out, double bytes) {
+  if (bytes >= 1e9)
+    g_string_append_printf(out, "%.2f GB", bytes / 1e9);
+  else
+    g_string_append_printf(out, "%.1f MB", bytes / 1e6);
+}
+
+char *lcm_download_progress_text(const LcmDownloadProgress *p) {
+  GString *text = g_string_new(NULL);
+  append_bytes(text, (double)p->done);
+  g_string_append(text, " of ");
+  append_bytes(text, (double)p->total);
+  if (p->bytes_per_second > 0) {
+    g_string_append(text, ", ");
+    append_bytes(text, p->bytes_per_second);
+    g_string_append(text, "/s");
+  }
+  if (p->seconds_left >= 0) {
+    int s = (int)(p->seconds_left + 0.5);
+    g_string_append_printf(text, ", %d:%02d left", s / 60, s % 60);
+  }
+  g_string_append_printf(text, " (file %d/%d %s)", p->file_index + 1, p->file_count, p->file);
+  return g_string_free(text, FALSE);
+}

@@ -162,6 +162,10 @@ typedef struct {
 
 typedef void (*LcmDownloadProgressFunc)(const LcmDownloadProgress *progress, gpointer user_data);
 
+/* "1.20 GB of 4.30 GB, 5.2 MB/s, 9:57 left (file 10/12 unet/...)": the
+ * line the CLI and the dialog show. g_free it. */
+char *lcm_download_progress_text(const LcmDownloadProgress *progress);
+
 /* Downloads a supported catalogue entry from lcm_hub_endpoint() into
  * lcm_catalogue_install_dir(entry). Runs synchronously in the calling thread
  * (hosts with a GUI call it from a worker: progress is called in the calling

@@ -41,32 +41,10 @@ static int list_models(const GPtrArray *catalogue) {
   return 0;
 }
 
-static void print_bytes(GString *out, double bytes) {
-  if (bytes >= 1e9)
-    g_string_append_printf(out, "%.2f GB", bytes / 1e9);
-  else
-    g_string_append_printf(out, "%.1f MB", bytes / 1e6);
-}
-
 static void show_progress(const LcmDownloadProgress *p, gpointer user_data) {
-  const char *name = user_data;
-  g_autoptr(GString) line = g_string_new(NULL);
-  g_string_append_printf(line, "\r%s: ", name);
-  print_bytes(line, (double)p->done);
-  g_string_append(line, " of ");
-  print_bytes(line, (double)p->total);
-  if (p->bytes_per_second > 0) {
-    g_string_append(line, ", ");
-    print_bytes(line, p->bytes_per_second);
-    g_string_append(line, "/s");
-  }
-  if (p->seconds_left >= 0) {
-    int s = (int)(p->seconds_left + 0.5);
-    g_string_append_printf(line, ", %d:%02d left", s / 60, s % 60);
-  }
-  g_string_append_printf(line, " (file %d/%d %s)\033[K", p->file_index + 1, p->file_count, p->file);
-  fputs(line->str, stderr);
-  fflush(stderr);
+  g_autofree char *text = lcm_download_progress_text(p);
+  /* One line, rewritten in place. */
+  g_printerr("\r%s: %s\033[K", (const char *)user_data, text);
 }
 
 static int get_model(const LcmCatalogueEntry *entry) {
