@@ -402,6 +402,52 @@ static void test_download_then_generate(void) {
   fake_hub_stop(hub);
 }
 
+/* Cancel during a download from a stalled Hub: it stops, says so, and
+ * nothing is installed; the entry is still offered. */
+static void test_download_cancel(void) {
+  FakeHub *hub = fake_hub_start();
+  g_autofree char *tiny = lcm_find_data_file("tiny-lcm");
+  fake_hub_add_repo(hub, "SimianLuo/LCM_Dreamshaper_v7", tiny);
+  fake_hub_set_mode(hub, FAKE_HUB_STALL);
+  g_autofree char *saved_endpoint = g_strdup(g_getenv("HF_ENDPOINT"));
+  g_setenv("HF_ENDPOINT", fake_hub_endpoint(hub), TRUE);
+  g_autofree char *models = g_dir_make_tmp("lcm-dialog-cancel-XXXXXX", NULL);
+  g_setenv("GIMP_LCM_MODELS", models, TRUE);
+
+  GtkWidget *dialog = new_test_dialog();
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  gtk_widget_show(dialog);
+  GtkWidget *choice = find_named(dialog, "lcm-download-choice");
+  g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "LCM_Dreamshaper_v7"));
+  GPtrArray *texts = g_ptr_array_new_with_free_func(g_free);
+  g_signal_connect(find_named(dialog, "lcm-download-progress"), "notify::text",
+                   G_CALLBACK(on_progress_text), texts);
+  int finished = 0;
+  g_signal_connect(dialog, "download-finished", G_CALLBACK(on_download_finished), &finished);
+  gtk_button_clicked(GTK_BUTTON(find_named(dialog, "lcm-download-button")));
+  gint64 limit = g_get_monotonic_time() + WAIT_LIMIT_US;
+  while (texts->len == 0 && g_get_monotonic_time() < limit) g_main_context_iteration(NULL, TRUE);
+  g_assert_cmpuint(texts->len, >=, 1); /* the stalled file has started */
+  iterate_for(100);
+  gtk_button_clicked(GTK_BUTTON(find_named(dialog, "lcm-download-cancel")));
+  gint64 cancelled_at = g_get_monotonic_time();
+  while (!finished && g_get_monotonic_time() < limit) g_main_context_iteration(NULL, TRUE);
+  g_assert_cmpint(finished, ==, -1);
+  g_assert_cmpint(g_get_monotonic_time() - cancelled_at, <, G_USEC_PER_SEC / 2);
+  g_assert_true(find_label(dialog, "Download cancelled."));
+  g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "LCM_Dreamshaper_v7"));
+  g_autofree char *installed = g_build_filename(models, "LCM_Dreamshaper_v7", NULL);
+  g_assert_false(g_file_test(installed, G_FILE_TEST_EXISTS));
+  wait_for_preview_idle(lcm);
+  destroy_dialog(dialog);
+
+  g_ptr_array_unref(texts);
+  g_setenv("HF_ENDPOINT", saved_endpoint, TRUE);
+  g_setenv("GIMP_LCM_MODELS", models_dir, TRUE);
+  test_remove_tree(models);
+  fake_hub_stop(hub);
+}
+
 static void test_japanese(void) {
   if (!have_named_locale) {
     g_test_skip("no UTF-8 locale besides C.UTF-8, where gettext ignores LANGUAGE");
@@ -445,6 +491,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/dialog/screenshot", test_screenshot);
   g_test_add_func("/dialog/japanese", test_japanese);
   g_test_add_func("/dialog/download-then-generate", test_download_then_generate);
+  g_test_add_func("/dialog/download-cancel", test_download_cancel);
   int status = g_test_run();
   g_rmdir(models_dir);
   g_free(models_dir);
