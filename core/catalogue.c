@@ -283,6 +283,13 @@ static char *cache_snapshot(const char *repo_dir, const char *revision) {
   return NULL;
 }
 
+/* A cached entry's snapshot: its revision, else what main points at (a
+ * pinned commit that diffusers users fetched as main before or after it). */
+static char *cache_entry_snapshot(const char *repo_dir, const LcmCatalogueEntry *entry) {
+  char *snapshot = cache_snapshot(repo_dir, entry->revision);
+  return snapshot ? snapshot : cache_snapshot(repo_dir, "main");
+}
+
 /* The path an entry's loader takes inside a folder holding its files. */
 static char *entry_usable_path(const LcmCatalogueEntry *entry, const char *dir) {
   return entry->kind == LCM_ASSET_LORA ? g_build_filename(dir, entry->files[0], NULL)
@@ -302,7 +309,7 @@ char *lcm_catalogue_locate(const LcmCatalogueEntry *entry) {
   if (has_all_files(entry, installed)) return entry_usable_path(entry, installed);
   g_autofree char *cache = lcm_hf_cache_dir();
   g_autofree char *repo_dir = cache_repo_dir(cache, entry->repo);
-  g_autofree char *snapshot = cache_snapshot(repo_dir, entry->revision);
+  g_autofree char *snapshot = cache_entry_snapshot(repo_dir, entry);
   if (!snapshot || !has_all_files(entry, snapshot)) return NULL;
   return entry_usable_path(entry, snapshot);
 }
@@ -367,7 +374,7 @@ static void discover_cache(const GPtrArray *catalogue, GPtrArray *list) {
     LcmAssetKind kind;
     if (entry) {
       if (!entry->supported) continue;
-      g_autofree char *snapshot = cache_snapshot(repo_dir, entry->revision);
+      g_autofree char *snapshot = cache_entry_snapshot(repo_dir, entry);
       if (!snapshot || !has_all_files(entry, snapshot)) continue;
       usable = entry_usable_path(entry, snapshot);
       kind = entry->kind;

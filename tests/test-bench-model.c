@@ -167,20 +167,6 @@ static void test_bad_configs(void) {
   }
 }
 
-static void remove_tree(const char *path) {
-  if (g_file_test(path, G_FILE_TEST_IS_DIR)) {
-    GDir *dir = g_dir_open(path, 0, NULL);
-    for (const char *name; dir && (name = g_dir_read_name(dir));) {
-      g_autofree char *child = g_build_filename(path, name, NULL);
-      remove_tree(child);
-    }
-    if (dir) g_dir_close(dir);
-    g_rmdir(path);
-  } else {
-    g_unlink(path);
-  }
-}
-
 static GenConfigs tiny_configs(char *texts[3]) {
   texts[0] = tiny_config("text_encoder");
   texts[1] = tiny_config("unet");
@@ -285,7 +271,7 @@ static void test_make_model_writes_folder(void) {
     g_autofree char *path = g_build_filename(dir, other_files[i], NULL);
     g_assert_true(g_file_test(path, G_FILE_TEST_IS_REGULAR));
   }
-  remove_tree(dir);
+  test_remove_tree(dir);
 }
 
 static void test_make_model_is_reproducible(void) {
@@ -300,9 +286,9 @@ static void test_make_model_is_reproducible(void) {
     g_assert_true(files_equal(a, b));
     g_assert_false(files_equal(a, c));
   }
-  remove_tree(first);
-  remove_tree(same);
-  remove_tree(other);
+  test_remove_tree(first);
+  test_remove_tree(same);
+  test_remove_tree(other);
 }
 
 static gboolean finite_and_nonzero(const float *values, size_t n) {
@@ -363,7 +349,7 @@ static void test_generated_model_runs(void) {
   lcm_unet_free(unet);
   lcm_text_encoder_free(encoder);
   lcm_model_free(model);
-  remove_tree(dir);
+  test_remove_tree(dir);
 }
 
 static gboolean lists_tensor(GArray *tensors, const char *name) {
@@ -439,7 +425,7 @@ static void test_vae_without_quant_convs(void) {
   g_assert_true(finite_and_nonzero(image, G_N_ELEMENTS(image)));
   lcm_vae_free(vae);
   lcm_model_free(model);
-  remove_tree(dir);
+  test_remove_tree(dir);
 }
 
 int main(int argc, char **argv) {

@@ -318,17 +318,40 @@ static void on_progress_text(GtkProgressBar *bar, GParamSpec *pspec, gpointer da
   if (text && strstr(text, " MB of ")) g_ptr_array_add(data, g_strdup(text));
 }
 
+/* A fake Hub serving the tiny model as LCM_Dreamshaper_v7, HF_ENDPOINT
+ * pointing at it, and an empty models folder of its own. */
+typedef struct {
+  FakeHub *server;
+  char *models, *saved_endpoint;
+} HubSetup;
+
+static void hub_setup_start(HubSetup *setup, FakeHubMode mode) {
+  setup->server = fake_hub_start();
+  g_autofree char *tiny = lcm_find_data_file("tiny-lcm");
+  fake_hub_add_repo(setup->server, "SimianLuo/LCM_Dreamshaper_v7", tiny);
+  fake_hub_set_mode(setup->server, mode);
+  setup->saved_endpoint = g_strdup(g_getenv("HF_ENDPOINT"));
+  g_setenv("HF_ENDPOINT", fake_hub_endpoint(setup->server), TRUE);
+  setup->models = g_dir_make_tmp("lcm-dialog-download-XXXXXX", NULL);
+  g_setenv("GIMP_LCM_MODELS", setup->models, TRUE);
+}
+
+static void hub_setup_stop(HubSetup *setup) {
+  g_setenv("HF_ENDPOINT", setup->saved_endpoint, TRUE);
+  g_setenv("GIMP_LCM_MODELS", models_dir, TRUE);
+  test_remove_tree(setup->models);
+  fake_hub_stop(setup->server);
+  g_free(setup->models);
+  g_free(setup->saved_endpoint);
+}
+
 /* As a new user: no model, so the test model; Download on
  * LCM_Dreamshaper_v7 (the tiny model from a Hub on 127.0.0.1), its progress
  * shown, then it is the selected model, previews and generates. */
 static void test_download_then_generate(void) {
-  FakeHub *hub = fake_hub_start();
-  g_autofree char *tiny = lcm_find_data_file("tiny-lcm");
-  fake_hub_add_repo(hub, "SimianLuo/LCM_Dreamshaper_v7", tiny);
-  g_autofree char *saved_endpoint = g_strdup(g_getenv("HF_ENDPOINT"));
-  g_setenv("HF_ENDPOINT", fake_hub_endpoint(hub), TRUE);
-  g_autofree char *models = g_dir_make_tmp("lcm-dialog-download-XXXXXX", NULL);
-  g_setenv("GIMP_LCM_MODELS", models, TRUE);
+  HubSetup hub;
+  hub_setup_start(&hub, FAKE_HUB_NORMAL);
+  const char *models = hub.models;
 
   LcmSettings settings;
   lcm_settings_init(&settings); /* the default model */
@@ -396,23 +419,15 @@ static void test_download_then_generate(void) {
   destroy_dialog(dialog);
 
   g_ptr_array_unref(texts);
-  g_setenv("HF_ENDPOINT", saved_endpoint, TRUE);
-  g_setenv("GIMP_LCM_MODELS", models_dir, TRUE);
-  test_remove_tree(models);
-  fake_hub_stop(hub);
+  hub_setup_stop(&hub);
 }
 
 /* Cancel during a download from a stalled Hub: it stops, says so, and
  * nothing is installed; the entry is still offered. */
 static void test_download_cancel(void) {
-  FakeHub *hub = fake_hub_start();
-  g_autofree char *tiny = lcm_find_data_file("tiny-lcm");
-  fake_hub_add_repo(hub, "SimianLuo/LCM_Dreamshaper_v7", tiny);
-  fake_hub_set_mode(hub, FAKE_HUB_STALL);
-  g_autofree char *saved_endpoint = g_strdup(g_getenv("HF_ENDPOINT"));
-  g_setenv("HF_ENDPOINT", fake_hub_endpoint(hub), TRUE);
-  g_autofree char *models = g_dir_make_tmp("lcm-dialog-cancel-XXXXXX", NULL);
-  g_setenv("GIMP_LCM_MODELS", models, TRUE);
+  HubSetup hub;
+  hub_setup_start(&hub, FAKE_HUB_STALL);
+  const char *models = hub.models;
 
   GtkWidget *dialog = new_test_dialog();
   LcmDialog *lcm = LCM_DIALOG(dialog);
@@ -442,10 +457,7 @@ static void test_download_cancel(void) {
   destroy_dialog(dialog);
 
   g_ptr_array_unref(texts);
-  g_setenv("HF_ENDPOINT", saved_endpoint, TRUE);
-  g_setenv("GIMP_LCM_MODELS", models_dir, TRUE);
-  test_remove_tree(models);
-  fake_hub_stop(hub);
+  hub_setup_stop(&hub);
 }
 
 static void test_japanese(void) {

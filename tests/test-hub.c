@@ -423,6 +423,12 @@ static void test_hf_cache_discovery(void) {
   gsize lora_length = 0;
   g_assert_true(g_file_get_contents(lora_source, &lora_data, &lora_length, NULL));
   g_assert_true(g_file_set_contents(lora_copy, lora_data, (gssize)lora_length, NULL));
+  /* The catalogue's LCM-LoRA, pinned to a commit, cached by diffusers at main. */
+  g_autofree char *renamed = g_build_filename(home, "pytorch_lora_weights.safetensors", NULL);
+  g_assert_true(g_file_set_contents(renamed, lora_data, (gssize)lora_length, NULL));
+  cache_repo(cache, "latent-consistency/lcm-lora-sdv1-5", home,
+             (const char *const[]){"pytorch_lora_weights.safetensors", NULL});
+  g_unlink(renamed);
   GString *before = g_string_new("");
   list_tree(cache, before);
 
@@ -443,13 +449,14 @@ static void test_hf_cache_discovery(void) {
   g_assert_nonnull(local_lora);
   g_assert_cmpint(local_lora->kind, ==, LCM_ASSET_LORA);
   g_assert_cmpint(local_lora->where, ==, LCM_FOUND_MODELS_FOLDER);
-  for (const char *const *name = (const char *const[]){"lcm-lora-sdv1-5", "taesd", NULL}; *name;
-       name++) {
-    const LcmFoundModel *missing = find_found(found, *name);
-    g_assert_nonnull(missing);
-    g_assert_cmpint(missing->where, ==, LCM_FOUND_NOT_DOWNLOADED);
-    g_assert_null(missing->path);
-  }
+  const LcmFoundModel *lcm_lora = find_found(found, "lcm-lora-sdv1-5");
+  g_assert_nonnull(lcm_lora);
+  g_assert_cmpint(lcm_lora->where, ==, LCM_FOUND_HF_CACHE);
+  g_assert_true(g_str_has_suffix(lcm_lora->path, "/pytorch_lora_weights.safetensors"));
+  const LcmFoundModel *missing = find_found(found, "taesd");
+  g_assert_nonnull(missing);
+  g_assert_cmpint(missing->where, ==, LCM_FOUND_NOT_DOWNLOADED);
+  g_assert_null(missing->path);
   g_assert_null(find_found(found, "lcm-lora-sdxl")); /* not offered by this build */
 
   /* One resolver: catalogue name, repo id, path, default. */
