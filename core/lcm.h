@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include <gio/gio.h>
 #include <glib.h>
 #include <stdint.h>
 
@@ -24,6 +25,8 @@ typedef enum {
   LCM_ERROR_INVALID,     /* a caller passed a bad argument */
   LCM_ERROR_CANCELLED,   /* the caller cancelled */
   LCM_ERROR_NOT_FINITE,  /* a network computed NaN or infinity (damaged weights, overflow) */
+  LCM_ERROR_NETWORK,     /* a download failed: offline, server unreachable, HTTP error */
+  LCM_ERROR_CHECKSUM,    /* a downloaded or installed file differs from what the Hub states */
 } LcmErrorCode;
 
 /* Sets an LCM_ERROR_INVALID error with the formatted message and returns
@@ -86,10 +89,124 @@ int lcm_tokenizer_encode(const LcmTokenizer *tokenizer, const char *text,
  * $XDG_DATA_HOME/gimp-lcm/models (~/.local/share/gimp-lcm/models). */
 char *lcm_models_dir(void);
 /* The model used when none is named: the first diffusers folder or
- * .safetensors checkpoint (by name) in the models folder, else the bundled
- * tiny random-weight test model, with *is_test_model set. NULL when neither
+ * .safetensors checkpoint (by name) in the models folder, else the first
+ * supported catalogue model found in the Hugging Face cache, else the bundled
+ * tiny random-weight test model, with *is_test_model set. NULL when none
  * exists. g_free the result. */
 char *lcm_default_model(gboolean *is_test_model);
+/* ---- Catalogue, discovery and downloads (core/catalogue.c, core/hub.c) ------ */
+
+/* What a model-like file or folder is to the pipeline. */
+typedef enum {
+  LCM_ASSET_MODEL, /* a diffusers folder or a single-file checkpoint: lcm_model_open */
+  LCM_ASSET_LORA,  /* a LoRA .safetensors: lcm_model_add_lora */
+  LCM_ASSET_TAESD, /* TAESD weights: lcm_taesd_load */
+} LcmAssetKind;
+
+/* One entry of the catalogue of downloadable models (data/models.json). */
+typedef struct {
+  char *name;        /* "LCM_Dreamshaper_v7" */
+  char *repo;        /* Hub repository id, "SimianLuo/LCM_Dreamshaper_v7" */
+  char *revision;    /* a commit or a branch ("main") */
+  char *family;      /* "sd15", "sdxl" */
+  char *install;     /* folder inside lcm_models_dir() it installs into */
+  char *description; /* one line for people */
+  LcmAssetKind kind;
+  char **files; /* repository paths to fetch, NULL-terminated */
+  /* The family is one this build opens; entries of other families are
+   * listed but neither offered nor downloaded. */
+  gboolean supported;
+} LcmCatalogueEntry;
+
+/* The catalogue: `path`, or NULL for the project's data/models.json. A
+ * GPtrArray of LcmCatalogueEntry (freeing them); NULL with error. */
+GPtrArray *lcm_catalogue_load(const char *path, GError **error);
+/* The entry named `name` or with Hub repository `name` (both case-insensitive). */
+const LcmCatalogueEntry *lcm_catalogue_find(const GPtrArray *catalogue, const char *name);
+/* Where the entry installs: lcm_models_dir()/install. g_free it. */
+char *lcm_catalogue_install_dir(const LcmCatalogueEntry *entry);
+/* The usable path of an entry already present, in the models folder (a
+ * complete download) or in the Hugging Face cache (a snapshot holding all
+ * its files); what lcm_model_open / lcm_model_add_lora / lcm_taesd_load take
+ * (a LoRA's .safetensors file, else the folder). NULL when absent. */
+char *lcm_catalogue_locate(const LcmCatalogueEntry *entry);
+
+/* The Hugging Face Hub cache, found as huggingface_hub finds it:
+ * $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub. It is
+ * only ever read. g_free it. */
+char *lcm_hf_cache_dir(void);
+/* The Hub's base URL: $HF_ENDPOINT (without a trailing '/'), else
+ * https://huggingface.co. g_free it. */
+char *lcm_hub_endpoint(void);
+
+typedef enum {
+  LCM_FOUND_MODELS_FOLDER, /* in lcm_models_dir() */
+  LCM_FOUND_HF_CACHE,      /* a snapshot in lcm_hf_cache_dir() */
+  LCM_FOUND_NOT_DOWNLOADED /* a catalogue entry not present yet */
+} LcmFoundWhere;
+
+/* A model, LoRA or TAESD found by lcm_discover. */
+typedef struct {
+  char *name;      /* the catalogue name, else the Hub repo id (cache), else the file name */
+  char *path;      /* as lcm_catalogue_locate; NULL when not downloaded */
+  char *catalogue; /* the catalogue entry's name when it is one, else NULL */
+  LcmAssetKind kind;
+  LcmFoundWhere where;
+} LcmFoundModel;
+
+/* Every usable model, LoRA and TAESD in the models folder and the Hugging
+ * Face cache, then the supported catalogue entries present in neither
+ * (LCM_FOUND_NOT_DOWNLOADED); sorted by name within each group. A GPtrArray
+ * of LcmFoundModel (freeing them). catalogue may be NULL. Folders and files
+ * whose name starts with '.' (unfinished downloads) are never listed. */
+GPtrArray *lcm_discover(const GPtrArray *catalogue);
+
+/* The one resolver of the CLI's --model / --lora, Script-Fu's model and loras
+ * and the dialog: `spec` is a path (file or folder), a catalogue name, a Hub
+ * repository id found in the cache or the models folder ("ORG/NAME"), or a
+ * name inside the models folder. For LCM_ASSET_MODEL, NULL or "" is the
+ * default model (lcm_default_model, with *is_test_model; may be NULL). A
+ * catalogue entry not downloaded yet fails with LCM_ERROR_MISSING saying how
+ * to download it. g_free the result. */
+char *lcm_resolve(const char *spec, LcmAssetKind kind, gboolean *is_test_model, GError **error);
+
+/* Progress of lcm_catalogue_download, over all the entry's files. */
+typedef struct {
+  const char *file;        /* the repository path being fetched */
+  int file_index;          /* 0-based */
+  int file_count;          /* files of the entry */
+  guint64 done, total;     /* bytes present of all files (resumed bytes included), their sum */
+  double bytes_per_second; /* recent rate; 0 until known */
+  double seconds_left;     /* < 0 until known */
+} LcmDownloadProgress;
+
+typedef void (*LcmDownloadProgressFunc)(const LcmDownloadProgress *progress, gpointer user_data);
+
+/* "1.20 GB of 4.30 GB, 5.2 MB/s, 9:57 left (file 10/12 unet/...)": the
+ * line the CLI and the dialog show. g_free it. */
+char *lcm_download_progress_text(const LcmDownloadProgress *progress);
+
+/* Downloads a supported catalogue entry from lcm_hub_endpoint() into
+ * lcm_catalogue_install_dir(entry). Runs synchronously in the calling thread
+ * (hosts with a GUI call it from a worker: progress is called in the calling
+ * thread, a few times a second). Each file goes to NAME.part in a hidden
+ * staging folder beside the install folder, resuming an earlier .part with a
+ * Range request (and a dropped connection up to 3 times), is checked against
+ * the size and sha256 (or git blob sha1) the Hub states, and renamed; the
+ * staging folder becomes the install folder once every file is verified, so a
+ * folder under the install name is always complete. cancellable stops it at
+ * any moment (LCM_ERROR_CANCELLED; the staging folder stays for a resume).
+ * Errors: LCM_ERROR_NETWORK (offline, unreachable, HTTP 404/5xx...),
+ * LCM_ERROR_CHECKSUM (nothing installed, the bad file discarded), LCM_ERROR_IO
+ * (disk full, unwritable folder), LCM_ERROR_UNSUPPORTED (family not opened by
+ * this build). Does nothing when the entry is already installed. */
+gboolean lcm_catalogue_download(const LcmCatalogueEntry *entry, LcmDownloadProgressFunc progress,
+                                gpointer user_data, GCancellable *cancellable, GError **error);
+/* Re-reads an installed entry's files and checks them against the sizes and
+ * sha256 recorded when it was downloaded (LCM_ERROR_CHECKSUM naming the first
+ * bad file; LCM_ERROR_MISSING when not installed by lcm_catalogue_download). */
+gboolean lcm_catalogue_verify(const LcmCatalogueEntry *entry, GError **error);
+
 /* A file of the project's data folder ($GIMP_LCM_DATADIR, the installed
  * share/gimp-lcm, or the source tree's data/), or NULL. g_free it. */
 char *lcm_find_data_file(const char *relative);

@@ -70,19 +70,15 @@ static gboolean config_has(GimpProcedureConfig *config, const char *property) {
   return g_object_class_find_property(G_OBJECT_GET_CLASS(config), property) != NULL;
 }
 
-/* A model or LoRA named without a folder lives in the models folder. */
-static char *in_models_dir(const char *path) {
-  if (!path || !*path || g_path_is_absolute(path)) return g_strdup(path);
-  g_autofree char *dir = lcm_models_dir();
-  return g_build_filename(dir, path, NULL);
-}
-
+/* The LoRAs' names (catalogue names, cached Hub repo ids, names in the models
+ * folder, paths) as paths, as the settings keep them. */
 static gboolean resolve_loras(LcmSettings *settings, GError **error) {
   g_autoptr(GArray) loras = lcm_loras_parse(settings->loras, error);
   if (!loras) return FALSE;
   for (guint i = 0; i < loras->len; i++) {
     LcmLoraEntry *entry = &g_array_index(loras, LcmLoraEntry, i);
-    char *resolved = in_models_dir(entry->path);
+    char *resolved = lcm_resolve(entry->path, LCM_ASSET_LORA, NULL, error);
+    if (!resolved) return FALSE;
     g_free(entry->path);
     entry->path = resolved;
   }
@@ -103,7 +99,9 @@ static gboolean settings_from_config(GimpProcedureConfig *config, LcmMode mode,
   g_object_get(config, "prompt", &settings->prompt, "negative-prompt", &settings->negative_prompt,
                "model", &model, "loras", &settings->loras, "steps", &settings->steps, "guidance",
                &settings->guidance, "seed", &seed, "output", &output, NULL);
-  settings->model_path = in_models_dir(model);
+  /* "" keeps the default model; anything else resolves now, failing early. */
+  if (model && *model && !(settings->model_path = lcm_resolve(model, LCM_ASSET_MODEL, NULL, error)))
+    return FALSE;
   settings->seed = (gint64)seed;
   settings->output = output ? LCM_OUTPUT_REPLACE : LCM_OUTPUT_NEW_LAYER;
   if (config_has(config, "width"))
@@ -232,14 +230,17 @@ static void add_arguments(GimpProcedure *procedure, const ProcedureInfo *info) {
       "", G_PARAM_READWRITE);
   gimp_procedure_add_string_argument(
       procedure, "model", _("_Model"),
-      _("A diffusers model folder or a .safetensors checkpoint: a path, or a name in the models "
-        "folder ($GIMP_LCM_MODELS, else ~/.local/share/gimp-lcm/models). Empty: the first model "
-        "there, else the bundled tiny test model"),
+      _("A diffusers model folder or a .safetensors checkpoint: a path, a name in the models "
+        "folder ($GIMP_LCM_MODELS, else ~/.local/share/gimp-lcm/models), a catalogue name "
+        "(LCM_Dreamshaper_v7) or a Hub repository id in the Hugging Face cache. Empty: the "
+        "first model there, else a catalogue model in the cache, else the bundled tiny test "
+        "model"),
       "", G_PARAM_READWRITE);
   gimp_procedure_add_string_argument(
       procedure, "loras", _("_LoRAs"),
-      _("LoRA files merged in order, as \"file:scale;file:scale\" (a name without a folder is "
-        "looked up in the models folder; no scale means 1). Empty: none"),
+      _("LoRAs merged in order, as \"lora:scale;lora:scale\": each a file, a name in the "
+        "models folder, a catalogue name (lcm-lora-sdv1-5) or a Hub repository id in the Hugging "
+        "Face cache; no scale means 1. Empty: none"),
       "", G_PARAM_READWRITE);
   gimp_procedure_add_int_argument(
       procedure, "steps", _("_Steps"), _("Denoising steps: 2 to 8 suit LCM models"),

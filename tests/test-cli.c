@@ -2,6 +2,7 @@
  * through $LCM_CLI) is spawned on the tiny test model and each PNG it writes
  * is compared pixel for pixel with the same run through the C API; the same
  * seed gives the same bytes; bad inputs give a message and a failure status. */
+#include "fake-hub.h"
 #include "lcm.h"
 #include "testutil.h"
 
@@ -402,6 +403,55 @@ static void test_bad_inputs(void) {
   g_assert_false(g_file_test(out, G_FILE_TEST_EXISTS));
 }
 
+/* models list / get / verify against the fake Hub, then a picture made with
+ * the downloaded model named by its catalogue name. */
+static void test_models_get(void) {
+  FakeHub *hub = fake_hub_start();
+  g_autofree char *tiny = lcm_find_data_file("tiny-lcm");
+  fake_hub_add_repo(hub, "SimianLuo/LCM_Dreamshaper_v7", tiny);
+  g_autofree char *models = work_path("models");
+  g_autofree char *saved_endpoint = g_strdup(g_getenv("HF_ENDPOINT"));
+  g_setenv("HF_ENDPOINT", fake_hub_endpoint(hub), TRUE);
+  g_setenv("GIMP_LCM_MODELS", models, TRUE);
+
+  CliResult r = run_cli("models", "list");
+  g_assert_cmpint(r.status, ==, 0);
+  g_assert_nonnull(strstr(r.out, "LCM_Dreamshaper_v7"));
+  g_assert_nonnull(strstr(r.out, "not downloaded"));
+  g_assert_nonnull(strstr(r.out, "needs sdxl support"));
+  cli_result_clear(&r);
+
+  r = run_cli("models", "get", "LCM_Dreamshaper_v7");
+  g_assert_cmpint(r.status, ==, 0);
+  g_assert_nonnull(strstr(r.err, "(file 12/12 vae/diffusion_pytorch_model.safetensors)"));
+  g_assert_nonnull(strstr(r.err, " MB of "));
+  g_autofree char *installed = g_build_filename(models, "LCM_Dreamshaper_v7", NULL);
+  g_assert_nonnull(strstr(r.out, installed));
+  cli_result_clear(&r);
+  assert_cli_ok(run_cli("models", "verify", "SimianLuo/LCM_Dreamshaper_v7"));
+
+  g_autofree char *out = work_path("downloaded.png");
+  assert_cli_ok(run_cli("txt2img", "a lighthouse", "-o", out, "--model", "LCM_Dreamshaper_v7",
+                        "--width", "64", "--height", "64", "--steps", "1", "--seed", "3"));
+  Picture picture = picture_read(out);
+  g_assert_cmpint(picture.width, ==, 64);
+  g_free(picture.rgb);
+  g_unlink(out);
+
+  /* Not on this Hub: a 404, said plainly; nothing installed. */
+  assert_cli_fails(run_cli("models", "get", "taesd"), 1, "HTTP 404");
+  assert_cli_fails(run_cli("models", "verify", "taesd"), 1, "not installed");
+  assert_cli_fails(run_cli("models", "get", "no-such-model"), 1, "not in the catalogue");
+  assert_cli_fails(run_cli("models", "fetch"), 2, "usage");
+  g_autofree char *taesd = g_build_filename(models, "taesd", NULL);
+  g_assert_false(g_file_test(taesd, G_FILE_TEST_EXISTS));
+
+  g_setenv("HF_ENDPOINT", saved_endpoint, TRUE);
+  g_unsetenv("GIMP_LCM_MODELS");
+  test_remove_tree(models);
+  fake_hub_stop(hub);
+}
+
 static void remove_work_dir(void) {
   GDir *dir = g_dir_open(work_dir, 0, NULL);
   for (const char *name; dir && (name = g_dir_read_name(dir));) {
@@ -415,6 +465,8 @@ static void remove_work_dir(void) {
 
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
+  g_unsetenv("http_proxy"); /* the fake Hub is on 127.0.0.1 */
+  g_setenv("no_proxy", "127.0.0.1", TRUE);
   g_autoptr(GError) error = NULL;
   work_dir = g_dir_make_tmp("lcm-cli-test-XXXXXX", &error);
   g_assert_no_error(error);
@@ -426,6 +478,7 @@ int main(int argc, char **argv) {
                        test_txt2img_matches_api);
   g_test_add_func("/cli/chain-matches-api", test_chain_matches_api);
   g_test_add_func("/cli/bad-inputs", test_bad_inputs);
+  g_test_add_func("/cli/models-get", test_models_get);
   int status = g_test_run();
   remove_work_dir();
   return status;

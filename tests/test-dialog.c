@@ -1,6 +1,7 @@
 /* The GTK dialog, run under Xvfb on the tiny test model: the debounced live
  * preview (one run per pause in typing, stale runs cancelled), a screenshot,
  * and the Japanese translation. */
+#include "fake-hub.h"
 #include "lcm-dialog.h"
 #include "testutil.h"
 
@@ -122,6 +123,8 @@ static void test_settings_round_trip(void) {
   in.prompt = g_strdup("a lighthouse at dusk");
   in.negative_prompt = g_strdup("blurry");
   in.model_path = test_data_path("golden/tiny-lcm");
+  g_autofree char *lora = test_data_path("golden/lora/lora_a_kohya.safetensors");
+  in.loras = g_strdup_printf("%s:0.5", lora);
   in.steps = 6;
   in.guidance = 1.5;
   in.seed = 1234;
@@ -133,6 +136,7 @@ static void test_settings_round_trip(void) {
   g_assert_cmpstr(out.prompt, ==, in.prompt);
   g_assert_cmpstr(out.negative_prompt, ==, in.negative_prompt);
   g_assert_cmpstr(out.model_path, ==, in.model_path);
+  g_assert_cmpstr(out.loras, ==, in.loras);
   g_assert_cmpint(out.mode, ==, LCM_MODE_TXT2IMG);
   g_assert_cmpint(out.steps, ==, 6);
   g_assert_cmpfloat_with_epsilon(out.guidance, 1.5, 1e-9);
@@ -328,6 +332,170 @@ static gboolean find_label(GtkWidget *widget, const char *text) {
   return found;
 }
 
+static GtkWidget *find_named(GtkWidget *widget, const char *name) {
+  if (!g_strcmp0(gtk_widget_get_name(widget), name)) return widget;
+  if (!GTK_IS_CONTAINER(widget)) return NULL;
+  GList *children = gtk_container_get_children(GTK_CONTAINER(widget));
+  GtkWidget *found = NULL;
+  for (GList *l = children; l && !found; l = l->next) found = find_named(l->data, name);
+  g_list_free(children);
+  return found;
+}
+
+static void on_download_finished(LcmDialog *dialog, gboolean succeeded, gpointer data) {
+  (void)dialog;
+  *(int *)data = succeeded ? 1 : -1;
+}
+
+/* Keeps the download progress texts that state an amount. */
+static void on_progress_text(GtkProgressBar *bar, GParamSpec *pspec, gpointer data) {
+  (void)pspec;
+  const char *text = gtk_progress_bar_get_text(bar);
+  if (text && strstr(text, " MB of ")) g_ptr_array_add(data, g_strdup(text));
+}
+
+/* A fake Hub serving the tiny model as LCM_Dreamshaper_v7, HF_ENDPOINT
+ * pointing at it, and an empty models folder of its own. */
+typedef struct {
+  FakeHub *server;
+  char *models, *saved_endpoint;
+} HubSetup;
+
+static void hub_setup_start(HubSetup *setup, FakeHubMode mode) {
+  setup->server = fake_hub_start();
+  g_autofree char *tiny = lcm_find_data_file("tiny-lcm");
+  fake_hub_add_repo(setup->server, "SimianLuo/LCM_Dreamshaper_v7", tiny);
+  fake_hub_set_mode(setup->server, mode);
+  setup->saved_endpoint = g_strdup(g_getenv("HF_ENDPOINT"));
+  g_setenv("HF_ENDPOINT", fake_hub_endpoint(setup->server), TRUE);
+  setup->models = g_dir_make_tmp("lcm-dialog-download-XXXXXX", NULL);
+  g_setenv("GIMP_LCM_MODELS", setup->models, TRUE);
+}
+
+static void hub_setup_stop(HubSetup *setup) {
+  g_setenv("HF_ENDPOINT", setup->saved_endpoint, TRUE);
+  g_setenv("GIMP_LCM_MODELS", models_dir, TRUE);
+  test_remove_tree(setup->models);
+  fake_hub_stop(setup->server);
+  g_free(setup->models);
+  g_free(setup->saved_endpoint);
+}
+
+/* As a new user: no model, so the test model; Download on
+ * LCM_Dreamshaper_v7 (the tiny model from a Hub on 127.0.0.1), its progress
+ * shown, then it is the selected model, previews and generates. */
+static void test_download_then_generate(void) {
+  HubSetup hub;
+  hub_setup_start(&hub, FAKE_HUB_NORMAL);
+  const char *models = hub.models;
+
+  LcmSettings settings;
+  lcm_settings_init(&settings); /* the default model */
+  settings.width = settings.height = 128;
+  GtkWidget *dialog = lcm_dialog_new(NULL, &settings, NULL, NULL);
+  lcm_settings_clear(&settings);
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  lcm_dialog_set_debounce(lcm, TEST_DEBOUNCE_MS);
+  gtk_widget_show(dialog);
+  wait_for_preview_idle(lcm);
+
+  GtkWidget *choice = find_named(dialog, "lcm-download-choice");
+  GtkWidget *button = find_named(dialog, "lcm-download-button");
+  GtkWidget *progress = find_named(dialog, "lcm-download-progress");
+  g_assert_nonnull(choice);
+  g_assert_nonnull(button);
+  g_assert_true(gtk_widget_is_visible(button));
+  g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "LCM_Dreamshaper_v7"));
+  g_assert_false(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "lcm-lora-sdxl"));
+  GPtrArray *texts = g_ptr_array_new_with_free_func(g_free);
+  g_signal_connect(progress, "notify::text", G_CALLBACK(on_progress_text), texts);
+  int finished = 0;
+  g_signal_connect(dialog, "download-finished", G_CALLBACK(on_download_finished), &finished);
+  LcmPreviewStats before;
+  lcm_dialog_get_preview_stats(lcm, &before);
+
+  gtk_button_clicked(GTK_BUTTON(button));
+  g_assert_true(lcm_dialog_download_busy(lcm));
+  g_assert_true(gtk_widget_is_visible(progress));
+  gint64 limit = g_get_monotonic_time() + WAIT_LIMIT_US;
+  while (!finished && g_get_monotonic_time() < limit) g_main_context_iteration(NULL, TRUE);
+  g_assert_cmpint(finished, ==, 1);
+  g_assert_false(lcm_dialog_download_busy(lcm));
+  g_assert_cmpuint(texts->len, >=, 1);
+  g_test_message("last progress: %s", (char *)texts->pdata[texts->len - 1]);
+
+  /* The downloaded model is selected and no longer offered. */
+  g_autofree char *installed = g_build_filename(models, "LCM_Dreamshaper_v7", NULL);
+  LcmSettings shown;
+  lcm_settings_init(&shown);
+  lcm_dialog_get_settings(lcm, &shown);
+  g_assert_cmpstr(shown.model_path, ==, installed);
+  g_assert_false(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "LCM_Dreamshaper_v7"));
+
+  /* Its preview, then the host's full-size run with the dialog's pipeline. */
+  wait_for_preview_idle(lcm);
+  LcmPreviewStats after;
+  lcm_dialog_get_preview_stats(lcm, &after);
+  g_assert_cmpint(after.finished - before.finished, ==, 1);
+  g_assert_cmpint(after.failed, ==, 0);
+  LcmPipeline *pipeline = lcm_dialog_take_pipeline(lcm);
+  g_assert_nonnull(pipeline);
+  LcmPipelineParams params;
+  lcm_pipeline_params_init(&params);
+  lcm_settings_to_params(&shown, pipeline, 5, &params);
+  params.steps = 1;
+  GError *error = NULL;
+  LcmImage *image = lcm_pipeline_run(pipeline, &params, &error);
+  g_assert_no_error(error);
+  g_assert_cmpint(image->width, ==, 128);
+  g_assert_cmpint(image->height, ==, 128);
+  lcm_image_free(image);
+  lcm_pipeline_free(pipeline);
+  lcm_settings_clear(&shown);
+  destroy_dialog(dialog);
+
+  g_ptr_array_unref(texts);
+  hub_setup_stop(&hub);
+}
+
+/* Cancel during a download from a stalled Hub: it stops, says so, and
+ * nothing is installed; the entry is still offered. */
+static void test_download_cancel(void) {
+  HubSetup hub;
+  hub_setup_start(&hub, FAKE_HUB_STALL);
+  const char *models = hub.models;
+
+  GtkWidget *dialog = new_test_dialog();
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  gtk_widget_show(dialog);
+  GtkWidget *choice = find_named(dialog, "lcm-download-choice");
+  g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "LCM_Dreamshaper_v7"));
+  GPtrArray *texts = g_ptr_array_new_with_free_func(g_free);
+  g_signal_connect(find_named(dialog, "lcm-download-progress"), "notify::text",
+                   G_CALLBACK(on_progress_text), texts);
+  int finished = 0;
+  g_signal_connect(dialog, "download-finished", G_CALLBACK(on_download_finished), &finished);
+  gtk_button_clicked(GTK_BUTTON(find_named(dialog, "lcm-download-button")));
+  gint64 limit = g_get_monotonic_time() + WAIT_LIMIT_US;
+  while (texts->len == 0 && g_get_monotonic_time() < limit) g_main_context_iteration(NULL, TRUE);
+  g_assert_cmpuint(texts->len, >=, 1); /* the stalled file has started */
+  iterate_for(100);
+  gtk_button_clicked(GTK_BUTTON(find_named(dialog, "lcm-download-cancel")));
+  gint64 cancelled_at = g_get_monotonic_time();
+  while (!finished && g_get_monotonic_time() < limit) g_main_context_iteration(NULL, TRUE);
+  g_assert_cmpint(finished, ==, -1);
+  g_assert_cmpint(g_get_monotonic_time() - cancelled_at, <, G_USEC_PER_SEC / 2);
+  g_assert_true(find_label(dialog, "Download cancelled."));
+  g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "LCM_Dreamshaper_v7"));
+  g_autofree char *installed = g_build_filename(models, "LCM_Dreamshaper_v7", NULL);
+  g_assert_false(g_file_test(installed, G_FILE_TEST_EXISTS));
+  wait_for_preview_idle(lcm);
+  destroy_dialog(dialog);
+
+  g_ptr_array_unref(texts);
+  hub_setup_stop(&hub);
+}
+
 static void test_japanese(void) {
   if (!have_named_locale) {
     g_test_skip("no UTF-8 locale besides C.UTF-8, where gettext ignores LANGUAGE");
@@ -350,6 +518,8 @@ int main(int argc, char **argv) {
   g_unsetenv("LANGUAGE");
   models_dir = g_dir_make_tmp("lcm-dialog-models-XXXXXX", NULL);
   g_setenv("GIMP_LCM_MODELS", models_dir, TRUE); /* empty: the dialog explains */
+  g_unsetenv("http_proxy");                      /* the fake Hub is on 127.0.0.1 */
+  g_setenv("no_proxy", "127.0.0.1", TRUE);
   /* Not gtk_test_init: it forces en_US.UTF-8, which may not exist here. */
   g_test_init(&argc, &argv, NULL);
   gtk_init(&argc, &argv);
@@ -369,6 +539,8 @@ int main(int argc, char **argv) {
   g_test_add_func("/dialog/preview-decoder", test_preview_decoder);
   g_test_add_func("/dialog/screenshot", test_screenshot);
   g_test_add_func("/dialog/japanese", test_japanese);
+  g_test_add_func("/dialog/download-then-generate", test_download_then_generate);
+  g_test_add_func("/dialog/download-cancel", test_download_cancel);
   int status = g_test_run();
   g_rmdir(models_dir);
   g_free(models_dir);

@@ -1,6 +1,7 @@
 #include "testutil.h"
 
 #include <glib/gstdio.h>
+
 #include <math.h>
 #include <string.h>
 
@@ -139,7 +140,7 @@ gboolean test_skip_if_unsupported(const GError *error, LcmPrecision precision) {
 }
 
 void test_remove_tree(const char *path) {
-  if (g_file_test(path, G_FILE_TEST_IS_DIR)) {
+  if (g_file_test(path, G_FILE_TEST_IS_DIR) && !g_file_test(path, G_FILE_TEST_IS_SYMLINK)) {
     GDir *dir = g_dir_open(path, 0, NULL);
     for (const char *name; dir && (name = g_dir_read_name(dir));) {
       g_autofree char *child = g_build_filename(path, name, NULL);

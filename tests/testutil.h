@@ -12,7 +12,7 @@
 char *test_data_path(const char *relative);
 /* Path of a file under tests/data/golden; g_free it. */
 char *test_golden_path(const char *relative);
-/* Removes a file or a folder with everything in it (temporary test trees). */
+/* Deletes a file or a folder with everything in it (symlinks not followed). */
 void test_remove_tree(const char *path);
 
 /* The text side of tests/data/golden-sdxl/tiny-sdxl-lcm (both text

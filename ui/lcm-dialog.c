@@ -36,6 +36,8 @@ struct _LcmDialog {
 
   GtkWidget *mode_combo, *prompt_view, *negative_view;
   GtkWidget *model_combo, *model_info_bar, *model_info;
+  GtkWidget *download_label, *download_row, *download_combo, *download_button;
+  GtkWidget *download_progress_row, *download_progress, *download_cancel;
   GtkWidget *lora_box;
   GtkWidget *steps_spin, *guidance_spin, *strength_spin;
   GtkWidget *seed_spin, *random_seed_check;
@@ -59,7 +61,10 @@ struct _LcmDialog {
   GHashTable *sizes_run;         /* preview sizes (w << 16 | h) run since loading */
   gboolean refine_next;          /* the next preview is the full-size one after a quick one */
   double first_picture_target_s; /* 0: by precision */
-  gboolean building;             /* widgets are being filled: changes are not edits */
+  GPtrArray *catalogue;   /* the download catalogue, or NULL */
+  GPtrArray *found;       /* lcm_discover's list, refreshed after downloads */
+  GCancellable *download; /* the download in flight, or NULL */
+  gboolean building;      /* widgets are being filled: changes are not edits */
   gboolean disposed;
 };
 
@@ -71,6 +76,7 @@ enum {
   PREVIEW_FINISHED,
   PREVIEW_CANCELLED,
   PREVIEW_FAILED,
+  DOWNLOAD_FINISHED,
   N_SIGNALS
 };
 static guint signals[N_SIGNALS];
@@ -193,75 +199,83 @@ static char *text_view_get_text(GtkWidget *view) {
 
 /* ---- Models ------------------------------------------------------------------- */
 
-static gboolean is_lora_file(const char *path) {
-  char **networks = lcm_lora_networks(path, NULL);
-  g_strfreev(networks);
-  return networks != NULL;
+static void refresh_found(LcmDialog *self) {
+  g_clear_pointer(&self->found, g_ptr_array_unref);
+  self->found = lcm_discover(self->catalogue);
 }
 
-static int compare_paths(gconstpointer a, gconstpointer b) {
-  return strcmp(*(char *const *)a, *(char *const *)b);
+/* Shows or hides a widget a host's gtk_widget_show_all must not show. */
+static void set_shown(GtkWidget *widget, gboolean shown) {
+  gtk_widget_set_no_show_all(widget, FALSE);
+  if (shown)
+    gtk_widget_show_all(widget);
+  else
+    gtk_widget_hide(widget);
+  gtk_widget_set_no_show_all(widget, TRUE);
 }
 
-/* Diffusers folders and .safetensors checkpoints (not LoRAs) in dir, by name. */
-static GPtrArray *scan_models(const char *dir) {
-  GPtrArray *paths = g_ptr_array_new_with_free_func(g_free);
-  GDir *listing = g_dir_open(dir, 0, NULL);
-  for (const char *name; listing && (name = g_dir_read_name(listing));) {
-    char *path = g_build_filename(dir, name, NULL);
-    g_autofree char *index = g_build_filename(path, "model_index.json", NULL);
-    gboolean model = g_file_test(index, G_FILE_TEST_IS_REGULAR) ||
-                     (g_str_has_suffix(name, ".safetensors") &&
-                      g_file_test(path, G_FILE_TEST_IS_REGULAR) && !is_lora_file(path));
-    if (model)
-      g_ptr_array_add(paths, path);
-    else
-      g_free(path);
-  }
-  if (listing) g_dir_close(listing);
-  g_ptr_array_sort(paths, compare_paths);
-  return paths;
-}
-
+/* Every model present, by name; the test model when there is none (or it
+ * is wanted); then `wanted` is selected. */
 static void fill_model_combo(LcmDialog *self, const char *wanted) {
   GtkComboBoxText *combo = GTK_COMBO_BOX_TEXT(self->model_combo);
-  g_autofree char *dir = lcm_models_dir();
-  g_autoptr(GPtrArray) models = scan_models(dir);
-  for (guint i = 0; i < models->len; i++) {
-    g_autofree char *name = g_path_get_basename(models->pdata[i]);
-    gtk_combo_box_text_append(combo, models->pdata[i], name);
+  gtk_combo_box_text_remove_all(combo);
+  guint models = 0;
+  for (guint i = 0; i < self->found->len; i++) {
+    const LcmFoundModel *f = self->found->pdata[i];
+    if (f->kind != LCM_ASSET_MODEL || !f->path) continue;
+    g_autofree char *label = f->where == LCM_FOUND_HF_CACHE
+                                 ? g_strdup_printf(_("%s (Hugging Face cache)"), f->name)
+                                 : g_strdup(f->name);
+    gtk_combo_box_text_append(combo, f->path, label);
+    models++;
   }
   if (wanted && *wanted && !gtk_combo_box_set_active_id(GTK_COMBO_BOX(combo), wanted) &&
       g_strcmp0(wanted, self->test_model_path) != 0) {
     /* A model outside the models folder, chosen earlier. */
     gtk_combo_box_text_append(combo, wanted, wanted);
   }
-  if (self->test_model_path && (models->len == 0 || !g_strcmp0(wanted, self->test_model_path)))
+  if (self->test_model_path && (models == 0 || !g_strcmp0(wanted, self->test_model_path)))
     gtk_combo_box_text_append(combo, self->test_model_path,
                               _("Test model (tiny, random weights: makes only noise)"));
   if (!wanted || !*wanted || !gtk_combo_box_set_active_id(GTK_COMBO_BOX(combo), wanted))
     gtk_combo_box_set_active(GTK_COMBO_BOX(combo), 0);
 
-  if (models->len == 0) {
+  if (models == 0) {
+    g_autofree char *dir = lcm_models_dir();
+    g_autofree char *cache = lcm_hf_cache_dir();
     g_autofree char *message = g_strdup_printf(
-        _("No model found in %s\n"
-          "Put one of these there:\n"
-          "• the LCM_Dreamshaper_v7 diffusers folder (with model_index.json, unet, vae, "
-          "text_encoder, tokenizer and scheduler), or\n"
-          "• a Stable Diffusion 1.5 .safetensors checkpoint, plus lcm-lora-sdv1-5 added under "
-          "LoRAs.\n"
+        _("No model found in %s or in the Hugging Face cache (%s).\n"
+          "Download LCM_Dreamshaper_v7 below, or put there a diffusers model folder or a Stable "
+          "Diffusion 1.5 .safetensors checkpoint (with lcm-lora-sdv1-5 under LoRAs).\n"
           "Until then the bundled test model is used; its weights are random, so it makes only "
           "noise."),
-        dir);
+        dir, cache);
     gtk_label_set_text(GTK_LABEL(self->model_info), message);
   }
-  /* no_show_all keeps a host's gtk_widget_show_all from showing it. */
-  gtk_widget_set_no_show_all(self->model_info_bar, FALSE);
-  if (models->len == 0)
-    gtk_widget_show_all(self->model_info_bar);
-  else
-    gtk_widget_hide(self->model_info_bar);
-  gtk_widget_set_no_show_all(self->model_info_bar, TRUE);
+  set_shown(self->model_info_bar, models == 0);
+}
+
+static const char *kind_label(LcmAssetKind kind) {
+  return kind == LCM_ASSET_LORA    ? _("LoRA")
+         : kind == LCM_ASSET_TAESD ? _("preview decoder")
+                                   : _("model");
+}
+
+/* The catalogue entries not present yet, offered for download. */
+static void fill_download_combo(LcmDialog *self) {
+  GtkComboBoxText *combo = GTK_COMBO_BOX_TEXT(self->download_combo);
+  gtk_combo_box_text_remove_all(combo);
+  guint missing = 0;
+  for (guint i = 0; i < self->found->len; i++) {
+    const LcmFoundModel *f = self->found->pdata[i];
+    if (f->where != LCM_FOUND_NOT_DOWNLOADED) continue;
+    g_autofree char *label = g_strdup_printf("%s (%s)", f->name, kind_label(f->kind));
+    gtk_combo_box_text_append(combo, f->name, label);
+    missing++;
+  }
+  gtk_combo_box_set_active(GTK_COMBO_BOX(combo), 0);
+  set_shown(self->download_label, missing > 0);
+  set_shown(self->download_row, missing > 0);
 }
 
 /* ---- LoRA rows ---------------------------------------------------------------- */
@@ -278,30 +292,79 @@ static void on_lora_row_destroy(GtkWidget *row, LcmDialog *self) {
   schedule_preview(self);
 }
 
-static void add_lora_row(LcmDialog *self, const char *path, double scale) {
-  GtkWidget *row = gtk_box_new(GTK_ORIENTATION_HORIZONTAL, 6);
-  GtkWidget *file = gtk_file_chooser_button_new(_("Choose a LoRA"), GTK_FILE_CHOOSER_ACTION_OPEN);
+/* The LoRAs present (by name), `path` if it is none of them, and "Other
+ * file…" (id "") which asks for a file. */
+static void fill_lora_combo(LcmDialog *self, GtkComboBoxText *combo, const char *path) {
+  gtk_combo_box_text_remove_all(combo);
+  for (guint i = 0; i < self->found->len; i++) {
+    const LcmFoundModel *f = self->found->pdata[i];
+    if (f->kind == LCM_ASSET_LORA && f->path) gtk_combo_box_text_append(combo, f->path, f->name);
+  }
+  if (path && *path && !gtk_combo_box_set_active_id(GTK_COMBO_BOX(combo), path)) {
+    g_autofree char *name = g_path_get_basename(path);
+    gtk_combo_box_text_append(combo, path, name);
+    gtk_combo_box_set_active_id(GTK_COMBO_BOX(combo), path);
+  }
+  gtk_combo_box_text_append(combo, "", _("Other file…"));
+}
+
+static char *choose_lora_file(LcmDialog *self) {
+  GtkWidget *chooser = gtk_file_chooser_dialog_new(
+      _("Choose a LoRA"), GTK_WINDOW(self), GTK_FILE_CHOOSER_ACTION_OPEN, _("_Cancel"),
+      GTK_RESPONSE_CANCEL, _("_Open"), GTK_RESPONSE_ACCEPT, NULL);
   GtkFileFilter *filter = gtk_file_filter_new();
   gtk_file_filter_set_name(filter, _("LoRA weights (*.safetensors)"));
   gtk_file_filter_add_pattern(filter, "*.safetensors");
-  gtk_file_chooser_add_filter(GTK_FILE_CHOOSER(file), filter);
+  gtk_file_chooser_add_filter(GTK_FILE_CHOOSER(chooser), filter);
   g_autofree char *dir = lcm_models_dir();
-  gtk_file_chooser_set_current_folder(GTK_FILE_CHOOSER(file), dir);
-  if (path) gtk_file_chooser_set_filename(GTK_FILE_CHOOSER(file), path);
-  gtk_widget_set_hexpand(file, TRUE);
+  gtk_file_chooser_set_current_folder(GTK_FILE_CHOOSER(chooser), dir);
+  char *path = gtk_dialog_run(GTK_DIALOG(chooser)) == GTK_RESPONSE_ACCEPT
+                   ? gtk_file_chooser_get_filename(GTK_FILE_CHOOSER(chooser))
+                   : NULL;
+  gtk_widget_destroy(chooser);
+  return path;
+}
+
+static void on_lora_choice_changed(GtkComboBox *combo, LcmDialog *self) {
+  const char *id = gtk_combo_box_get_active_id(combo);
+  if (self->building || !id) return;
+  if (!*id) {
+    g_autofree char *previous = g_strdup(g_object_get_data(G_OBJECT(combo), "lcm-previous"));
+    g_autofree char *path = choose_lora_file(self);
+    self->building = TRUE;
+    fill_lora_combo(self, GTK_COMBO_BOX_TEXT(combo), path ? path : previous);
+    if (!path && !previous) gtk_combo_box_set_active(combo, -1);
+    self->building = FALSE;
+  }
+  g_object_set_data_full(G_OBJECT(combo), "lcm-previous",
+                         g_strdup(gtk_combo_box_get_active_id(combo)), g_free);
+  schedule_preview(self);
+}
+
+static void add_lora_row(LcmDialog *self, const char *path, double scale) {
+  GtkWidget *row = gtk_box_new(GTK_ORIENTATION_HORIZONTAL, 6);
+  GtkWidget *choice = gtk_combo_box_text_new();
+  gboolean building = self->building;
+  self->building = TRUE;
+  fill_lora_combo(self, GTK_COMBO_BOX_TEXT(choice), path);
+  self->building = building;
+  g_object_set_data_full(G_OBJECT(choice), "lcm-previous", g_strdup(path), g_free);
+  gtk_widget_set_tooltip_text(choice, _("A LoRA from the models folder or the Hugging Face cache, "
+                                        "or any .safetensors LoRA file"));
+  gtk_widget_set_hexpand(choice, TRUE);
   GtkWidget *spin = gtk_spin_button_new_with_range(-4, 4, 0.05);
   gtk_spin_button_set_digits(GTK_SPIN_BUTTON(spin), 2);
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(spin), scale);
   gtk_widget_set_tooltip_text(spin, _("How strongly the LoRA changes the model (1 = as trained)"));
   GtkWidget *remove = gtk_button_new_from_icon_name("list-remove-symbolic", GTK_ICON_SIZE_BUTTON);
   gtk_widget_set_tooltip_text(remove, _("Remove this LoRA"));
-  gtk_box_pack_start(GTK_BOX(row), file, TRUE, TRUE, 0);
+  gtk_box_pack_start(GTK_BOX(row), choice, TRUE, TRUE, 0);
   gtk_box_pack_start(GTK_BOX(row), spin, FALSE, FALSE, 0);
   gtk_box_pack_start(GTK_BOX(row), remove, FALSE, FALSE, 0);
-  g_object_set_data(G_OBJECT(row), "lcm-file", file);
+  g_object_set_data(G_OBJECT(row), "lcm-file", choice);
   g_object_set_data(G_OBJECT(row), "lcm-scale", spin);
   g_signal_connect(remove, "clicked", G_CALLBACK(lora_row_remove), row);
-  g_signal_connect_swapped(file, "file-set", G_CALLBACK(schedule_preview), self);
+  g_signal_connect(choice, "changed", G_CALLBACK(on_lora_choice_changed), self);
   g_signal_connect_swapped(spin, "value-changed", G_CALLBACK(schedule_preview), self);
   g_signal_connect(row, "destroy", G_CALLBACK(on_lora_row_destroy), self);
   gtk_box_pack_start(GTK_BOX(self->lora_box), row, FALSE, FALSE, 0);
@@ -318,11 +381,11 @@ static char *loras_from_rows(LcmDialog *self) {
   GList *rows = gtk_container_get_children(GTK_CONTAINER(self->lora_box));
   for (GList *l = rows; l; l = l->next) {
     if (gtk_widget_in_destruction(l->data)) continue;
-    GtkWidget *file = g_object_get_data(l->data, "lcm-file");
+    GtkWidget *choice = g_object_get_data(l->data, "lcm-file");
     GtkWidget *spin = g_object_get_data(l->data, "lcm-scale");
-    char *path = gtk_file_chooser_get_filename(GTK_FILE_CHOOSER(file));
-    if (!path) continue;
-    LcmLoraEntry entry = {path, gtk_spin_button_get_value(GTK_SPIN_BUTTON(spin))};
+    const char *path = gtk_combo_box_get_active_id(GTK_COMBO_BOX(choice));
+    if (!path || !*path) continue;
+    LcmLoraEntry entry = {g_strdup(path), gtk_spin_button_get_value(GTK_SPIN_BUTTON(spin))};
     g_array_append_val(entries, entry);
   }
   g_list_free(rows);
@@ -353,8 +416,9 @@ static void apply_settings(LcmDialog *self, const LcmSettings *s) {
                            s->prompt ? s->prompt : "", -1);
   gtk_text_buffer_set_text(gtk_text_view_get_buffer(GTK_TEXT_VIEW(self->negative_view)),
                            s->negative_prompt ? s->negative_prompt : "", -1);
-  gtk_combo_box_text_remove_all(GTK_COMBO_BOX_TEXT(self->model_combo));
+  refresh_found(self);
   fill_model_combo(self, s->model_path);
+  fill_download_combo(self);
   gtk_container_foreach(GTK_CONTAINER(self->lora_box), destroy_widget, NULL);
   g_autoptr(GArray) loras = lcm_loras_parse(s->loras, NULL);
   for (guint i = 0; loras && i < loras->len; i++) {
@@ -770,6 +834,116 @@ static gint on_guidance_input(GtkSpinButton *spin, gdouble *value, gpointer data
   return TRUE;
 }
 
+/* ---- Downloads ----------------------------------------------------------------
+ * A catalogue entry downloads on a GTask thread; progress reaches the main
+ * thread through idles holding a reference to the dialog. */
+
+typedef struct {
+  LcmDialog *dialog;
+  char *text;
+  double fraction;
+} DownloadUpdate;
+
+static gboolean download_update_idle(gpointer data) {
+  DownloadUpdate *update = data;
+  LcmDialog *self = update->dialog;
+  if (!self->disposed && self->download) {
+    GtkProgressBar *bar = GTK_PROGRESS_BAR(self->download_progress);
+    gtk_progress_bar_set_text(bar, update->text);
+    gtk_progress_bar_set_fraction(bar, update->fraction);
+  }
+  g_free(update->text);
+  g_object_unref(self);
+  g_free(update);
+  return G_SOURCE_REMOVE;
+}
+
+/* On the download thread. */
+static void on_download_progress(const LcmDownloadProgress *progress, gpointer data) {
+  DownloadUpdate *update = g_new0(DownloadUpdate, 1);
+  update->dialog = g_object_ref(data);
+  update->text = lcm_download_progress_text(progress);
+  update->fraction = progress->total ? (double)progress->done / (double)progress->total : 0;
+  g_idle_add(download_update_idle, update);
+}
+
+static void download_thread(GTask *task, gpointer source, gpointer entry,
+                            GCancellable *cancellable) {
+  GError *error = NULL;
+  if (lcm_catalogue_download(entry, on_download_progress, source, cancellable, &error))
+    g_task_return_boolean(task, TRUE);
+  else
+    g_task_return_error(task, error);
+}
+
+/* The lists after a download: the new model selected, a new LoRA added as
+ * a row, a new TAESD used by the next preview. */
+static void show_downloaded(LcmDialog *self, const LcmCatalogueEntry *entry) {
+  g_autofree char *path = lcm_catalogue_locate(entry);
+  g_autofree char *model = g_strdup(gtk_combo_box_get_active_id(GTK_COMBO_BOX(self->model_combo)));
+  self->building = TRUE;
+  refresh_found(self);
+  fill_model_combo(self, entry->kind == LCM_ASSET_MODEL ? path : model);
+  fill_download_combo(self);
+  GList *rows = gtk_container_get_children(GTK_CONTAINER(self->lora_box));
+  for (GList *l = rows; l; l = l->next) {
+    GtkComboBox *choice = g_object_get_data(l->data, "lcm-file");
+    g_autofree char *chosen = g_strdup(gtk_combo_box_get_active_id(choice));
+    fill_lora_combo(self, GTK_COMBO_BOX_TEXT(choice), chosen);
+  }
+  g_list_free(rows);
+  if (entry->kind == LCM_ASSET_LORA) add_lora_row(self, path, 1.0);
+  self->building = FALSE;
+  if (entry->kind == LCM_ASSET_TAESD && !self->job) free_pipeline(self);
+  g_autofree char *status = g_strdup_printf(_("%s downloaded."), entry->name);
+  set_status(self, status);
+  schedule_preview(self);
+}
+
+static void on_download_done(GObject *source, GAsyncResult *result, gpointer entry) {
+  LcmDialog *self = LCM_DIALOG(source);
+  GError *error = NULL;
+  gboolean ok = g_task_propagate_boolean(G_TASK(result), &error);
+  g_clear_object(&self->download);
+  if (!self->disposed) {
+    set_shown(self->download_progress_row, FALSE);
+    gtk_widget_set_sensitive(self->download_row, TRUE);
+    if (ok)
+      show_downloaded(self, entry);
+    else
+      set_status(self, g_error_matches(error, LCM_ERROR, LCM_ERROR_CANCELLED) ||
+                               g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED)
+                           ? _("Download cancelled.")
+                           : error->message);
+    g_signal_emit(self, signals[DOWNLOAD_FINISHED], 0, ok);
+  }
+  g_clear_error(&error);
+}
+
+static void on_download_clicked(GtkButton *button, LcmDialog *self) {
+  (void)button;
+  const char *name = gtk_combo_box_get_active_id(GTK_COMBO_BOX(self->download_combo));
+  const LcmCatalogueEntry *entry = lcm_catalogue_find(self->catalogue, name);
+  if (!entry || self->download) return;
+  self->download = g_cancellable_new();
+  GTask *task = g_task_new(self, self->download, on_download_done, (gpointer)entry);
+  g_task_set_task_data(task, (gpointer)entry, NULL);
+  GtkProgressBar *bar = GTK_PROGRESS_BAR(self->download_progress);
+  g_autofree char *text = g_strdup_printf(_("Connecting to %s…"), "Hugging Face");
+  gtk_progress_bar_set_text(bar, text);
+  gtk_progress_bar_set_fraction(bar, 0);
+  set_shown(self->download_progress_row, TRUE);
+  gtk_widget_set_sensitive(self->download_row, FALSE);
+  set_status(self, NULL);
+  g_task_run_in_thread(task, download_thread);
+  g_object_unref(task);
+}
+
+static void on_download_cancel(GtkButton *button, LcmDialog *self) {
+  (void)button;
+  if (self->download) g_cancellable_cancel(self->download);
+}
+
 /* ---- Construction ------------------------------------------------------------- */
 
 static GtkWidget *add_row(GtkWidget *grid, int *row, const char *mnemonic, GtkWidget *control) {
@@ -910,6 +1084,34 @@ static GtkWidget *build_settings_column(LcmDialog *self) {
   g_signal_connect_swapped(self->model_combo, "changed", G_CALLBACK(on_setting_changed), self);
   add_row(grid, &row, _("M_odel"), self->model_combo);
 
+  self->download_row = gtk_box_new(GTK_ORIENTATION_HORIZONTAL, 6);
+  self->download_combo = gtk_combo_box_text_new();
+  gtk_widget_set_name(self->download_combo, "lcm-download-choice");
+  self->download_button = gtk_button_new_with_mnemonic(_("_Download…"));
+  gtk_widget_set_name(self->download_button, "lcm-download-button");
+  g_signal_connect(self->download_button, "clicked", G_CALLBACK(on_download_clicked), self);
+  gtk_box_pack_start(GTK_BOX(self->download_row), self->download_combo, TRUE, TRUE, 0);
+  gtk_box_pack_start(GTK_BOX(self->download_row), self->download_button, FALSE, FALSE, 0);
+  gtk_widget_set_tooltip_text(self->download_row,
+                              _("Models, LoRAs and preview decoders that gimp-lcm can fetch from "
+                                "the Hugging Face Hub into the models folder"));
+  self->download_label = add_row(grid, &row, _("Not downloaded"), self->download_row);
+  gtk_label_set_mnemonic_widget(GTK_LABEL(self->download_label), self->download_combo);
+
+  self->download_progress_row = gtk_box_new(GTK_ORIENTATION_HORIZONTAL, 6);
+  self->download_progress = gtk_progress_bar_new();
+  gtk_widget_set_name(self->download_progress, "lcm-download-progress");
+  gtk_progress_bar_set_show_text(GTK_PROGRESS_BAR(self->download_progress), TRUE);
+  gtk_progress_bar_set_ellipsize(GTK_PROGRESS_BAR(self->download_progress), PANGO_ELLIPSIZE_END);
+  gtk_widget_set_valign(self->download_progress, GTK_ALIGN_CENTER);
+  self->download_cancel = gtk_button_new_with_mnemonic(_("C_ancel download"));
+  gtk_widget_set_name(self->download_cancel, "lcm-download-cancel");
+  g_signal_connect(self->download_cancel, "clicked", G_CALLBACK(on_download_cancel), self);
+  gtk_box_pack_start(GTK_BOX(self->download_progress_row), self->download_progress, TRUE, TRUE, 0);
+  gtk_box_pack_start(GTK_BOX(self->download_progress_row), self->download_cancel, FALSE, FALSE, 0);
+  gtk_grid_attach(GTK_GRID(grid), self->download_progress_row, 1, row++, 1, 1);
+  gtk_widget_set_no_show_all(self->download_progress_row, TRUE);
+
   GtkWidget *lora_column = gtk_box_new(GTK_ORIENTATION_VERTICAL, 6);
   self->lora_box = gtk_box_new(GTK_ORIENTATION_VERTICAL, 6);
   GtkWidget *add = gtk_button_new_with_mnemonic(_("_Add LoRA…"));
@@ -1033,6 +1235,7 @@ gboolean lcm_dialog_run(LcmDialog *self, LcmSettings *out) {
     schedule_preview(self);
   }
   stop_job_now(self);
+  if (self->download) g_cancellable_cancel(self->download);
   if (response != GTK_RESPONSE_OK) return FALSE;
   lcm_dialog_get_settings(self, out);
   return TRUE;
@@ -1068,6 +1271,11 @@ void lcm_dialog_set_first_picture_target(LcmDialog *self, double seconds) {
   self->first_picture_target_s = seconds;
 }
 
+gboolean lcm_dialog_download_busy(LcmDialog *self) {
+  g_return_val_if_fail(LCM_IS_DIALOG(self), FALSE);
+  return self->download != NULL;
+}
+
 gboolean lcm_dialog_preview_busy(LcmDialog *self) {
   g_return_val_if_fail(LCM_IS_DIALOG(self), FALSE);
   return self->job != NULL || self->debounce_source != 0;
@@ -1086,12 +1294,14 @@ static void lcm_dialog_init(LcmDialog *self) {
   g_autofree char *default_model = lcm_default_model(&test_model);
   self->test_model_path =
       test_model ? g_steal_pointer(&default_model) : lcm_find_data_file("tiny-lcm");
+  self->catalogue = lcm_catalogue_load(NULL, NULL); /* without it, nothing is offered */
 }
 
 static void lcm_dialog_dispose(GObject *object) {
   LcmDialog *self = LCM_DIALOG(object);
   if (!self->disposed) {
     self->disposed = TRUE;
+    if (self->download) g_cancellable_cancel(self->download);
     stop_job_now(self);
     free_pipeline(self);
   }
@@ -1105,6 +1315,8 @@ static void lcm_dialog_finalize(GObject *object) {
   lcm_settings_clear(&self->initial);
   g_free(self->test_model_path);
   g_hash_table_unref(self->sizes_run);
+  g_clear_pointer(&self->catalogue, g_ptr_array_unref);
+  g_clear_pointer(&self->found, g_ptr_array_unref);
   G_OBJECT_CLASS(lcm_dialog_parent_class)->finalize(object);
 }
 
@@ -1112,9 +1324,13 @@ static void lcm_dialog_class_init(LcmDialogClass *klass) {
   GObjectClass *object_class = G_OBJECT_CLASS(klass);
   object_class->dispose = lcm_dialog_dispose;
   object_class->finalize = lcm_dialog_finalize;
-  const char *names[N_SIGNALS] = {"preview-started", "preview-updated", "preview-finished",
-                                  "preview-cancelled", "preview-failed"};
-  for (int i = 0; i < N_SIGNALS; i++)
+  const char *names[DOWNLOAD_FINISHED] = {"preview-started", "preview-updated",
+                                          "preview-finished", "preview-cancelled",
+                                          "preview-failed"};
+  for (int i = 0; i < DOWNLOAD_FINISHED; i++)
     signals[i] = g_signal_new(names[i], G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
                               NULL, G_TYPE_NONE, 0);
+  signals[DOWNLOAD_FINISHED] =
+      g_signal_new("download-finished", G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
+                   NULL, G_TYPE_NONE, 1, G_TYPE_BOOLEAN);
 }

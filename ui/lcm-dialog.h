@@ -43,10 +43,11 @@ typedef struct {
   LcmMode mode;
   char *prompt;
   char *negative_prompt;
-  /* A diffusers folder or .safetensors checkpoint; NULL or "" = the first
-   * model in lcm_models_dir(), else the bundled tiny test model. */
+  /* A diffusers folder or .safetensors checkpoint, or any name lcm_resolve
+   * takes; NULL or "" = the default model (lcm_default_model). */
   char *model_path;
-  /* LoRAs merged in this order: "file:scale;file:scale" (the scale follows
+  /* LoRAs merged in this order: "file:scale;file:scale", each file a path or
+   * a name lcm_resolve takes (the scale follows
    * the LAST ':' of each entry, so paths may contain ':'); NULL or "" = none. */
   char *loras;
   int steps;              /* LCM_SETTINGS_MIN_STEPS..LCM_SETTINGS_MAX_STEPS, default 4 */
@@ -145,6 +146,12 @@ typedef struct {
 } LcmPreviewStats;
 
 void lcm_dialog_get_preview_stats(LcmDialog *dialog, LcmPreviewStats *stats);
+/* Whether a download started with the dialog's Download… button runs. When
+ * it ends, the signal "download-finished" (gboolean succeeded; main thread)
+ * fires, after the lists show what it installed. The download's widgets are
+ * named lcm-download-choice (the entries not present), lcm-download-button,
+ * lcm-download-progress and lcm-download-cancel (gtk_widget_get_name). */
+gboolean lcm_dialog_download_busy(LcmDialog *dialog);
 /* Delay between the last change and the preview starting (default 250 ms). */
 void lcm_dialog_set_debounce(LcmDialog *dialog, guint milliseconds);
 /* The time from the last change to the first preview picture (debounce

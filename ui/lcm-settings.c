@@ -85,17 +85,8 @@ char *lcm_loras_format(const GArray *entries) {
 
 LcmPipeline *lcm_settings_load_pipeline(const LcmSettings *settings, gboolean *is_test_model,
                                         GError **error) {
-  gboolean test_model = FALSE;
-  g_autofree char *path = settings->model_path && *settings->model_path
-                              ? g_strdup(settings->model_path)
-                              : lcm_default_model(&test_model);
-  if (is_test_model) *is_test_model = test_model;
-  if (!path) {
-    g_autofree char *dir = lcm_models_dir();
-    g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
-                "No model found: put a model into %s (see the README)", dir);
-    return NULL;
-  }
+  g_autofree char *path = lcm_resolve(settings->model_path, LCM_ASSET_MODEL, is_test_model, error);
+  if (!path) return NULL;
   g_autoptr(GArray) loras = lcm_loras_parse(settings->loras, error);
   if (!loras) return NULL;
   LcmModel *model = lcm_model_open(path, error);
@@ -104,7 +95,8 @@ LcmPipeline *lcm_settings_load_pipeline(const LcmSettings *settings, gboolean *i
   gboolean merged = TRUE;
   for (guint i = 0; i < loras->len && merged; i++) {
     const LcmLoraEntry *entry = &g_array_index(loras, LcmLoraEntry, i);
-    merged = lcm_model_add_lora(model, entry->path, (float)entry->scale, error);
+    g_autofree char *lora = lcm_resolve(entry->path, LCM_ASSET_LORA, NULL, error);
+    merged = lora && lcm_model_add_lora(model, lora, (float)entry->scale, error);
   }
   if (merged) pipeline = lcm_pipeline_new(model, settings->precision, error);
   lcm_model_free(model);

@@ -43,12 +43,14 @@ static void add_common_entries(GOptionContext *context, Options *o) {
       {"output", 'o', 0, G_OPTION_ARG_FILENAME, &o->output, "Write the picture to this PNG file",
        "OUT.png"},
       {"model", 0, 0, G_OPTION_ARG_FILENAME, &o->model,
-       "Model: diffusers folder or .safetensors checkpoint (default: the first in the models "
-       "folder, else the bundled tiny test model)",
-       "PATH"},
+       "Model: a diffusers folder or .safetensors checkpoint, a catalogue name (gimp-lcm-cli "
+       "models list) or a Hub repo id in the Hugging Face cache (default: the first in the "
+       "models folder, else a catalogue model in the cache, else the bundled tiny test model)",
+       "MODEL"},
       {"lora", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &o->loras,
-       "Merge a LoRA .safetensors at SCALE (default 1); repeat for several, merged in order",
-       "FILE[:SCALE]"},
+       "Merge a LoRA (file, catalogue name or cached Hub repo id) at SCALE (default 1); repeat "
+       "for several, merged in order",
+       "LORA[:SCALE]"},
       {"negative", 0, 0, G_OPTION_ARG_STRING, &o->negative,
        "Negative prompt (used only with classifier-free guidance: non-LCM UNets, guidance > 1)",
        "TEXT"},
@@ -104,7 +106,7 @@ static const char mask_help[] =
     "0.0722 B) times the alpha: white repaints, black or transparent keeps the source pixel\n"
     "exactly, grey blends the two (the model repaints where the value is at least 0.5).\n\n";
 static const char common_help[] =
-    "LoRA: --lora FILE or --lora FILE:SCALE, e.g. --lora lcm-lora-sdv1-5.safetensors:1.0.\n"
+    "LoRA: --lora LORA or --lora LORA:SCALE, e.g. --lora lcm-lora-sdv1-5:1.0.\n"
     "Writes an 8-bit RGB PNG and prints its name and seed on stdout; progress goes to stderr.\n"
     "Exit status: 0 done, 1 failed, 2 bad arguments.\n";
 
@@ -393,7 +395,9 @@ static LcmPipeline *load_pipeline(const char *model_option, const GArray *loras,
   gboolean ok = TRUE;
   for (guint i = 0; ok && i < loras->len; i++) {
     const LoraSpec *lora = &g_array_index(loras, LoraSpec, i);
-    ok = lcm_model_add_lora(model, lora->path, lora->scale, error);
+    char *lora_path = lcm_resolve(lora->path, LCM_ASSET_LORA, NULL, error);
+    ok = lora_path && lcm_model_add_lora(model, lora_path, lora->scale, error);
+    g_free(lora_path);
   }
   if (ok) pipeline = lcm_pipeline_new(model, precision, error);
   lcm_model_free(model);

@@ -4,6 +4,7 @@
 #include "generate.h"
 #include "golden.h"
 #include "lcm.h"
+#include "models.h"
 
 #include <locale.h>
 #include <stdio.h>
@@ -28,25 +29,16 @@ int cli_report_error(GError *error) {
 }
 
 char *cli_resolve_model(const char *given, GError **error) {
-  if (given) return g_strdup(given);
   gboolean is_test_model = FALSE;
-  char *path = lcm_default_model(&is_test_model);
-  if (!path) {
-    char *dir = lcm_models_dir();
-    g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
-                "no model found: put a diffusers folder or a .safetensors checkpoint in %s, "
-                "or name one with --model",
-                dir);
-    g_free(dir);
-    return NULL;
-  }
-  if (is_test_model) {
+  char *path = lcm_resolve(given, LCM_ASSET_MODEL, &is_test_model, error);
+  if (path && is_test_model) {
     char *dir = lcm_models_dir();
     g_printerr("note: no model in %s; using the bundled tiny TEST model (random weights: its "
-               "output is noise, not a picture)\n",
+               "output is noise, not a picture). 'gimp-lcm-cli models get LCM_Dreamshaper_v7' "
+               "downloads a real one\n",
                dir);
     g_free(dir);
-  } else {
+  } else if (path && g_strcmp0(given, path) != 0) {
     g_printerr("model: %s\n", path);
   }
   return path;
@@ -93,7 +85,8 @@ static int cmd_golden(int argc, char **argv) {
 static int cmd_encode(int argc, char **argv) {
   char *model_path = NULL, *precision_name = NULL;
   GOptionEntry entries[] = {
-      {"model", 0, 0, G_OPTION_ARG_FILENAME, &model_path, "Model folder or checkpoint", "PATH"},
+      {"model", 0, 0, G_OPTION_ARG_FILENAME, &model_path,
+       "Model: path, catalogue name or Hub repo id", "MODEL"},
       {"precision", 0, 0, G_OPTION_ARG_STRING, &precision_name, "auto, fp32 or bf16", "P"},
       G_OPTION_ENTRY_NULL};
   GOptionContext *context = g_option_context_new("PROMPT - tokenize and encode a prompt");
@@ -150,6 +143,7 @@ static const struct {
     {"inpaint", generate_inpaint, "repaint the masked part of a picture"},
     {"encode", cmd_encode, "tokenize and encode a prompt with the text encoder"},
     {"golden", cmd_golden, "run golden reference cases (cases.json)"},
+    {"models", models_command, "list, download (get) or verify models of the catalogue"},
 };
 
 int main(int argc, char **argv) {
