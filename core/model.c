@@ -304,9 +304,13 @@ static gboolean check_model_index(const char *index, GError **error) {
     g_error_free(json_error);
   } else {
     JsonNode *root = json_parser_get_root(parser);
-    const char *pipeline = root && JSON_NODE_HOLDS_OBJECT(root)
-                               ? json_object_get_string_member_with_default(
-                                     json_node_get_object(root), "_class_name", "")
+    JsonNode *class_name = root && JSON_NODE_HOLDS_OBJECT(root)
+                               ? json_object_get_member(json_node_get_object(root), "_class_name")
+                               : NULL;
+    /* a name of another type names no pipeline this could refuse */
+    const char *pipeline = class_name && JSON_NODE_HOLDS_VALUE(class_name) &&
+                                   json_node_get_value_type(class_name) == G_TYPE_STRING
+                               ? json_node_get_string(class_name)
                                : "";
     if (strstr(pipeline, "XL")) {
       g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,

@@ -759,6 +759,10 @@ static void test_incomplete_folders(void) {
   g_assert_true(
       g_file_set_contents(index, "{\"_class_name\": \"StableDiffusionXLPipeline\"}", -1, NULL));
   expect_open_error(folder, LCM_ERROR_UNSUPPORTED, "model_index.json", "Stable Diffusion XL");
+  /* found by fuzz-config: a _class_name that is no string was read as a NULL
+   * string (a crash); it names no pipeline to refuse */
+  g_assert_true(g_file_set_contents(index, "{\"_class_name\": 5}", -1, NULL));
+  expect_open_error(folder, LCM_ERROR_MISSING, "pipeline/vae", "folder is missing");
 
   /* an SD 2.x UNet folder is refused by its cross-attention width */
   char *sd2_config =
