@@ -348,6 +348,20 @@ static void test_bad_inputs(void) {
   assert_cli_fails(
       run_cli("inpaint", "x", "-i", source, "-m", not_png, "-o", out, "--model", model), 1,
       "not-a-png.png");
+  /* Found by tests/fuzz/fuzz-image (its corpus keeps both files): a GIF
+   * loader returned part of a damaged file with an error (leaked, and the
+   * part used); a 200-byte PNG announcing 20000 x 20000 pixels was decoded
+   * into 1.2 GB before anything checked its size. */
+  g_autofree char *damaged_gif = g_test_build_filename(G_TEST_DIST, "fuzz", "corpus", "image",
+                                                       "truncated-gif-with-error.gif", NULL);
+  g_autofree char *bomb = g_test_build_filename(G_TEST_DIST, "fuzz", "corpus", "image",
+                                                "announces-20000x20000.png", NULL);
+  assert_cli_fails(run_cli("img2img", "x", "-i", damaged_gif, "-o", out, "--model", model), 1,
+                   "truncated-gif-with-error.gif");
+  assert_cli_fails(run_cli("img2img", "x", "-i", bomb, "-o", out, "--model", model), 1,
+                   "is 20000x20000 pixels; pictures of at most 16384 pixels per side");
+  assert_cli_fails(run_cli("inpaint", "x", "-i", source, "-m", bomb, "-o", out, "--model", model),
+                   1, "announces-20000x20000.png");
   assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--model", missing), 1, "missing.png");
   assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--model", model, "--lora", missing), 1,
                    "missing.png");
