@@ -70,7 +70,7 @@ static void add_common_entries(GOptionContext *context, Options *o) {
 static void add_source_entries(GOptionContext *context, Options *o, gboolean with_mask) {
   GOptionEntry entries[] = {
       {"input", 'i', 0, G_OPTION_ARG_FILENAME, &o->input,
-       "The source picture (PNG or any format GdkPixbuf reads; alpha is ignored)", "IN.png"},
+       "The source picture (PNG or JPEG; alpha is ignored)", "IN.png"},
       {"strength", 0, 0, G_OPTION_ARG_DOUBLE, &o->strength,
        with_mask ? "How much to change, above 0 to 1 (default 1: repaint from noise)"
                  : "How much to change, above 0 to 1 (default 0.8)",

@@ -1,15 +1,53 @@
-/* Pictures in and out of gimp-lcm-cli: PNG (or anything GdkPixbuf reads) to
- * LcmImage sources and masks, LcmImage to PNG. The files are the user's, or a
- * stranger's: sizes are checked from the header before anything is decoded. */
+/* Pictures in and out of gimp-lcm-cli: PNG or JPEG to LcmImage sources and
+ * masks, LcmImage to PNG. The files are the user's, or a stranger's: the
+ * format is checked by its first bytes and the size from the header before
+ * anything is decoded. */
 #include "picture.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
+#include <string.h>
 
-/* Reads a picture as 8-bit RGBA-or-RGB rows; GdkPixbuf's message names the
- * file. */
+/* The formats read, by their first bytes. GdkPixbuf's other loaders (BMP,
+ * GIF, ICO, TGA, ...) are left out: fuzzing found its BMP loader allocating
+ * 2 GB for a 178-byte file's header, before any size could be checked. */
+static const struct {
+  const char *magic;
+  size_t length;
+  const char *type; /* GdkPixbuf's loader name */
+} picture_formats[] = {
+    {"\x89PNG\r\n\x1a\n", 8, "png"},
+    {"\xff\xd8\xff", 3, "jpeg"},
+};
+
+/* The loader name of a PNG or JPEG file, by its first bytes; NULL with an
+ * error for anything else. */
+static const char *picture_format(const char *path, GError **error) {
+  FILE *file = fopen(path, "rb");
+  if (!file) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: cannot open (%s)", path, g_strerror(errno));
+    return NULL;
+  }
+  guint8 head[8];
+  size_t length = fread(head, 1, sizeof head, file);
+  fclose(file);
+  for (size_t i = 0; i < G_N_ELEMENTS(picture_formats); i++)
+    if (length >= picture_formats[i].length &&
+        memcmp(head, picture_formats[i].magic, picture_formats[i].length) == 0)
+      return picture_formats[i].type;
+  g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+              "%s: not a PNG or JPEG picture (the only formats read; convert it to PNG)", path);
+  return NULL;
+}
+
+/* Reads a PNG or JPEG picture as 8-bit RGBA-or-RGB rows. */
 static GdkPixbuf *picture_decode(const char *path, GError **error) {
-  /* The size its header announces, checked before the decoder allocates it:
-   * a 200-byte PNG can announce 20000 x 20000 pixels (1.2 GB of RGB). */
+  const char *type = picture_format(path, error);
+  if (!type) return NULL;
+  /* The size its header announces, checked before the decoder allocates it
+   * (gdk_pixbuf_get_file_info stops its loader at the header): a 200-byte
+   * PNG can announce 20000 x 20000 pixels, 1.2 GB of RGB. */
   int width = 0, height = 0;
   if (gdk_pixbuf_get_file_info(path, &width, &height) &&
       (width > LCM_MAX_IMAGE_SIDE || height > LCM_MAX_IMAGE_SIDE)) {
@@ -21,13 +59,13 @@ static GdkPixbuf *picture_decode(const char *path, GError **error) {
   }
   GError *local = NULL;
   GdkPixbuf *pixbuf = gdk_pixbuf_new_from_file(path, &local);
-  /* Some loaders (GIF) return the part they read of a damaged file along
-   * with an error: that is a damaged file too. */
-  if (local) {
+  /* A loader may return the part it read of a damaged file along with an
+   * error (GIF's did): that is a damaged file too. */
+  if (local || !pixbuf) {
     g_clear_object(&pixbuf);
-    g_set_error(error, LCM_ERROR, local->domain == G_FILE_ERROR ? LCM_ERROR_IO : LCM_ERROR_FORMAT,
-                "%s", local->message);
-    g_error_free(local);
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: damaged %s picture (%s)", path, type,
+                local ? local->message : "no image in it");
+    g_clear_error(&local);
     return NULL;
   }
   int channels = gdk_pixbuf_get_n_channels(pixbuf);

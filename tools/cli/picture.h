@@ -1,4 +1,4 @@
-/* gimp-lcm-cli's pictures: PNG (or any format GdkPixbuf reads) in, PNG out. */
+/* gimp-lcm-cli's pictures: PNG or JPEG in (GdkPixbuf), PNG out. */
 #pragma once
 
 #include "lcm.h"
