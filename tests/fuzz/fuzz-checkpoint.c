@@ -13,16 +13,7 @@ static void read_network(LcmModel *model, Component component) {
     fuzz_expect_lcm_error(error);
     return;
   }
-  GPtrArray *names = weights_names(weights);
-  for (guint i = 0; i < names->len; i++) {
-    int ndims;
-    int64_t shape[ST_MAX_DIMS];
-    weights_shape(weights, names->pdata[i], &ndims, shape);
-    float *values = weights_get(weights, names->pdata[i], ndims, shape, &error);
-    if (!values) fuzz_expect_lcm_error(g_steal_pointer(&error));
-    g_free(values);
-  }
-  g_ptr_array_unref(names);
+  fuzz_read_all_weights(weights);
 }
 
 /* The mapping and the inference on their own, whatever the family. */

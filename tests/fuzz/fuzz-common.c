@@ -82,6 +82,21 @@ void fuzz_expect_lcm_error(GError *error) {
   g_error_free(error);
 }
 
+void fuzz_read_all_weights(const Weights *weights) {
+  GPtrArray *names = weights_names(weights);
+  for (guint i = 0; i < names->len; i++) {
+    int ndims;
+    int64_t shape[ST_MAX_DIMS];
+    fuzz_assert(weights_shape(weights, names->pdata[i], &ndims, shape),
+                "a listed weight has no shape");
+    GError *error = NULL;
+    float *values = weights_get(weights, names->pdata[i], ndims, shape, &error);
+    if (!values) fuzz_expect_lcm_error(error);
+    g_free(values);
+  }
+  g_ptr_array_unref(names);
+}
+
 char *fuzz_test_data(const char *relative) {
   return g_build_filename(FUZZ_TEST_DATA, relative, NULL);
 }

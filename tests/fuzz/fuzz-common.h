@@ -5,6 +5,7 @@
 #pragma once
 
 #include "lcm.h"
+#include "weights.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -21,5 +22,8 @@ char *fuzz_string(const uint8_t *data, size_t size);
 void fuzz_expect_lcm_error(GError *error);
 /* Aborts with `what` when `condition` is false (libFuzzer records the input). */
 void fuzz_assert(gboolean condition, const char *what);
+/* Reads every tensor of `weights` by its shape, as a network loads them
+ * (conversion and any queued LoRA merge); failures must be LCM_ERRORs. */
+void fuzz_read_all_weights(const Weights *weights);
 /* A file of the repository's tests/data folder (g_free it). */
 char *fuzz_test_data(const char *relative);

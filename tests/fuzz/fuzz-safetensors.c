@@ -32,17 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_expect_lcm_error(error);
     return 0;
   }
-  GPtrArray *names = weights_names(weights);
-  for (guint i = 0; i < names->len; i++) {
-    int ndims;
-    int64_t shape[ST_MAX_DIMS];
-    fuzz_assert(weights_shape(weights, names->pdata[i], &ndims, shape),
-                "a listed weight has no shape");
-    float *values = weights_get(weights, names->pdata[i], ndims, shape, &error);
-    if (!values) fuzz_expect_lcm_error(g_steal_pointer(&error));
-    g_free(values);
-  }
-  g_ptr_array_unref(names);
+  fuzz_read_all_weights(weights);
   weights_free(weights);
   return 0;
 }
