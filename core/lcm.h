@@ -502,6 +502,11 @@ typedef struct {
   float *data;
 } LcmImage;
 
+/* The longest picture side the pipelines take; readers of user pictures
+ * refuse larger ones before decoding them (larger sides would overflow the
+ * size arithmetic long before they fit in memory). */
+#define LCM_MAX_IMAGE_SIDE 16384
+
 /* A zero-filled image. */
 LcmImage *lcm_image_new(int width, int height, int channels);
 /* The picture a decoder's output shows: planes is 3 x height x width (CHW,

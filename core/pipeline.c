@@ -9,6 +9,7 @@
  * text embedding and size conditioning, and the latent blend of inpainting
  * with a 4-channel UNet. Every random tensor comes from one noise source in
  * diffusers' draw order, so a seed reproduces diffusers' image. */
+#include "image.h"
 #include "lcm.h"
 #include "model.h"
 
@@ -17,8 +18,6 @@
 
 /* The VAE's spatial factor (SD1.5 family). */
 #define LATENT_FACTOR 8
-/* Larger sides would overflow the size arithmetic long before they fit in memory. */
-#define MAX_SIDE 16384
 /* Prompt embeddings kept for reuse; the table starts afresh beyond this. */
 #define PROMPT_CACHE_SIZE 32
 /* VAE encodings kept: the source and the masked source of an inpainting. */
@@ -49,86 +48,6 @@ struct LcmPipeline {
 };
 
 /* ---- Images ------------------------------------------------------------------- */
-
-LcmImage *lcm_image_new(int width, int height, int channels) {
-  g_return_val_if_fail(width > 0 && height > 0 && channels > 0, NULL);
-  LcmImage *image = g_new(LcmImage, 1);
-  image->width = width;
-  image->height = height;
-  image->channels = channels;
-  image->data = g_new0(float, (size_t)width *height *channels);
-  return image;
-}
-
-LcmImage *lcm_image_from_decoded(const float *planes, int width, int height) {
-  LcmImage *image = lcm_image_new(width, height, 3);
-  if (!image) return NULL;
-  const size_t plane = (size_t)width * height;
-  for (size_t i = 0; i < plane; i++)
-    for (int c = 0; c < 3; c++)
-      image->data[3 * i + c] = CLAMP(planes[c * plane + i] / 2.0f + 0.5f, 0.0f, 1.0f);
-  return image;
-}
-
-/* RGB of each SD1.5 latent channel (the least-squares fit previews use). */
-static const float latent_rgb[4][3] = {
-    {0.3512f, 0.2297f, 0.3227f},
-    {0.3250f, 0.4974f, 0.2350f},
-    {-0.2829f, 0.1762f, 0.2721f},
-    {-0.2120f, -0.2616f, -0.7177f},
-};
-
-LcmImage *lcm_image_from_latents_approx(const float *latents, int channels, int width, int height) {
-  if (channels != (int)G_N_ELEMENTS(latent_rgb) || width < 1 || height < 1) return NULL;
-  LcmImage *image = lcm_image_new(width, height, 3);
-  const size_t plane = (size_t)width * height;
-  for (size_t i = 0; i < plane; i++)
-    for (int c = 0; c < 3; c++) {
-      float v = 0;
-      for (int k = 0; k < channels; k++) v += latents[k * plane + i] * latent_rgb[k][c];
-      image->data[3 * i + c] = CLAMP(v / 2.0f + 0.5f, 0.0f, 1.0f);
-    }
-  return image;
-}
-
-void lcm_image_free(LcmImage *image) {
-  if (!image) return;
-  g_free(image->data);
-  g_free(image);
-}
-
-/* FALSE + error unless `image` is w x h with `channels` channels. */
-static gboolean check_image(const LcmImage *image, const char *what, int width, int height,
-                            int channels, GError **error) {
-  if (!image || !image->data) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "no %s image given", what);
-    return FALSE;
-  }
-  if (image->width != width || image->height != height || image->channels != channels) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
-                "the %s is %dx%d with %d channels; expected %dx%d with %d", what, image->width,
-                image->height, image->channels, width, height, channels);
-    return FALSE;
-  }
-  return TRUE;
-}
-
-gboolean lcm_image_composite(LcmImage *result, const LcmImage *source, const LcmImage *mask,
-                             GError **error) {
-  if (!check_image(result, "result", result ? result->width : 0, result ? result->height : 0, 3,
-                   error) ||
-      !check_image(source, "source", result->width, result->height, 3, error) ||
-      !check_image(mask, "mask", result->width, result->height, 1, error))
-    return FALSE;
-  size_t pixels = (size_t)result->width * result->height;
-  for (size_t i = 0; i < pixels; i++) {
-    /* (1-m) s + m r: exactly s where m = 0 and exactly r where m = 1. */
-    float m = CLAMP(mask->data[i], 0.0f, 1.0f);
-    for (int c = 0; c < 3; c++)
-      result->data[3 * i + c] = (1.0f - m) * source->data[3 * i + c] + m * result->data[3 * i + c];
-  }
-  return TRUE;
-}
 
 /* RGB HWC [0, 1] -> NCHW [-1, 1], as diffusers' VaeImageProcessor. When
  * `keep` is given, pixels where it is 0 become 0 (the masked image). */
@@ -355,8 +274,8 @@ void lcm_pipeline_params_init(LcmPipelineParams *params) {
 LcmImage *lcm_pipeline_decode_latents(LcmPipeline *p, const float *latents, int latent_width,
                                       int latent_height, GError **error) {
   g_return_val_if_fail(p && latents, NULL);
-  if (latent_width < 1 || latent_height < 1 || latent_width > MAX_SIDE / LATENT_FACTOR ||
-      latent_height > MAX_SIDE / LATENT_FACTOR) {
+  if (latent_width < 1 || latent_height < 1 || latent_width > LCM_MAX_IMAGE_SIDE / LATENT_FACTOR ||
+      latent_height > LCM_MAX_IMAGE_SIDE / LATENT_FACTOR) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "cannot decode %dx%d latents", latent_width,
                 latent_height);
     return NULL;
@@ -442,9 +361,9 @@ static void run_clear(Run *r) {
 }
 
 static gboolean check_side(const char *what, int side, GError **error) {
-  if (side >= LATENT_FACTOR && side <= MAX_SIDE && side % LATENT_FACTOR == 0) return TRUE;
+  if (side >= LATENT_FACTOR && side <= LCM_MAX_IMAGE_SIDE && side % LATENT_FACTOR == 0) return TRUE;
   return lcm_error_invalid(error, "the %s is %d pixels; it must be a multiple of %d from %d to %d",
-                           what, side, LATENT_FACTOR, LATENT_FACTOR, MAX_SIDE);
+                           what, side, LATENT_FACTOR, LATENT_FACTOR, LCM_MAX_IMAGE_SIDE);
 }
 
 /* Checks the parameters and fixes the run's sizes. */
@@ -479,12 +398,12 @@ static gboolean check_params(const LcmPipeline *p, const LcmPipelineParams *para
       return lcm_error_invalid(error, "img2img and inpainting need a source image");
     r->width = params->image->width;
     r->height = params->image->height;
-    if (!check_image(params->image, "source image", r->width, r->height, 3, error) ||
+    if (!image_check(params->image, "source image", r->width, r->height, 3, error) ||
         !check_side("source image width", r->width, error) ||
         !check_side("source image height", r->height, error))
       return FALSE;
     if (params->mode == LCM_MODE_INPAINT &&
-        !check_image(params->mask, "mask", r->width, r->height, 1, error))
+        !image_check(params->mask, "mask", r->width, r->height, 1, error))
       return FALSE;
   }
   r->lw = r->width / LATENT_FACTOR;

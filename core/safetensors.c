@@ -257,7 +257,7 @@ static gboolean parse_header(StFile *file, const char *json, gsize json_len, con
 
   /* In offset order, each non-empty tensor must start at or after the end
    * of every earlier one. */
-  qsort(spans, n, sizeof *spans, span_compare);
+  if (n > 1) qsort(spans, n, sizeof *spans, span_compare); /* spans is NULL for a "{}" header */
   const StTensor *furthest = NULL; /* the earlier tensor reaching furthest */
   guint64 furthest_end = 0;
   for (guint i = 0; i < n; i++) {

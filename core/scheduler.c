@@ -28,47 +28,108 @@ typedef struct {
   gboolean set_alpha_to_one;
 } SchedulerConfig;
 
-/* `path` names the source in messages. */
+/* Typed members of a scheduler config: absent or null keeps `*out`; another
+ * type is an error naming the key. `path` names the source in messages. */
+static gboolean member_value(JsonObject *o, const char *key, GType type, const char *expected,
+                             const char *path, JsonNode **out, GError **error) {
+  JsonNode *node = json_object_get_member(o, key);
+  *out = NULL;
+  if (!node || JSON_NODE_HOLDS_NULL(node)) return TRUE;
+  GType found = JSON_NODE_HOLDS_VALUE(node) ? json_node_get_value_type(node) : G_TYPE_INVALID;
+  if (found == type || (type == G_TYPE_DOUBLE && found == G_TYPE_INT64)) {
+    *out = node;
+    return TRUE;
+  }
+  g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: '%s' must be %s", path, key, expected);
+  return FALSE;
+}
+
+/* An integer in [min, max]. */
+static gboolean member_int(JsonObject *o, const char *key, int min, int max, const char *path,
+                           int *out, GError **error) {
+  JsonNode *node;
+  if (!member_value(o, key, G_TYPE_INT64, "an integer", path, &node, error)) return FALSE;
+  if (!node) return TRUE;
+  gint64 value = json_node_get_int(node);
+  if (value < min || value > max) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                "%s: '%s' is %" G_GINT64_FORMAT ", out of range (%d to %d)", path, key, value, min,
+                max);
+    return FALSE;
+  }
+  *out = (int)value;
+  return TRUE;
+}
+
+/* A number in [min, max]. */
+static gboolean member_double(JsonObject *o, const char *key, double min, double max,
+                              const char *path, double *out, GError **error) {
+  JsonNode *node;
+  if (!member_value(o, key, G_TYPE_DOUBLE, "a number", path, &node, error)) return FALSE;
+  if (!node) return TRUE;
+  double value = json_node_get_double(node);
+  if (!(value >= min && value <= max)) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: '%s' is %g, out of range (%g to %g)", path,
+                key, value, min, max);
+    return FALSE;
+  }
+  *out = value;
+  return TRUE;
+}
+
+static gboolean member_bool(JsonObject *o, const char *key, const char *path, gboolean *out,
+                            GError **error) {
+  JsonNode *node;
+  if (!member_value(o, key, G_TYPE_BOOLEAN, "true or false", path, &node, error)) return FALSE;
+  if (node) *out = json_node_get_boolean(node);
+  return TRUE;
+}
+
+static gboolean member_string(JsonObject *o, const char *key, const char *path, char **out,
+                              GError **error) {
+  JsonNode *node;
+  if (!member_value(o, key, G_TYPE_STRING, "a string", path, &node, error)) return FALSE;
+  if (node) {
+    g_free(*out);
+    *out = g_strdup(json_node_get_string(node));
+  }
+  return TRUE;
+}
+
+/* Training schedules longer than this are not in use; the tables are this long. */
+#define MAX_TRAIN_STEPS 100000
+
 static gboolean read_config(const char *json, const char *path, SchedulerConfig *cfg,
                             GError **error) {
   JsonParser *parser = json_parser_new();
-  if (!json_parser_load_from_data(parser, json, -1, error)) {
-    g_prefix_error(error, "%s: ", path);
-    g_object_unref(parser);
-    return FALSE;
-  }
-  JsonNode *root = json_parser_get_root(parser);
-  if (!JSON_NODE_HOLDS_OBJECT(root)) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: not a JSON object", path);
+  GError *json_error = NULL;
+  gboolean ok = json_parser_load_from_data(parser, json, -1, &json_error);
+  JsonNode *root = ok ? json_parser_get_root(parser) : NULL;
+  if (!root || !JSON_NODE_HOLDS_OBJECT(root)) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: not a JSON object%s%s", path,
+                json_error ? ": " : "", json_error ? json_error->message : "");
+    g_clear_error(&json_error);
     g_object_unref(parser);
     return FALSE;
   }
   JsonObject *o = json_node_get_object(root);
-  cfg->train_steps =
-      (int)json_object_get_int_member_with_default(o, "num_train_timesteps", cfg->train_steps);
-  cfg->original_inference_steps = (int)json_object_get_int_member_with_default(
-      o, "original_inference_steps", cfg->original_inference_steps);
-  cfg->beta_start = json_object_get_double_member_with_default(o, "beta_start", cfg->beta_start);
-  cfg->beta_end = json_object_get_double_member_with_default(o, "beta_end", cfg->beta_end);
-  cfg->timestep_scaling =
-      json_object_get_double_member_with_default(o, "timestep_scaling", cfg->timestep_scaling);
-  cfg->set_alpha_to_one =
-      json_object_get_boolean_member_with_default(o, "set_alpha_to_one", cfg->set_alpha_to_one);
-  g_free(cfg->beta_schedule);
-  cfg->beta_schedule =
-      g_strdup(json_object_get_string_member_with_default(o, "beta_schedule", "scaled_linear"));
-  g_free(cfg->prediction_type);
-  cfg->prediction_type =
-      g_strdup(json_object_get_string_member_with_default(o, "prediction_type", "epsilon"));
+  ok = member_int(o, "num_train_timesteps", 2, MAX_TRAIN_STEPS, path, &cfg->train_steps, error) &&
+       member_int(o, "original_inference_steps", 1, MAX_TRAIN_STEPS, path,
+                  &cfg->original_inference_steps, error) &&
+       member_double(o, "beta_start", 0, 1, path, &cfg->beta_start, error) &&
+       member_double(o, "beta_end", 0, 1, path, &cfg->beta_end, error) &&
+       member_double(o, "timestep_scaling", 0, 1e6, path, &cfg->timestep_scaling, error) &&
+       member_bool(o, "set_alpha_to_one", path, &cfg->set_alpha_to_one, error) &&
+       member_string(o, "beta_schedule", path, &cfg->beta_schedule, error) &&
+       member_string(o, "prediction_type", path, &cfg->prediction_type, error);
   g_object_unref(parser);
-  if (cfg->train_steps < 2 || cfg->train_steps > 100000 || cfg->original_inference_steps < 1 ||
-      cfg->original_inference_steps > cfg->train_steps) {
+  if (ok && cfg->original_inference_steps > cfg->train_steps) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
-                "%s: num_train_timesteps %d / original_inference_steps %d are out of range", path,
-                cfg->train_steps, cfg->original_inference_steps);
-    return FALSE;
+                "%s: original_inference_steps %d exceeds num_train_timesteps %d", path,
+                cfg->original_inference_steps, cfg->train_steps);
+    ok = FALSE;
   }
-  return TRUE;
+  return ok;
 }
 
 /* torch.linspace in float32: the first half counts up from start, the second

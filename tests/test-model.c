@@ -968,6 +968,10 @@ static void test_incomplete_folders(void) {
       g_file_set_contents(index, "{\"_class_name\": \"StableDiffusionPipeline\"}", -1, NULL));
   g_free(vae);
   g_free(text_encoder);
+  /* found by fuzz-config: a _class_name that is no string was read as a NULL
+   * string (a crash); it names no pipeline, so the folder opens as SD1.5 */
+  g_assert_true(g_file_set_contents(index, "{\"_class_name\": 5}", -1, NULL));
+  expect_open_error(folder, LCM_ERROR_MISSING, "pipeline/unet", "");
 
   /* an SD 2.x UNet folder is refused by its cross-attention width */
   char *sd2_config =

@@ -295,6 +295,23 @@ static void test_pickle_lookalike_header(void) {
   g_string_free(json, TRUE);
 }
 
+/* Found by fuzz-safetensors: "{}" (no tensors at all) sorted a NULL array;
+ * such a file is valid and empty, with or without metadata. */
+static void test_empty_header(void) {
+  const char *headers[] = {"{}", "{\"__metadata__\":{\"format\":\"pt\"}}"};
+  for (size_t i = 0; i < G_N_ELEMENTS(headers); i++) {
+    char *path = write_raw("empty.safetensors", 0, headers[i], 0);
+    GError *error = NULL;
+    StFile *file = st_open(path, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(st_count(file), ==, 0);
+    g_assert_null(st_tensor_at(file, 0));
+    g_assert_cmpstr(st_metadata(file, "format"), ==, i == 0 ? NULL : "pt");
+    st_close(file);
+    g_free(path);
+  }
+}
+
 static void test_write_rejects_bad_input(void) {
   const float data[2] = {1, 2};
   const int64_t shape[1] = {2}, negative[1] = {-2};
@@ -352,6 +369,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/safetensors/malformed", test_malformed);
   g_test_add_func("/safetensors/truncated-and-foreign", test_truncated_and_foreign);
   g_test_add_func("/safetensors/pickle-lookalike-header", test_pickle_lookalike_header);
+  g_test_add_func("/safetensors/empty-header", test_empty_header);
   g_test_add_func("/safetensors/write-rejects-bad-input", test_write_rejects_bad_input);
   g_test_add_func("/safetensors/golden-checkpoint", test_reads_golden_checkpoint);
   int result = g_test_run();

@@ -1,10 +1,10 @@
 /* gimp-lcm-cli txt2img, img2img and inpaint: option parsing, PNG in and out
- * (GdkPixbuf), a progress bar and per-stage timings around lcm_pipeline_run. */
+ * (picture.c), a progress bar and per-stage timings around lcm_pipeline_run. */
 #include "generate.h"
 #include "cli.h"
 #include "lcm.h"
+#include "picture.h"
 
-#include <gdk-pixbuf/gdk-pixbuf.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -80,7 +80,7 @@ static void add_common_entries(GOptionContext *context, Options *o) {
 static void add_source_entries(GOptionContext *context, Options *o, gboolean with_mask) {
   GOptionEntry entries[] = {
       {"input", 'i', 0, G_OPTION_ARG_FILENAME, &o->input,
-       "The source picture (PNG or any format GdkPixbuf reads; alpha is ignored)", "IN.png"},
+       "The source picture (PNG or JPEG; alpha is ignored)", "IN.png"},
       {"strength", 0, 0, G_OPTION_ARG_DOUBLE, &o->strength,
        with_mask ? "How much to change, above 0 to 1 (default: the model's pipeline's, 1 = "
                    "repaint from noise for SD1.5, 0.9999 for SDXL)"
@@ -166,100 +166,6 @@ static gboolean parse_lora(const char *spec, LoraSpec *out, GError **error) {
   out->path = g_strndup(spec, length);
   out->scale = (float)scale;
   return TRUE;
-}
-
-/* ---- PNG in and out ----------------------------------------------------------------- */
-
-/* Reads a picture as 8-bit RGBA-or-RGB rows; GdkPixbuf's message names the
- * file. */
-static GdkPixbuf *load_picture(const char *path, GError **error) {
-  GdkPixbuf *pixbuf = gdk_pixbuf_new_from_file(path, error);
-  if (!pixbuf) return NULL;
-  int channels = gdk_pixbuf_get_n_channels(pixbuf);
-  if (gdk_pixbuf_get_bits_per_sample(pixbuf) != 8 || (channels != 3 && channels != 4)) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                "%s: unsupported pixel layout (%d channels of %d bits)", path, channels,
-                gdk_pixbuf_get_bits_per_sample(pixbuf));
-    g_object_unref(pixbuf);
-    return NULL;
-  }
-  return pixbuf;
-}
-
-static gboolean check_source_size(const char *path, int width, int height, GError **error) {
-  if (width % 8 == 0 && height % 8 == 0) return TRUE;
-  g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
-              "%s is %dx%d pixels; img2img and inpaint need sides that are multiples of 8 "
-              "(crop or scale it, e.g. to %dx%d)",
-              path, width, height, MAX(8, width / 8 * 8), MAX(8, height / 8 * 8));
-  return FALSE;
-}
-
-/* The source picture as RGB in [0, 1]; any alpha is ignored. */
-static LcmImage *load_source(const char *path, GError **error) {
-  GdkPixbuf *pixbuf = load_picture(path, error);
-  if (!pixbuf) return NULL;
-  int width = gdk_pixbuf_get_width(pixbuf), height = gdk_pixbuf_get_height(pixbuf);
-  LcmImage *image = NULL;
-  if (check_source_size(path, width, height, error)) {
-    int channels = gdk_pixbuf_get_n_channels(pixbuf), stride = gdk_pixbuf_get_rowstride(pixbuf);
-    const guint8 *pixels = gdk_pixbuf_read_pixels(pixbuf);
-    image = lcm_image_new(width, height, 3);
-    for (int y = 0; y < height; y++)
-      for (int x = 0; x < width; x++)
-        for (int c = 0; c < 3; c++)
-          image->data[((size_t)y * width + x) * 3 + c] =
-              pixels[(size_t)y * stride + (size_t)x * channels + c] / 255.0f;
-  }
-  g_object_unref(pixbuf);
-  return image;
-}
-
-/* The mask: Rec. 709 luminance (rounded to 8 bits, so grey levels are exact)
- * times alpha, in [0, 1]. */
-static LcmImage *load_mask(const char *path, const LcmImage *source, const char *source_path,
-                           GError **error) {
-  GdkPixbuf *pixbuf = load_picture(path, error);
-  if (!pixbuf) return NULL;
-  int width = gdk_pixbuf_get_width(pixbuf), height = gdk_pixbuf_get_height(pixbuf);
-  LcmImage *mask = NULL;
-  if (width != source->width || height != source->height) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
-                "%s is %dx%d pixels but %s is %dx%d; the mask must have the source's size", path,
-                width, height, source_path, source->width, source->height);
-  } else {
-    int channels = gdk_pixbuf_get_n_channels(pixbuf), stride = gdk_pixbuf_get_rowstride(pixbuf);
-    const guint8 *pixels = gdk_pixbuf_read_pixels(pixbuf);
-    mask = lcm_image_new(width, height, 1);
-    for (int y = 0; y < height; y++)
-      for (int x = 0; x < width; x++) {
-        const guint8 *p = pixels + (size_t)y * stride + (size_t)x * channels;
-        int luminance = (2126 * p[0] + 7152 * p[1] + 722 * p[2] + 5000) / 10000;
-        float alpha = channels == 4 ? p[3] / 255.0f : 1.0f;
-        mask->data[(size_t)y * width + x] = luminance / 255.0f * alpha;
-      }
-  }
-  g_object_unref(pixbuf);
-  return mask;
-}
-
-/* 8-bit RGB PNG, each value round(clamp(x, 0, 1) x 255). */
-static gboolean save_png(const LcmImage *image, const char *path, GError **error) {
-  GdkPixbuf *pixbuf = gdk_pixbuf_new(GDK_COLORSPACE_RGB, FALSE, 8, image->width, image->height);
-  if (!pixbuf) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: no memory for a %dx%d picture", path,
-                image->width, image->height);
-    return FALSE;
-  }
-  int stride = gdk_pixbuf_get_rowstride(pixbuf);
-  guint8 *pixels = gdk_pixbuf_get_pixels(pixbuf);
-  for (int y = 0; y < image->height; y++)
-    for (int x = 0; x < image->width * 3; x++)
-      pixels[(size_t)y * stride + x] =
-          (guint8)roundf(CLAMP(image->data[(size_t)y * image->width * 3 + x], 0.0f, 1.0f) * 255.0f);
-  gboolean ok = gdk_pixbuf_save(pixbuf, path, "png", error, NULL);
-  g_object_unref(pixbuf);
-  return ok;
 }
 
 /* ---- Progress and timings ------------------------------------------------------------- */
@@ -420,8 +326,9 @@ static int generate(LcmMode mode, const Options *o, LcmPipelineParams *params,
                         .step_timestep = g_new0(int, LCM_MAX_STEPS),
                         .tty = isatty(STDERR_FILENO)};
   /* Read the inputs before the (slow) model load, to fail early. */
-  if (mode != LCM_MODE_TXT2IMG && !(source = load_source(o->input, &error))) goto out;
-  if (mode == LCM_MODE_INPAINT && !(mask = load_mask(o->mask, source, o->input, &error))) goto out;
+  if (mode != LCM_MODE_TXT2IMG && !(source = picture_load_source(o->input, &error))) goto out;
+  if (mode == LCM_MODE_INPAINT && !(mask = picture_load_mask(o->mask, source, o->input, &error)))
+    goto out;
   if (o->threads > 0) omp_set_num_threads(o->threads);
   if (o->no_weight_cache) lcm_weight_cache_set_enabled(FALSE);
   load_start = g_get_monotonic_time();
@@ -444,7 +351,7 @@ static int generate(LcmMode mode, const Options *o, LcmPipelineParams *params,
   if (!(result = lcm_pipeline_run(pipeline, params, &error))) goto out;
   run_end = g_get_monotonic_time();
   if (mode == LCM_MODE_INPAINT && !lcm_image_composite(result, source, mask, &error)) goto out;
-  if (!save_png(result, o->output, &error)) goto out;
+  if (!picture_save_png(result, o->output, &error)) goto out;
   if (o->verbose)
     print_timings(&monitor, mode, load_start, load_end, run_end, g_get_monotonic_time());
   printf("%s: %dx%d, seed %" G_GUINT64_FORMAT "\n", o->output, result->width, result->height,

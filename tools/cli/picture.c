@@ -1,0 +1,152 @@
+/* Pictures in and out of gimp-lcm-cli: PNG or JPEG to LcmImage sources and
+ * masks, LcmImage to PNG. The files are the user's, or a stranger's: the
+ * format is checked by its first bytes and the size from the header before
+ * anything is decoded. */
+#include "picture.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* The formats read, by their first bytes. GdkPixbuf's other loaders (BMP,
+ * GIF, ICO, TGA, ...) are left out: fuzzing found its BMP loader allocating
+ * 2 GB for a 178-byte file's header, before any size could be checked. */
+static const struct {
+  const char *magic;
+  size_t length;
+  const char *type; /* GdkPixbuf's loader name */
+} picture_formats[] = {
+    {"\x89PNG\r\n\x1a\n", 8, "png"},
+    {"\xff\xd8\xff", 3, "jpeg"},
+};
+
+/* The loader name of a PNG or JPEG file, by its first bytes; NULL with an
+ * error for anything else. */
+static const char *picture_format(const char *path, GError **error) {
+  FILE *file = fopen(path, "rb");
+  if (!file) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: cannot open (%s)", path, g_strerror(errno));
+    return NULL;
+  }
+  guint8 head[8];
+  size_t length = fread(head, 1, sizeof head, file);
+  fclose(file);
+  for (size_t i = 0; i < G_N_ELEMENTS(picture_formats); i++)
+    if (length >= picture_formats[i].length &&
+        memcmp(head, picture_formats[i].magic, picture_formats[i].length) == 0)
+      return picture_formats[i].type;
+  g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+              "%s: not a PNG or JPEG picture (the only formats read; convert it to PNG)", path);
+  return NULL;
+}
+
+/* Reads a PNG or JPEG picture as 8-bit RGBA-or-RGB rows. */
+static GdkPixbuf *picture_decode(const char *path, GError **error) {
+  const char *type = picture_format(path, error);
+  if (!type) return NULL;
+  /* The size its header announces, checked before the decoder allocates it
+   * (gdk_pixbuf_get_file_info stops its loader at the header): a 200-byte
+   * PNG can announce 20000 x 20000 pixels, 1.2 GB of RGB. */
+  int width = 0, height = 0;
+  if (gdk_pixbuf_get_file_info(path, &width, &height) &&
+      (width > LCM_MAX_IMAGE_SIDE || height > LCM_MAX_IMAGE_SIDE)) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                "%s is %dx%d pixels; pictures of at most %d pixels per side are read (scale it "
+                "down)",
+                path, width, height, LCM_MAX_IMAGE_SIDE);
+    return NULL;
+  }
+  GError *local = NULL;
+  GdkPixbuf *pixbuf = gdk_pixbuf_new_from_file(path, &local);
+  /* A loader may return the part it read of a damaged file along with an
+   * error (GIF's did): that is a damaged file too. */
+  if (local || !pixbuf) {
+    g_clear_object(&pixbuf);
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: damaged %s picture (%s)", path, type,
+                local ? local->message : "no image in it");
+    g_clear_error(&local);
+    return NULL;
+  }
+  int channels = gdk_pixbuf_get_n_channels(pixbuf);
+  if (gdk_pixbuf_get_bits_per_sample(pixbuf) != 8 || (channels != 3 && channels != 4)) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+                "%s: unsupported pixel layout (%d channels of %d bits)", path, channels,
+                gdk_pixbuf_get_bits_per_sample(pixbuf));
+    g_object_unref(pixbuf);
+    return NULL;
+  }
+  return pixbuf;
+}
+
+static gboolean check_source_size(const char *path, int width, int height, GError **error) {
+  if (width % 8 == 0 && height % 8 == 0) return TRUE;
+  g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+              "%s is %dx%d pixels; img2img and inpaint need sides that are multiples of 8 "
+              "(crop or scale it, e.g. to %dx%d)",
+              path, width, height, MAX(8, width / 8 * 8), MAX(8, height / 8 * 8));
+  return FALSE;
+}
+
+LcmImage *picture_load_source(const char *path, GError **error) {
+  GdkPixbuf *pixbuf = picture_decode(path, error);
+  if (!pixbuf) return NULL;
+  int width = gdk_pixbuf_get_width(pixbuf), height = gdk_pixbuf_get_height(pixbuf);
+  LcmImage *image = NULL;
+  if (check_source_size(path, width, height, error)) {
+    int channels = gdk_pixbuf_get_n_channels(pixbuf), stride = gdk_pixbuf_get_rowstride(pixbuf);
+    const guint8 *pixels = gdk_pixbuf_read_pixels(pixbuf);
+    image = lcm_image_new(width, height, 3);
+    for (int y = 0; y < height; y++)
+      for (int x = 0; x < width; x++)
+        for (int c = 0; c < 3; c++)
+          image->data[((size_t)y * width + x) * 3 + c] =
+              pixels[(size_t)y * stride + (size_t)x * channels + c] / 255.0f;
+  }
+  g_object_unref(pixbuf);
+  return image;
+}
+
+LcmImage *picture_load_mask(const char *path, const LcmImage *source, const char *source_path,
+                            GError **error) {
+  GdkPixbuf *pixbuf = picture_decode(path, error);
+  if (!pixbuf) return NULL;
+  int width = gdk_pixbuf_get_width(pixbuf), height = gdk_pixbuf_get_height(pixbuf);
+  LcmImage *mask = NULL;
+  if (width != source->width || height != source->height) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+                "%s is %dx%d pixels but %s is %dx%d; the mask must have the source's size", path,
+                width, height, source_path, source->width, source->height);
+  } else {
+    int channels = gdk_pixbuf_get_n_channels(pixbuf), stride = gdk_pixbuf_get_rowstride(pixbuf);
+    const guint8 *pixels = gdk_pixbuf_read_pixels(pixbuf);
+    mask = lcm_image_new(width, height, 1);
+    for (int y = 0; y < height; y++)
+      for (int x = 0; x < width; x++) {
+        const guint8 *p = pixels + (size_t)y * stride + (size_t)x * channels;
+        int luminance = (2126 * p[0] + 7152 * p[1] + 722 * p[2] + 5000) / 10000;
+        float alpha = channels == 4 ? p[3] / 255.0f : 1.0f;
+        mask->data[(size_t)y * width + x] = luminance / 255.0f * alpha;
+      }
+  }
+  g_object_unref(pixbuf);
+  return mask;
+}
+
+gboolean picture_save_png(const LcmImage *image, const char *path, GError **error) {
+  GdkPixbuf *pixbuf = gdk_pixbuf_new(GDK_COLORSPACE_RGB, FALSE, 8, image->width, image->height);
+  if (!pixbuf) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: no memory for a %dx%d picture", path,
+                image->width, image->height);
+    return FALSE;
+  }
+  int stride = gdk_pixbuf_get_rowstride(pixbuf);
+  guint8 *pixels = gdk_pixbuf_get_pixels(pixbuf);
+  for (int y = 0; y < image->height; y++)
+    for (int x = 0; x < image->width * 3; x++)
+      pixels[(size_t)y * stride + x] =
+          (guint8)roundf(CLAMP(image->data[(size_t)y * image->width * 3 + x], 0.0f, 1.0f) * 255.0f);
+  gboolean ok = gdk_pixbuf_save(pixbuf, path, "png", error, NULL);
+  g_object_unref(pixbuf);
+  return ok;
+}
