@@ -247,7 +247,6 @@ static gboolean hidden_to_rows(LcmTextEncoder *enc, const Tensor *x, gboolean no
   if (normed && !out) return FALSE;
   tensor_to_rows(out ? out : x, rows);
   tensor_free(out);
-  ops_weight_cache_store(encoder->ops);
   return TRUE;
 }
 
@@ -321,6 +320,7 @@ gboolean lcm_text_encoder_run(LcmTextEncoder *encoder, const int32_t *ids, int b
   }
   ok = ok && (!outputs->pooled || pool(encoder, x, ids, batch, outputs->pooled, error));
   tensor_free(x);
+  if (ok) ops_weight_cache_store(encoder->ops);
   return ok;
 }
 

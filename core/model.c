@@ -336,7 +336,8 @@ static gboolean read_model_index(const char *index, LcmModelFamily *family, gboo
     JsonNode *root = json_parser_get_root(parser);
     JsonObject *object = root && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
     JsonNode *class_name = object ? json_object_get_member(object, "_class_name") : NULL;
-    JsonNode *zeros = object ? json_object_get_member(object, "force_zeros_for_empty_prompt") : NULL;
+    JsonNode *zeros =
+        object ? json_object_get_member(object, "force_zeros_for_empty_prompt") : NULL;
     /* members of another type say nothing (a name that is no string names no
      * pipeline; found by fuzzing, it was read as a NULL string) */
     const char *pipeline = class_name && JSON_NODE_HOLDS_VALUE(class_name) &&
@@ -345,10 +346,10 @@ static gboolean read_model_index(const char *index, LcmModelFamily *family, gboo
                                : "";
     *family = strstr(pipeline, "XL") ? LCM_FAMILY_SDXL : LCM_FAMILY_SD15;
     /* diffusers' SDXL pipelines default to true */
-    *force_zeros = zeros && JSON_NODE_HOLDS_VALUE(zeros) &&
-                           json_node_get_value_type(zeros) == G_TYPE_BOOLEAN
-                       ? json_node_get_boolean(zeros)
-                       : TRUE;
+    *force_zeros =
+        zeros && JSON_NODE_HOLDS_VALUE(zeros) && json_node_get_value_type(zeros) == G_TYPE_BOOLEAN
+            ? json_node_get_boolean(zeros)
+            : TRUE;
   }
   g_object_unref(parser);
   return ok;

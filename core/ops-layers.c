@@ -510,7 +510,9 @@ UpsampleConv *upsample_conv_new(Ops *ops, const float *weight, const float *bias
 UpsampleConv *upsample_conv_load(Ops *ops, const Weights *w, const char *prefix, int in_ch,
                                  int out_ch, gboolean has_bias, gboolean any_size, GError **error) {
   const int64_t wshape[4] = {out_ch, in_ch, 3, 3};
-  float *weight = load_weight(ops, w, prefix, 4, wshape, error);
+  /* The folded phases are packed from memory, not cached under the file's name. */
+  WeightSource src = {.w = w, .prefixes = &prefix, .n_prefixes = 1, .ndims = 4, .shape = wshape};
+  const float *weight = weight_source_data(ops, &src, error);
   float *bias = weight && has_bias ? load_vector(w, prefix, "bias", out_ch, error) : NULL;
   UpsampleConv *uc = weight && (!has_bias || bias)
                          ? upsample_conv_new(ops, weight, bias, in_ch, out_ch, any_size, error)

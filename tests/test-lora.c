@@ -512,12 +512,15 @@ static LcmModel *open_sdxl_text(gboolean single_file, const char *lora, float sc
   LcmModel *model;
   if (single_file) {
     g_autofree char *checkpoint = test_data_path("golden-sdxl/tiny-sdxl-lcm.safetensors");
-    /* tiny encoders' head counts do not follow from their widths */
+    /* tiny networks' head counts do not follow from their widths */
     g_autofree char *config = test_data_path("golden-sdxl/tiny-sdxl-lcm/text_encoder/config.json");
     g_autofree char *config_2 =
         test_data_path("golden-sdxl/tiny-sdxl-lcm/text_encoder_2/config.json");
-    LcmModelParts parts = {
-        .checkpoint = checkpoint, .text_encoder_config = config, .text_encoder_2_config = config_2};
+    g_autofree char *unet_config = test_data_path("golden-sdxl/tiny-sdxl-lcm/unet/config.json");
+    LcmModelParts parts = {.checkpoint = checkpoint,
+                           .text_encoder_config = config,
+                           .text_encoder_2_config = config_2,
+                           .unet_config = unet_config};
     model = lcm_model_open_parts(&parts, &error);
     g_assert_no_error(error);
   } else {

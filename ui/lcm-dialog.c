@@ -61,10 +61,10 @@ struct _LcmDialog {
   GHashTable *sizes_run;         /* preview sizes (w << 16 | h) run since loading */
   gboolean refine_next;          /* the next preview is the full-size one after a quick one */
   double first_picture_target_s; /* 0: by precision */
-  GPtrArray *catalogue;   /* the download catalogue, or NULL */
-  GPtrArray *found;       /* lcm_discover's list, refreshed after downloads */
-  GCancellable *download; /* the download in flight, or NULL */
-  gboolean building;      /* widgets are being filled: changes are not edits */
+  GPtrArray *catalogue;          /* the download catalogue, or NULL */
+  GPtrArray *found;              /* lcm_discover's list, refreshed after downloads */
+  GCancellable *download;        /* the download in flight, or NULL */
+  gboolean building;             /* widgets are being filled: changes are not edits */
   gboolean disposed;
 };
 
@@ -1324,9 +1324,8 @@ static void lcm_dialog_class_init(LcmDialogClass *klass) {
   GObjectClass *object_class = G_OBJECT_CLASS(klass);
   object_class->dispose = lcm_dialog_dispose;
   object_class->finalize = lcm_dialog_finalize;
-  const char *names[DOWNLOAD_FINISHED] = {"preview-started", "preview-updated",
-                                          "preview-finished", "preview-cancelled",
-                                          "preview-failed"};
+  const char *names[DOWNLOAD_FINISHED] = {"preview-started", "preview-updated", "preview-finished",
+                                          "preview-cancelled", "preview-failed"};
   for (int i = 0; i < DOWNLOAD_FINISHED; i++)
     signals[i] = g_signal_new(names[i], G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL,
                               NULL, G_TYPE_NONE, 0);

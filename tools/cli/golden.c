@@ -108,6 +108,23 @@ static char *checkpoint_twin_file(const char *checkpoint, const char *relative) 
   return NULL;
 }
 
+/* A checkpoint with the configs of its twin folder's networks (UNet, both
+ * text encoders; those missing are inferred from shapes). */
+static LcmModel *checkpoint_open(const char *checkpoint, GError **error) {
+  char *unet_config = checkpoint_twin_file(checkpoint, "unet/config.json");
+  char *config = checkpoint_twin_file(checkpoint, "text_encoder/config.json");
+  char *config_2 = checkpoint_twin_file(checkpoint, "text_encoder_2/config.json");
+  LcmModelParts parts = {.checkpoint = checkpoint,
+                         .unet_config = unet_config,
+                         .text_encoder_config = config,
+                         .text_encoder_2_config = config_2};
+  LcmModel *model = lcm_model_open_parts(&parts, error);
+  g_free(unet_config);
+  g_free(config);
+  g_free(config_2);
+  return model;
+}
+
 /* The model parts a case's `paths` name, without its LoRAs. */
 static LcmModel *case_base_model(Case *c, GError **error) {
   static const char *const roles[] = {"unet",         "unet_weights",   "vae",
@@ -1257,10 +1274,7 @@ static gboolean rerun_sibling(Case *c, JsonObject *sib, size_t check, gboolean *
   g_free(file);
   if (!sc.data) return FALSE;
   char *ckpt = case_path(c, "checkpoint");
-  char *unet_config = checkpoint_twin_file(ckpt, "unet/config.json");
-  LcmModelParts parts = {.checkpoint = ckpt, .unet_config = unet_config};
-  LcmModel *model = lcm_model_open_parts(&parts, error);
-  g_free(unet_config);
+  LcmModel *model = checkpoint_open(ckpt, error);
   sc.outputs = g_ptr_array_new_with_free_func(output_free);
   gboolean ok = model && unet_on_inputs(&sc, model, sibling_checks[check].output, error);
   if (ok) {
@@ -1302,16 +1316,10 @@ static int checkpoint_dtype(Case *c) {
 static gboolean single_file_text_outputs(Case *c, GError **error) {
   if (!case_has_output(c, "te1_penultimate")) return TRUE;
   char *checkpoint = case_path(c, "checkpoint");
-  char *config = checkpoint_twin_file(checkpoint, "text_encoder/config.json");
-  char *config_2 = checkpoint_twin_file(checkpoint, "text_encoder_2/config.json");
-  LcmModelParts parts = {
-      .checkpoint = checkpoint, .text_encoder_config = config, .text_encoder_2_config = config_2};
-  LcmModel *model = lcm_model_open_parts(&parts, error);
+  LcmModel *model = checkpoint_open(checkpoint, error);
   gboolean ok = model && sdxl_encode_case_ids(c, model, "", "te2_text_embeds", error);
   if (model) lcm_model_free(model);
   g_free(checkpoint);
-  g_free(config);
-  g_free(config_2);
   return ok;
 }
 
