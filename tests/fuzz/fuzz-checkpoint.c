@@ -1,5 +1,6 @@
 /* core/model.c and core/weights.c: any bytes as an A1111 / civitai
- * single-file checkpoint: family detection, LDM -> diffusers name mapping,
+ * single-file checkpoint (SD1.5 or SDXL): family detection, LDM / SGM ->
+ * diffusers name mapping of all four networks,
  * configurations inferred from shapes, and every mapped tensor read. */
 #include "fuzz-common.h"
 #include "model.h"
@@ -25,7 +26,7 @@ static void map_every_network(const char *path) {
     return;
   }
   g_ptr_array_unref(weights_checkpoint_unmapped(file));
-  for (Component c = COMPONENT_UNET; c <= COMPONENT_TEXT_ENCODER; c++) {
+  for (Component c = COMPONENT_UNET; c < N_COMPONENTS; c++) {
     Weights *weights = weights_open_checkpoint(file, c, &error);
     if (!weights) {
       fuzz_expect_lcm_error(g_steal_pointer(&error));
@@ -60,8 +61,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ClipConfig clip;
   if (!model_unet_config(model, &unet, &error)) fuzz_expect_lcm_error(g_steal_pointer(&error));
   if (!model_vae_config(model, &vae, &error)) fuzz_expect_lcm_error(g_steal_pointer(&error));
-  if (!model_clip_config(model, &clip, &error)) fuzz_expect_lcm_error(g_steal_pointer(&error));
-  for (Component c = COMPONENT_UNET; c <= COMPONENT_TEXT_ENCODER; c++) read_network(model, c);
+  for (Component encoder = COMPONENT_TEXT_ENCODER; encoder <= COMPONENT_TEXT_ENCODER_2; encoder++)
+    if (!model_clip_config(model, encoder, &clip, &error))
+      fuzz_expect_lcm_error(g_steal_pointer(&error));
+  for (Component c = COMPONENT_UNET; c < N_COMPONENTS; c++) read_network(model, c);
   lcm_model_free(model);
   return 0;
 }
