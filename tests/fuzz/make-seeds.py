@@ -10,6 +10,7 @@ import subprocess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, '..', 'data', 'golden')
+DATA_XL = os.path.join(HERE, '..', 'data', 'golden-sdxl')
 CORPUS = os.path.join(HERE, 'corpus')
 ITEMSIZE = {'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8, 'I32': 4, 'U8': 1}
 
@@ -84,6 +85,11 @@ def config_seeds():
                 os.path.join(CORPUS, 'config', 'scheduler_config.json'))
     shutil.copy(os.path.join(DATA, 'tiny-lcm', 'model_index.json'),
                 os.path.join(CORPUS, 'config', 'model_index.json'))
+    folder = os.path.join(DATA_XL, 'tiny-sdxl-lcm')
+    for part in ('unet', 'text_encoder_2'):
+        shutil.copy(os.path.join(folder, part, 'config.json'),
+                    os.path.join(CORPUS, 'config', 'sdxl-' + part + '-config.json'))
+    shutil.copy(os.path.join(folder, 'model_index.json'), os.path.join(CORPUS, 'config', 'sdxl-model_index.json'))
     write('config', 'clip-full-config.json', json.dumps(
         {'text_config': {'hidden_size': 64, 'num_attention_heads': 2, 'hidden_act': 'gelu'}}))
 
@@ -104,16 +110,68 @@ def lora_seeds():
     ldm = {name.replace('lora_unet_down_blocks_0_attentions_0_', 'lora_unet_input_blocks_1_1_'): t
            for name, t in tensors.items() if name.startswith('lora_unet_down_blocks_0_attentions_0_proj')}
     write('lora', 'kohya-ldm-path.safetensors', safetensors_bytes(ldm))
+    sdxl_lora_seeds()
+
+
+def first_modules(tensors, prefix, count):
+    """The tensors of the first `count` modules (down, up, alpha) under `prefix`."""
+    modules = sorted({name.split('.')[0] for name in tensors if name.startswith(prefix)})[:count]
+    return {name: t for name, t in tensors.items() if name.split('.')[0] in modules}
+
+
+def sdxl_lora_seeds():
+    style, metadata = read_safetensors(os.path.join(DATA_XL, 'lora', 'style_lora_sdxl_kohya_te1_te2.safetensors'))
+    picked = {}
+    for prefix in ('lora_te1_', 'lora_te2_', 'lora_unet_input_blocks_4_1_', 'lora_unet_middle_block_'):
+        picked.update(first_modules(style, prefix, 2))
+    write('lora', 'sdxl-kohya-te1-te2-sgm-unet.safetensors', safetensors_bytes(picked, metadata))
+    diffusers_names, metadata = read_safetensors(
+        os.path.join(DATA_XL, 'lora', 'lcm_lora_sdxl_like_kohya_diffusers_names.safetensors'))
+    picked = {}
+    for prefix in ('lora_unet_down_blocks_1_attentions_0_', 'lora_unet_mid_block_resnets_0_'):
+        picked.update(first_modules(diffusers_names, prefix, 2))
+    write('lora', 'sdxl-kohya-diffusers-unet.safetensors', safetensors_bytes(picked, metadata))
+    # peft names: each kohya module's path spelled as the network's own tensor name
+    folder = os.path.join(DATA_XL, 'tiny-sdxl-lcm')
+    peft = {}
+    for kohya, network, weight_file in (('lora_te2_', 'text_encoder_2', 'model.safetensors'),
+                                        ('lora_te1_', 'text_encoder', 'model.safetensors'),
+                                        ('lora_unet_', 'unet', 'diffusion_pytorch_model.safetensors')):
+        names, _ = read_safetensors(os.path.join(folder, network, weight_file))
+        dotted = {n[:-len('.weight')].replace('.', '_'): n[:-len('.weight')] for n in names
+                  if n.endswith('.weight')}
+        modules = first_modules(style if kohya != 'lora_unet_' else diffusers_names, kohya, 2)
+        for name, t in modules.items():
+            module, _, part = name.partition('.')
+            path = dotted[module[len(kohya):]]
+            if part == 'lora_down.weight':
+                peft['%s.%s.lora_A.weight' % (network, path)] = t
+            elif part == 'lora_up.weight':
+                peft['%s.%s.lora_B.weight' % (network, path)] = t
+    write('lora', 'sdxl-peft-te1-te2-unet.safetensors', safetensors_bytes(peft))
+
+
+def checkpoint_seed(source, target_name, data_names):
+    """A checkpoint's keys with empty data, except `data_names` (one per
+    network, so reading converts something)."""
+    tensors, _ = read_safetensors(source)
+    full = {name: empty(dtype, shape) for name, (dtype, shape, _) in tensors.items()}
+    for name in data_names:
+        full[name] = tensors[name]
+    write('checkpoint', target_name, safetensors_bytes(full))
+    return full
 
 
 def checkpoint_seeds():
-    tensors, _ = read_safetensors(os.path.join(DATA, 'tiny-lcm.safetensors'))
-    full = {name: empty(dtype, shape) for name, (dtype, shape, _) in tensors.items()}
-    # one tensor with data per network, so reading converts something
-    for name in ('model.diffusion_model.out.2.bias', 'first_stage_model.decoder.conv_out.bias'):
-        if name in tensors:
-            full[name] = tensors[name]
-    write('checkpoint', 'tiny-sd15.safetensors', safetensors_bytes(full))
+    full = checkpoint_seed(os.path.join(DATA, 'tiny-lcm.safetensors'), 'tiny-sd15.safetensors',
+                           ('model.diffusion_model.out.2.bias', 'first_stage_model.decoder.conv_out.bias'))
+    # SDXL: SGM UNet names, label_emb, conditioner.embedders.0 (CLIP) and .1
+    # (OpenCLIP, fused in_proj weights)
+    xl, _ = read_safetensors(os.path.join(DATA_XL, 'tiny-sdxl-lcm.safetensors'))
+    in_proj = sorted(n for n in xl if n.startswith('conditioner.embedders.1.') and 'in_proj_bias' in n)
+    checkpoint_seed(os.path.join(DATA_XL, 'tiny-sdxl-lcm.safetensors'), 'tiny-sdxl.safetensors',
+                    ['model.diffusion_model.out.2.bias', 'first_stage_model.decoder.conv_out.bias',
+                     'model.diffusion_model.label_emb.0.0.bias'] + in_proj[:1])
     unet_only = {n: t for n, t in full.items() if n.startswith('model.diffusion_model.')}
     write('checkpoint', 'unet-only.safetensors', safetensors_bytes(unet_only))
     write('checkpoint', 'sdxl.safetensors', safetensors_bytes({
@@ -140,8 +198,11 @@ def tokenizer_seeds():
         vocab.setdefault(left + right, full_vocab.get(left + right, len(vocab)))
     for special in ('<|startoftext|>', '<|endoftext|>'):
         vocab[special] = full_vocab[special]
-    write('tokenizer-files', 'clip-small', json.dumps(vocab, ensure_ascii=False).encode() + b'\0' +
-          '\n'.join(merges).encode())
+    files = json.dumps(vocab, ensure_ascii=False).encode() + b'\0' + '\n'.join(merges).encode()
+    write('tokenizer-files', 'clip-small', files)
+    # SDXL's tokenizer_2 folder: the same files, padded with "!"
+    with open(os.path.join(DATA_XL, 'tiny-sdxl-lcm', 'tokenizer_2', 'special_tokens_map.json'), 'rb') as f:
+        write('tokenizer-files', 'sdxl-tokenizer_2-pad', files + b'\0' + f.read())
 
 
 def image_seeds():
@@ -157,9 +218,10 @@ def image_seeds():
 
 
 if __name__ == '__main__':
-    safetensors_seeds()
-    config_seeds()
-    lora_seeds()
-    checkpoint_seeds()
-    tokenizer_seeds()
-    image_seeds()
+    import sys
+    # e.g. `make-seeds.py lora checkpoint` writes only those
+    wanted = set(sys.argv[1:])
+    for name, make in (('safetensors', safetensors_seeds), ('config', config_seeds), ('lora', lora_seeds),
+                       ('checkpoint', checkpoint_seeds), ('tokenizer', tokenizer_seeds), ('image', image_seeds)):
+        if not wanted or name in wanted:
+            make()
