@@ -25,7 +25,10 @@ struct LcmTextEncoder {
   ClipLayer *layers;
   Norm *final_norm;
   Linear *text_projection; /* CLIPTextModelWithProjection only */
-  int projection_dim;      /* its width; 0 without one */
+  /* fp32 whatever ops computes in: the projection of the pooled token is
+   * one row per prompt, and SDXL's UNet conditions on it directly. */
+  Ops *projection_ops;
+  int projection_dim; /* its width; 0 without one */
 };
 
 static void clip_layer_clear(ClipLayer *layer) {
@@ -47,6 +50,7 @@ void lcm_text_encoder_free(LcmTextEncoder *encoder) {
   linear_free(encoder->text_projection);
   free(encoder->token_embedding);
   g_free(encoder->position_embedding);
+  ops_free(encoder->projection_ops);
   ops_free(encoder->ops);
   g_free(encoder);
 }
@@ -131,8 +135,9 @@ static gboolean load_text_projection(LcmTextEncoder *enc, const Weights *w, GErr
     return FALSE;
   }
   enc->projection_dim = (int)shape[0];
-  enc->text_projection = linear_load(enc->ops, w, "text_projection", enc->config.hidden_size,
-                                     enc->projection_dim, FALSE, error);
+  if (!(enc->projection_ops = ops_new(LCM_PRECISION_FP32, error))) return FALSE;
+  enc->text_projection = linear_load(enc->projection_ops, w, "text_projection",
+                                     enc->config.hidden_size, enc->projection_dim, FALSE, error);
   return enc->text_projection != NULL;
 }
 
@@ -164,6 +169,7 @@ static LcmTextEncoder *text_encoder_load(LcmModel *model, Component component,
     return NULL;
   }
   ops_load_done(enc->ops);
+  if (enc->projection_ops) ops_load_done(enc->projection_ops);
   return enc;
 }
 
@@ -282,9 +288,9 @@ static gboolean pool(LcmTextEncoder *enc, const Tensor *x, const int32_t *ids, i
   g_free(rows);
   if (ok && !enc->text_projection) memcpy(pooled, picked, sizeof(float) * batch * hidden);
   if (ok && enc->text_projection) {
-    Tensor *in = tensor_from_rows(enc->ops, picked, batch, 1, hidden);
+    Tensor *in = tensor_from_rows(enc->projection_ops, picked, batch, 1, hidden);
     Tensor *projected =
-        in ? linear(enc->ops, enc->text_projection, in, NULL, ACT_NONE, error) : NULL;
+        in ? linear(enc->projection_ops, enc->text_projection, in, NULL, ACT_NONE, error) : NULL;
     if (!in) g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "text encoder: out of memory");
     if (projected) tensor_to_rows(projected, pooled);
     ok = projected != NULL;

@@ -1,7 +1,9 @@
 /* Multi-head attention as a chain of primitives over query blocks:
- * scores = (Q Kᵀ) * scale -> softmax -> scores V, per batch item and group of
- * heads. Q, K, V and the output stay token-major; each head is a strided
- * view, so nothing is transposed. */
+ * scores = (Q Kᵀ) * scale -> softmax -> probabilities V, per batch item and
+ * group of heads. Q, K, V and the output stay token-major; each head is a
+ * strided view, so nothing is transposed. The scores and the softmax input
+ * are fp32 whatever the compute dtype: scores rounded to bf16 (an absolute
+ * error of ~0.03 at 10) would change their exponentials by percents. */
 #include "flash-attention.h"
 #include "ops-internal.h"
 
@@ -60,7 +62,7 @@ static gboolean attention_primitives(Ops *ops, const AttentionArgs *a, int group
   dnnl_post_ops_append_eltwise(scale, dnnl_eltwise_linear, 1.0f / sqrtf((float)d), 0.0f);
   out->qk = cached_matmul(ops, key, ops_md_strided(3, q_dims, dt, q_strides),
                           ops_md_strided(3, kt_dims, dt, kt_strides),
-                          ops_md(3, s_dims, dt, dnnl_abc), scale, error);
+                          ops_md(3, s_dims, dnnl_f32, dnnl_abc), scale, error);
   g_free(key);
   if (!out->qk) return FALSE;
 
@@ -75,13 +77,16 @@ static gboolean attention_primitives(Ops *ops, const AttentionArgs *a, int group
   key = g_strdup_printf("attn softmax g%d r%d tk%d dt%d", group, rows, tk, (int)dt);
   out->softmax = ops_primitive_lookup(ops, key);
   if (!out->softmax) {
-    dnnl_memory_desc_t md = ops_md(3, s_dims, dt, dnnl_abc);
+    dnnl_memory_desc_t scores_md = ops_md(3, s_dims, dnnl_f32, dnnl_abc);
+    dnnl_memory_desc_t probs_md = ops_md(3, s_dims, dt, dnnl_abc);
     dnnl_primitive_attr_t attr = ops_attr_new(NULL);
     dnnl_primitive_desc_t pd = NULL;
     dnnl_status_t status = dnnl_softmax_forward_primitive_desc_create(
-        &pd, ops->engine, dnnl_forward_inference, dnnl_softmax_accurate, md, md, 2, attr);
+        &pd, ops->engine, dnnl_forward_inference, dnnl_softmax_accurate, scores_md, probs_md, 2,
+        attr);
     dnnl_primitive_attr_destroy(attr);
-    dnnl_memory_desc_destroy(md);
+    dnnl_memory_desc_destroy(scores_md);
+    dnnl_memory_desc_destroy(probs_md);
     out->softmax = ops_primitive_add(ops, key, status, pd, "creating a softmax", error);
   }
   g_free(key);
@@ -89,12 +94,11 @@ static gboolean attention_primitives(Ops *ops, const AttentionArgs *a, int group
 }
 
 /* Hides keys after each query (query q0+i sees keys 0..q0+i). */
-static void mask_future(void *scores, dnnl_data_type_t dt, int group, int rows, int tk, int q0) {
+static void mask_future(float *scores, int group, int rows, int tk, int q0) {
 #pragma omp parallel for collapse(2)
   for (int g = 0; g < group; g++)
     for (int i = 0; i < rows; i++)
-      for (int j = q0 + i + 1; j < tk; j++)
-        element_set(scores, dt, ((size_t)g * rows + i) * tk + j, -INFINITY);
+      for (int j = q0 + i + 1; j < tk; j++) scores[((size_t)g * rows + i) * tk + j] = -INFINITY;
 }
 
 static gboolean is_reference(const Primitive *p) {
@@ -108,8 +112,7 @@ static gboolean is_reference(const Primitive *p) {
 static int heads_per_call(const AttentionArgs *a, int rows, Ops *ops, int ld_out) {
   int group = 1;
   for (int g = 1; g <= a->heads; g++)
-    if (a->heads % g == 0 && (size_t)g * rows * a->tk * dtype_size(ops->dtype) <= SCORES_BUDGET)
-      group = g;
+    if (a->heads % g == 0 && (size_t)g * rows * a->tk * sizeof(float) <= SCORES_BUDGET) group = g;
   AttentionPrimitives prims = {NULL, NULL, NULL};
   if (group > 1 && (!attention_primitives(ops, a, group, rows, ld_out, &prims, NULL) ||
                     is_reference(prims.qk) || is_reference(prims.pv)))
@@ -162,8 +165,13 @@ static Tensor *attention_run(Ops *ops, const AttentionArgs *a, GError **error) {
   const int group = heads_per_call(a, chunk, ops, channels);
   Tensor *out = tensor_try_new(a->n, 1, a->tq, channels, ops->dtype, error);
   if (!out) return NULL;
-  void *scores = aligned_buffer((size_t)group * chunk * a->tk * elt);
-  if (!scores) {
+  const size_t n_scores = (size_t)group * chunk * a->tk;
+  float *scores = aligned_buffer(n_scores * sizeof(float));
+  /* fp32 probabilities overwrite their scores; bf16 ones need their own room */
+  void *probs = ops->dtype == dnnl_f32 ? (void *)scores : aligned_buffer(n_scores * elt);
+  if (!scores || !probs) {
+    if (probs != scores) free(probs);
+    free(scores);
     g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "attention: out of memory for the scores");
     tensor_free(out);
     return NULL;
@@ -181,14 +189,15 @@ static Tensor *attention_run(Ops *ops, const AttentionArgs *a, GError **error) {
         const char *v = a->v + ((size_t)b * a->tk * a->ld_kv + col) * elt;
         char *o = (char *)out->data + (((size_t)b * a->tq + q0) * channels + col) * elt;
         const OpsArg qk[3] = {{DNNL_ARG_SRC, q}, {DNNL_ARG_WEIGHTS, k}, {DNNL_ARG_DST, scores}};
-        const OpsArg softmax[2] = {{DNNL_ARG_SRC, scores}, {DNNL_ARG_DST, scores}};
-        const OpsArg pv[3] = {{DNNL_ARG_SRC, scores}, {DNNL_ARG_WEIGHTS, v}, {DNNL_ARG_DST, o}};
+        const OpsArg softmax[2] = {{DNNL_ARG_SRC, scores}, {DNNL_ARG_DST, probs}};
+        const OpsArg pv[3] = {{DNNL_ARG_SRC, probs}, {DNNL_ARG_WEIGHTS, v}, {DNNL_ARG_DST, o}};
         ok = ops_execute(ops, prims.qk, qk, 3, error);
-        if (ok && a->causal) mask_future(scores, ops->dtype, group, rows, a->tk, q0);
+        if (ok && a->causal) mask_future(scores, group, rows, a->tk, q0);
         ok = ok && ops_execute(ops, prims.softmax, softmax, 2, error) &&
              ops_execute(ops, prims.pv, pv, 3, error);
       }
   }
+  if (probs != scores) free(probs);
   free(scores);
   if (!ok) {
     tensor_free(out);

@@ -70,6 +70,10 @@ typedef struct {
 
 struct LcmUNet {
   Ops *ops;
+  /* fp32 whatever ops computes in: the time, guidance and added embeddings
+   * and every resnet's time_emb_proj. They are tiny, and in bf16 their
+   * error reaches every resnet of the network. */
+  Ops *embedding_ops;
   UNetConfig config;
   Conv2d *conv_in;
   Linear *cond_proj; /* NULL unless time_cond_proj_dim > 0 */
@@ -147,6 +151,7 @@ void lcm_unet_free(LcmUNet *unet) {
   block_clear(&unet->mid);
   norm_free(unet->conv_norm_out);
   conv2d_free(unet->conv_out);
+  ops_free(unet->embedding_ops);
   ops_free(unet->ops);
   g_free(unet);
 }
@@ -156,6 +161,7 @@ void lcm_unet_free(LcmUNet *unet) {
 /* Everything a loader needs besides its own prefix. */
 typedef struct {
   Ops *ops;
+  Ops *embedding_ops; /* see LcmUNet.embedding_ops */
   const Weights *weights;
   const UNetConfig *config;
 } Loader;
@@ -170,11 +176,17 @@ static Conv2d *load_conv(const Loader *ld, const char *prefix, const char *leaf,
   return conv2d_load(ld->ops, ld->weights, name, in_ch, out_ch, kernel, stride, TRUE, error);
 }
 
-static Linear *load_linear(const Loader *ld, const char *prefix, const char *leaf, int in_features,
-                           int out_features, gboolean has_bias, GError **error) {
+static Linear *load_linear_on(Ops *ops, const Loader *ld, const char *prefix, const char *leaf,
+                              int in_features, int out_features, gboolean has_bias,
+                              GError **error) {
   char name[NAME_MAX_LEN];
   g_snprintf(name, sizeof name, "%s.%s", prefix, leaf);
-  return linear_load(ld->ops, ld->weights, name, in_features, out_features, has_bias, error);
+  return linear_load(ops, ld->weights, name, in_features, out_features, has_bias, error);
+}
+
+static Linear *load_linear(const Loader *ld, const char *prefix, const char *leaf, int in_features,
+                           int out_features, gboolean has_bias, GError **error) {
+  return load_linear_on(ld->ops, ld, prefix, leaf, in_features, out_features, has_bias, error);
 }
 
 static Norm *load_norm(const Loader *ld, const char *prefix, const char *leaf, int channels,
@@ -189,8 +201,8 @@ static gboolean load_resnet(const Loader *ld, const char *prefix, int in_ch, int
   int temb_dim = 4 * ld->config->block_out_channels[0];
   return (r->norm1 = load_norm(ld, prefix, "norm1", in_ch, error)) &&
          (r->conv1 = load_conv(ld, prefix, "conv1", in_ch, out_ch, 3, 1, error)) &&
-         (r->time_emb_proj =
-              load_linear(ld, prefix, "time_emb_proj", temb_dim, out_ch, TRUE, error)) &&
+         (r->time_emb_proj = load_linear_on(ld->embedding_ops, ld, prefix, "time_emb_proj",
+                                            temb_dim, out_ch, TRUE, error)) &&
          (r->norm2 = load_norm(ld, prefix, "norm2", out_ch, error)) &&
          (r->conv2 = load_conv(ld, prefix, "conv2", out_ch, out_ch, 3, 1, error)) &&
          (in_ch == out_ch ||
@@ -391,28 +403,31 @@ LcmUNet *lcm_unet_load(LcmModel *model, LcmPrecision precision, GError **error) 
   if (!model_unet_config(model, &u->config, error) ||
       !check_config(&u->config, weights_path(weights), error))
     goto fail;
-  if (!(u->ops = ops_new(precision, error))) goto fail;
+  if (!(u->ops = ops_new(precision, error)) ||
+      !(u->embedding_ops = ops_new(LCM_PRECISION_FP32, error)))
+    goto fail;
   ops_use_weight_cache(u->ops, "unet", weights);
 
   const UNetConfig *c = &u->config;
-  Loader ld = {u->ops, weights, c};
+  Loader ld = {u->ops, u->embedding_ops, weights, c};
+  Ops *emb_ops = u->embedding_ops;
   int ch0 = c->block_out_channels[0], temb_dim = 4 * ch0;
   if (!(u->conv_in =
             conv2d_load(u->ops, weights, "conv_in", c->in_channels, ch0, 3, 1, TRUE, error)))
     goto fail;
   if (c->time_cond_proj_dim > 0 &&
-      !(u->cond_proj = linear_load(u->ops, weights, "time_embedding.cond_proj",
+      !(u->cond_proj = linear_load(emb_ops, weights, "time_embedding.cond_proj",
                                    c->time_cond_proj_dim, ch0, FALSE, error)))
     goto fail;
   if (!(u->time_linear_1 =
-            linear_load(u->ops, weights, "time_embedding.linear_1", ch0, temb_dim, TRUE, error)) ||
-      !(u->time_linear_2 = linear_load(u->ops, weights, "time_embedding.linear_2", temb_dim,
+            linear_load(emb_ops, weights, "time_embedding.linear_1", ch0, temb_dim, TRUE, error)) ||
+      !(u->time_linear_2 = linear_load(emb_ops, weights, "time_embedding.linear_2", temb_dim,
                                        temb_dim, TRUE, error)) ||
       (c->addition_time_embed_dim > 0 &&
        (!(u->add_linear_1 =
-              linear_load(u->ops, weights, "add_embedding.linear_1",
+              linear_load(emb_ops, weights, "add_embedding.linear_1",
                           c->projection_class_embeddings_input_dim, temb_dim, TRUE, error)) ||
-        !(u->add_linear_2 = linear_load(u->ops, weights, "add_embedding.linear_2", temb_dim,
+        !(u->add_linear_2 = linear_load(emb_ops, weights, "add_embedding.linear_2", temb_dim,
                                         temb_dim, TRUE, error)))) ||
       !load_down_mid_up(&ld, u, error) ||
       !(u->conv_norm_out = norm_load(u->ops, weights, "conv_norm_out", ch0, error)) ||
@@ -421,6 +436,7 @@ LcmUNet *lcm_unet_load(LcmModel *model, LcmPrecision precision, GError **error) 
       !check_all_used(weights, error))
     goto fail;
   ops_load_done(u->ops);
+  ops_load_done(emb_ops);
   return u;
 
 fail:
@@ -457,6 +473,7 @@ void lcm_unet_set_attention_chunk(LcmUNet *unet, int rows) {
 
 void lcm_unet_set_cancel(LcmUNet *unet, volatile gint *cancel) {
   ops_set_cancel(unet->ops, cancel);
+  ops_set_cancel(unet->embedding_ops, cancel);
 }
 
 /* ---- Embeddings -------------------------------------------------------------- */
@@ -536,11 +553,11 @@ static Tensor *added_embedding(LcmUNet *u, int batch, const LcmUNetConditions *c
       memcpy(debug->add_time_proj + (size_t)b * (width - text_dim),
              rows + (size_t)b * width + text_dim, (width - text_dim) * sizeof(float));
   }
-  Tensor *t = tensor_from_rows(u->ops, rows, batch, 1, width);
+  Tensor *t = tensor_from_rows(u->embedding_ops, rows, batch, 1, width);
   g_free(rows);
   if (!input_allocated(t, "added conditions", error)) return NULL;
-  if (!advance(&t, linear(u->ops, u->add_linear_1, t, NULL, ACT_SILU, error)) ||
-      !advance(&t, linear(u->ops, u->add_linear_2, t, NULL, ACT_NONE, error))) {
+  if (!advance(&t, linear(u->embedding_ops, u->add_linear_1, t, NULL, ACT_SILU, error)) ||
+      !advance(&t, linear(u->embedding_ops, u->add_linear_2, t, NULL, ACT_NONE, error))) {
     tensor_free(t);
     return NULL;
   }
@@ -565,34 +582,34 @@ static Tensor *conditioning(LcmUNet *u, int batch, const float *timesteps,
     debug->time_proj_dim = dim;
     debug->time_proj = g_memdup2(rows, (size_t)batch * dim * sizeof(float));
   }
-  Tensor *t = tensor_from_rows(u->ops, rows, batch, 1, dim);
+  Tensor *t = tensor_from_rows(u->embedding_ops, rows, batch, 1, dim);
   g_free(rows);
   if (!input_allocated(t, "time embedding", error)) return NULL;
 
   gboolean ok = TRUE;
   if (cond && cond->timestep_cond) {
     Tensor *guidance =
-        tensor_from_rows(u->ops, cond->timestep_cond, batch, 1, c->time_cond_proj_dim);
+        tensor_from_rows(u->embedding_ops, cond->timestep_cond, batch, 1, c->time_cond_proj_dim);
     ok = input_allocated(guidance, "timestep_cond", error) &&
-         advance(&t, linear(u->ops, u->cond_proj, guidance, t, ACT_NONE, error));
+         advance(&t, linear(u->embedding_ops, u->cond_proj, guidance, t, ACT_NONE, error));
     tensor_free(guidance);
   }
   Tensor *aug = NULL;
   if (ok && u->add_linear_1) ok = (aug = added_embedding(u, batch, cond, debug, error)) != NULL;
-  ok = ok && advance(&t, linear(u->ops, u->time_linear_1, t, NULL, ACT_SILU, error));
+  ok = ok && advance(&t, linear(u->embedding_ops, u->time_linear_1, t, NULL, ACT_SILU, error));
   if (ok && debug) {
-    ok = advance(&t, linear(u->ops, u->time_linear_2, t, NULL, ACT_NONE, error));
+    ok = advance(&t, linear(u->embedding_ops, u->time_linear_2, t, NULL, ACT_NONE, error));
     if (ok) debug->time_embedding = rows_copy(t);
     if (ok && aug) {
       debug->add_embedding = rows_copy(aug);
-      ok = advance(&t, tensor_add(u->ops, t, aug, error));
+      ok = advance(&t, tensor_add(u->embedding_ops, t, aug, error));
     }
     if (ok) {
       debug->emb_dim = t->c;
       debug->emb = rows_copy(t);
     }
   } else {
-    ok = ok && advance(&t, linear(u->ops, u->time_linear_2, t, aug, act, error));
+    ok = ok && advance(&t, linear(u->embedding_ops, u->time_linear_2, t, aug, act, error));
   }
   tensor_free(aug);
   if (!ok) {
@@ -602,13 +619,26 @@ static Tensor *conditioning(LcmUNet *u, int batch, const float *timesteps,
   return t;
 }
 
+/* The resnet's time_emb_proj of the fp32 conditioning, in the ops' dtype:
+ * [batch, 1, 1, out_ch], the per-channel residual of conv1. */
+static Tensor *time_projection(LcmUNet *u, const Resnet *r, const Tensor *temb_silu,
+                               GError **error) {
+  Tensor *temb = linear(u->embedding_ops, r->time_emb_proj, temb_silu, NULL, ACT_NONE, error);
+  if (!temb || ops_dtype(u->ops) == dnnl_f32) return temb;
+  float *rows = rows_copy(temb);
+  Tensor *converted = tensor_from_rows(u->ops, rows, temb->n, 1, temb->c);
+  g_free(rows);
+  tensor_free(temb);
+  return input_allocated(converted, "time embedding", error) ? converted : NULL;
+}
+
 static Tensor *resnet_forward(LcmUNet *u, const Resnet *r, const Tensor *x, const Tensor *temb_silu,
                               GError **error) {
   Ops *ops = u->ops;
   int groups = u->config.norm_num_groups;
   float eps = u->config.norm_eps;
   if (!ops_check_cancel(ops, error)) return NULL;
-  Tensor *temb = linear(ops, r->time_emb_proj, temb_silu, NULL, ACT_NONE, error);
+  Tensor *temb = time_projection(u, r, temb_silu, error);
   if (!temb) return NULL;
   Tensor *h = group_norm(ops, r->norm1, x, groups, eps, ACT_SILU, error);
   if (!h || !advance(&h, conv2d(ops, r->conv1, h, temb, ACT_NONE, error))) {
