@@ -82,7 +82,7 @@ static void test_tiny_tensor_lists(void) {
 /* Published sizes: SD1.5 UNet 859,520,964 parameters plus LCM's cond_proj
  * (256 x 320); the SD VAE 83,653,863; CLIP ViT-L/14's text model 123,060,480. */
 static void test_sd15_parameter_counts(void) {
-  const GenConfigs *configs = model_gen_sd15_lcm_configs();
+  const GenConfigs *configs = model_gen_family_configs(GEN_FAMILY_SD15);
   const struct {
     GenNetwork network;
     const char *config;
@@ -113,7 +113,7 @@ static double stage_flops(GenStage stage, const char *config, int latent) {
  * the VAE decoder about 2.5 TFLOP; the encoder, which skips the decoder's
  * extra resnet per level and works at lower widths, clearly less. */
 static void test_sd15_flops(void) {
-  const GenConfigs *configs = model_gen_sd15_lcm_configs();
+  const GenConfigs *configs = model_gen_family_configs(GEN_FAMILY_SD15);
   const double unet = stage_flops(GEN_STAGE_UNET_STEP, configs->unet, 64);
   const double decode = stage_flops(GEN_STAGE_VAE_DECODE, configs->vae, 64);
   const double encode = stage_flops(GEN_STAGE_VAE_ENCODE, configs->vae, 64);
@@ -171,7 +171,7 @@ static GenConfigs tiny_configs(char *texts[3]) {
   texts[0] = tiny_config("text_encoder");
   texts[1] = tiny_config("unet");
   texts[2] = tiny_config("vae");
-  return (GenConfigs){texts[0], texts[1], texts[2]};
+  return (GenConfigs){.text_encoder = texts[0], .unet = texts[1], .vae = texts[2]};
 }
 
 static char *make_tiny_model(guint64 seed) {
