@@ -447,7 +447,19 @@ static void record_memory(Run *run, LcmPrecision precision, int size, gboolean h
 }
 
 /* Loads (cold, then warm) and times every stage at every size. */
+/* The memory guard at the largest size asked for, before any load. */
+static gboolean check_memory(const Run *run, LcmPrecision precision, GError **error) {
+  int largest = 0;
+  for (int s = 0; s < run->n_sizes; s++) largest = MAX(largest, run->sizes[s]);
+  LcmModel *model = lcm_model_open(run->model_dir, error);
+  const gboolean ok =
+      model && lcm_model_check_memory(model, precision, largest, largest, error);
+  if (model) lcm_model_free(model);
+  return ok;
+}
+
 static gboolean bench_precision(Run *run, LcmPrecision precision, GError **error) {
+  if (!check_memory(run, precision, error)) return FALSE;
   LoadRow load = {precision, {0}, {0}};
   Networks nets = {0};
   g_printerr("%s: cold load...\n", lcm_precision_name(precision));
