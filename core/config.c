@@ -665,8 +665,7 @@ gboolean clip_config_infer(const Weights *w, ClipConfig *out, GError **error) {
   /* OpenAI CLIP ViT-L/14 (SD1.5, SDXL's first encoder) uses quick_gelu; the
    * one with a projection is SDXL's OpenCLIP ViT-bigG, with exact gelu */
   out->quick_gelu = !weights_contains(w, "text_projection.weight");
-  if (!out->quick_gelu &&
-      !shape_dim(w, "text_projection.weight", 0, &out->projection_dim, error))
+  if (!out->quick_gelu && !shape_dim(w, "text_projection.weight", 0, &out->projection_dim, error))
     return FALSE;
   out->eos_token_id = 2; /* as the configs shipped with SD and SDXL say */
   /* CLIP's heads are 64 wide; other widths need the real config */

@@ -140,9 +140,9 @@ gboolean lcm_model_check_memory(LcmModel *model, LcmPrecision precision, int wid
   g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
               "%s: a %dx%d run in %s needs about %.1f GiB of memory (%.1f GiB of weights, %.1f GiB "
               "of working memory), but only %.1f GiB is available%s",
-              lcm_model_describe(model), width, height, lcm_precision_name(resolved),
-              gib(needed), gib(needed - plan.activation_bytes), gib(plan.activation_bytes),
-              gib(available), advice->str);
+              lcm_model_describe(model), width, height, lcm_precision_name(resolved), gib(needed),
+              gib(needed - plan.activation_bytes), gib(plan.activation_bytes), gib(available),
+              advice->str);
   g_string_free(advice, TRUE);
   return FALSE;
 }

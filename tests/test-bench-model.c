@@ -222,8 +222,7 @@ static void test_sdxl_flops(void) {
   g_assert_cmpfloat(unet - stage_flops(GEN_STAGE_UNET_STEP, no_addition, 128), ==,
                     2.0 * (2816 * 1280 + 1280 * 1280));
   const double ssd_unet = stage_flops(GEN_STAGE_UNET_STEP, ssd->unet, 128);
-  g_test_message("1024x1024: SDXL UNet step %.3f, SSD-1B %.3f TFLOP", unet / 1e12,
-                 ssd_unet / 1e12);
+  g_test_message("1024x1024: SDXL UNet step %.3f, SSD-1B %.3f TFLOP", unet / 1e12, ssd_unet / 1e12);
   g_assert_cmpfloat(ssd_unet, <, 0.8 * unet);
   const double unet_768 = stage_flops(GEN_STAGE_UNET_STEP, xl->unet, 96);
   g_assert_cmpfloat(unet / unet_768, >, (128.0 * 128) / (96 * 96));

@@ -242,11 +242,11 @@ static gboolean networks_load(const char *dir, LcmPrecision precision, Networks 
 /* Inputs and outputs of the stages at one image size. */
 typedef struct {
   Networks *nets;
-  int size, latent; /* image and latent side */
-  float *context;   /* LCM_CLIP_TOKENS x context width: the text encoder(s)' output */
-  float *pooled;    /* SDXL's pooled text embedding, or NULL */
-  float *sample;    /* UNet input latents */
-  float *guidance;  /* LCM guidance embedding, or NULL */
+  int size, latent;             /* image and latent side */
+  float *context;               /* LCM_CLIP_TOKENS x context width: the text encoder(s)' output */
+  float *pooled;                /* SDXL's pooled text embedding, or NULL */
+  float *sample;                /* UNet input latents */
+  float *guidance;              /* LCM guidance embedding, or NULL */
   float time_ids[LCM_TIME_IDS]; /* SDXL's size conditioning */
   LcmUNetConditions conditions;
   float *noise_pred;
@@ -258,8 +258,7 @@ typedef struct {
 
 static gboolean run_text_encode(gpointer p, GError **error) {
   StageData *d = p;
-  return lcm_prompt_encoder_encode(d->nets->prompts, PROMPT, NULL, 0, d->context, d->pooled,
-                                   error);
+  return lcm_prompt_encoder_encode(d->nets->prompts, PROMPT, NULL, 0, d->context, d->pooled, error);
 }
 
 static gboolean run_unet_step(gpointer p, GError **error) {
@@ -396,9 +395,9 @@ typedef struct {
   int n_precisions;
   LcmPrecision precisions[MAX_PRECISIONS];
   int repeat;
-  char *config_texts[GEN_N_NETWORKS]; /* NULL when the model has no config.json */
-  double peak[LCM_PRECISION_BF16 + 1];        /* FLOP/s by precision, 0 = not measured */
-  char *unsupported[LCM_PRECISION_BF16 + 1];  /* why the CPU cannot run a precision, or NULL */
+  char *config_texts[GEN_N_NETWORKS];        /* NULL when the model has no config.json */
+  double peak[LCM_PRECISION_BF16 + 1];       /* FLOP/s by precision, 0 = not measured */
+  char *unsupported[LCM_PRECISION_BF16 + 1]; /* why the CPU cannot run a precision, or NULL */
   GArray *stages, *loads, *memory, *pipelines, *fresh;
 } Run;
 
@@ -452,8 +451,7 @@ static gboolean check_memory(const Run *run, LcmPrecision precision, GError **er
   int largest = 0;
   for (int s = 0; s < run->n_sizes; s++) largest = MAX(largest, run->sizes[s]);
   LcmModel *model = lcm_model_open(run->model_dir, error);
-  const gboolean ok =
-      model && lcm_model_check_memory(model, precision, largest, largest, error);
+  const gboolean ok = model && lcm_model_check_memory(model, precision, largest, largest, error);
   if (model) lcm_model_free(model);
   return ok;
 }
@@ -1078,9 +1076,11 @@ static int report_error(GError *error) {
   return 1;
 }
 
-#define FAMILY_OPTION(family)                                                                    \
-  {"family", 0, 0, G_OPTION_ARG_STRING, &(family),                                             \
-   "Architecture of the random-weight model: sd15 (default), sdxl or ssd1b", "F"}
+#define FAMILY_OPTION(family)                                                                      \
+  {"family",  0,                                                                                   \
+   0,         G_OPTION_ARG_STRING,                                                                 \
+   &(family), "Architecture of the random-weight model: sd15 (default), sdxl or ssd1b",            \
+   "F"}
 
 static int command_make_model(int argc, char **argv) {
   gint64 seed = 0;

@@ -358,10 +358,8 @@ GArray *model_gen_tensors(GenNetwork network, const char *config_json, GError **
 gboolean model_gen_stage_flops(GenStage stage, const char *config_json, int latent_h, int latent_w,
                                double *flops, GError **error) {
   static const GenNetwork stage_network[] = {
-      [GEN_STAGE_TEXT_ENCODE] = GEN_TEXT_ENCODER,
-      [GEN_STAGE_TEXT_ENCODE_2] = GEN_TEXT_ENCODER_2,
-      [GEN_STAGE_UNET_STEP] = GEN_UNET,
-      [GEN_STAGE_VAE_DECODE] = GEN_VAE,
+      [GEN_STAGE_TEXT_ENCODE] = GEN_TEXT_ENCODER, [GEN_STAGE_TEXT_ENCODE_2] = GEN_TEXT_ENCODER_2,
+      [GEN_STAGE_UNET_STEP] = GEN_UNET,           [GEN_STAGE_VAE_DECODE] = GEN_VAE,
       [GEN_STAGE_VAE_ENCODE] = GEN_VAE,
   };
   const gboolean text = stage == GEN_STAGE_TEXT_ENCODE || stage == GEN_STAGE_TEXT_ENCODE_2;
@@ -672,89 +670,91 @@ static const char sd15_vae_json[] =
     "}\n";
 
 /* SDXL's second text encoder: the OpenCLIP ViT-bigG/14 text tower. */
-static const char sdxl_text_encoder_2_json[] = "{\n"
-                                               "  \"architectures\": [\"CLIPTextModelWithProjection\"],\n"
-                                               "  \"attention_dropout\": 0.0,\n"
-                                               "  \"bos_token_id\": 0,\n"
-                                               "  \"dropout\": 0.0,\n"
-                                               "  \"eos_token_id\": 2,\n"
-                                               "  \"hidden_act\": \"gelu\",\n"
-                                               "  \"hidden_size\": 1280,\n"
-                                               "  \"initializer_factor\": 1.0,\n"
-                                               "  \"initializer_range\": 0.02,\n"
-                                               "  \"intermediate_size\": 5120,\n"
-                                               "  \"layer_norm_eps\": 1e-05,\n"
-                                               "  \"max_position_embeddings\": 77,\n"
-                                               "  \"model_type\": \"clip_text_model\",\n"
-                                               "  \"num_attention_heads\": 20,\n"
-                                               "  \"num_hidden_layers\": 32,\n"
-                                               "  \"pad_token_id\": 1,\n"
-                                               "  \"projection_dim\": 1280,\n"
-                                               "  \"torch_dtype\": \"float16\",\n"
-                                               "  \"vocab_size\": 49408\n"
-                                               "}\n";
+static const char sdxl_text_encoder_2_json[] =
+    "{\n"
+    "  \"architectures\": [\"CLIPTextModelWithProjection\"],\n"
+    "  \"attention_dropout\": 0.0,\n"
+    "  \"bos_token_id\": 0,\n"
+    "  \"dropout\": 0.0,\n"
+    "  \"eos_token_id\": 2,\n"
+    "  \"hidden_act\": \"gelu\",\n"
+    "  \"hidden_size\": 1280,\n"
+    "  \"initializer_factor\": 1.0,\n"
+    "  \"initializer_range\": 0.02,\n"
+    "  \"intermediate_size\": 5120,\n"
+    "  \"layer_norm_eps\": 1e-05,\n"
+    "  \"max_position_embeddings\": 77,\n"
+    "  \"model_type\": \"clip_text_model\",\n"
+    "  \"num_attention_heads\": 20,\n"
+    "  \"num_hidden_layers\": 32,\n"
+    "  \"pad_token_id\": 1,\n"
+    "  \"projection_dim\": 1280,\n"
+    "  \"torch_dtype\": \"float16\",\n"
+    "  \"vocab_size\": 49408\n"
+    "}\n";
 
 /* The SDXL UNet (stable-diffusion-xl-base-1.0) with LCM's guidance-embedding
  * input, as latent-consistency/lcm-sdxl publishes it; SSD-1B's differs in the
  * three depth and mid-block lines given by XL_UNET_JSON's arguments. */
-#define XL_UNET_JSON(DOWN_DEPTHS, REVERSE_DEPTHS, MID_BLOCK)                                      \
-  "{\n"                                                                                          \
-  "  \"_class_name\": \"UNet2DConditionModel\",\n"                                               \
-  "  \"_diffusers_version\": \"0.27.2\",\n"                                                      \
-  "  \"act_fn\": \"silu\",\n"                                                                    \
-  "  \"addition_embed_type\": \"text_time\",\n"                                                  \
-  "  \"addition_embed_type_num_heads\": 64,\n"                                                   \
-  "  \"addition_time_embed_dim\": 256,\n"                                                        \
-  "  \"attention_head_dim\": [5, 10, 20],\n"                                                     \
-  "  \"block_out_channels\": [320, 640, 1280],\n"                                                \
-  "  \"center_input_sample\": false,\n"                                                          \
-  "  \"class_embed_type\": null,\n"                                                              \
-  "  \"class_embeddings_concat\": false,\n"                                                      \
-  "  \"conv_in_kernel\": 3,\n"                                                                   \
-  "  \"conv_out_kernel\": 3,\n"                                                                  \
-  "  \"cross_attention_dim\": 2048,\n"                                                           \
-  "  \"cross_attention_norm\": null,\n"                                                          \
-  "  \"down_block_types\": [\"DownBlock2D\", \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\"],\n" \
-  "  \"downsample_padding\": 1,\n"                                                               \
-  "  \"dual_cross_attention\": false,\n"                                                         \
-  "  \"encoder_hid_dim\": null,\n"                                                               \
-  "  \"encoder_hid_dim_type\": null,\n"                                                          \
-  "  \"flip_sin_to_cos\": true,\n"                                                               \
-  "  \"freq_shift\": 0,\n"                                                                       \
-  "  \"in_channels\": 4,\n"                                                                      \
-  "  \"layers_per_block\": 2,\n"                                                                 \
-  "  \"mid_block_only_cross_attention\": null,\n"                                                \
-  "  \"mid_block_scale_factor\": 1,\n"                                                           \
-  "  \"mid_block_type\": \"" MID_BLOCK "\",\n"                                                   \
-  "  \"norm_eps\": 1e-05,\n"                                                                     \
-  "  \"norm_num_groups\": 32,\n"                                                                 \
-  "  \"num_attention_heads\": null,\n"                                                           \
-  "  \"num_class_embeds\": null,\n"                                                              \
-  "  \"only_cross_attention\": false,\n"                                                         \
-  "  \"out_channels\": 4,\n"                                                                     \
-  "  \"projection_class_embeddings_input_dim\": 2816,\n"                                         \
-  "  \"resnet_out_scale_factor\": 1.0,\n"                                                        \
-  "  \"resnet_skip_time_act\": false,\n"                                                         \
-  "  \"resnet_time_scale_shift\": \"default\",\n"                                                \
-  "  \"reverse_transformer_layers_per_block\": " REVERSE_DEPTHS ",\n"                            \
-  "  \"sample_size\": 128,\n"                                                                    \
-  "  \"time_cond_proj_dim\": 256,\n"                                                             \
-  "  \"time_embedding_act_fn\": null,\n"                                                         \
-  "  \"time_embedding_dim\": null,\n"                                                            \
-  "  \"time_embedding_type\": \"positional\",\n"                                                 \
-  "  \"timestep_post_act\": null,\n"                                                             \
-  "  \"transformer_layers_per_block\": " DOWN_DEPTHS ",\n"                                       \
-  "  \"up_block_types\": [\"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"UpBlock2D\"],\n"     \
-  "  \"upcast_attention\": null,\n"                                                              \
-  "  \"use_linear_projection\": true\n"                                                          \
+#define XL_UNET_JSON(DOWN_DEPTHS, REVERSE_DEPTHS, MID_BLOCK)                                       \
+  "{\n"                                                                                            \
+  "  \"_class_name\": \"UNet2DConditionModel\",\n"                                                 \
+  "  \"_diffusers_version\": \"0.27.2\",\n"                                                        \
+  "  \"act_fn\": \"silu\",\n"                                                                      \
+  "  \"addition_embed_type\": \"text_time\",\n"                                                    \
+  "  \"addition_embed_type_num_heads\": 64,\n"                                                     \
+  "  \"addition_time_embed_dim\": 256,\n"                                                          \
+  "  \"attention_head_dim\": [5, 10, 20],\n"                                                       \
+  "  \"block_out_channels\": [320, 640, 1280],\n"                                                  \
+  "  \"center_input_sample\": false,\n"                                                            \
+  "  \"class_embed_type\": null,\n"                                                                \
+  "  \"class_embeddings_concat\": false,\n"                                                        \
+  "  \"conv_in_kernel\": 3,\n"                                                                     \
+  "  \"conv_out_kernel\": 3,\n"                                                                    \
+  "  \"cross_attention_dim\": 2048,\n"                                                             \
+  "  \"cross_attention_norm\": null,\n"                                                            \
+  "  \"down_block_types\": [\"DownBlock2D\", \"CrossAttnDownBlock2D\", "                           \
+  "\"CrossAttnDownBlock2D\"],\n"                                                                   \
+  "  \"downsample_padding\": 1,\n"                                                                 \
+  "  \"dual_cross_attention\": false,\n"                                                           \
+  "  \"encoder_hid_dim\": null,\n"                                                                 \
+  "  \"encoder_hid_dim_type\": null,\n"                                                            \
+  "  \"flip_sin_to_cos\": true,\n"                                                                 \
+  "  \"freq_shift\": 0,\n"                                                                         \
+  "  \"in_channels\": 4,\n"                                                                        \
+  "  \"layers_per_block\": 2,\n"                                                                   \
+  "  \"mid_block_only_cross_attention\": null,\n"                                                  \
+  "  \"mid_block_scale_factor\": 1,\n"                                                             \
+  "  \"mid_block_type\": \"" MID_BLOCK "\",\n"                                                     \
+  "  \"norm_eps\": 1e-05,\n"                                                                       \
+  "  \"norm_num_groups\": 32,\n"                                                                   \
+  "  \"num_attention_heads\": null,\n"                                                             \
+  "  \"num_class_embeds\": null,\n"                                                                \
+  "  \"only_cross_attention\": false,\n"                                                           \
+  "  \"out_channels\": 4,\n"                                                                       \
+  "  \"projection_class_embeddings_input_dim\": 2816,\n"                                           \
+  "  \"resnet_out_scale_factor\": 1.0,\n"                                                          \
+  "  \"resnet_skip_time_act\": false,\n"                                                           \
+  "  \"resnet_time_scale_shift\": \"default\",\n"                                                  \
+  "  \"reverse_transformer_layers_per_block\": " REVERSE_DEPTHS ",\n"                              \
+  "  \"sample_size\": 128,\n"                                                                      \
+  "  \"time_cond_proj_dim\": 256,\n"                                                               \
+  "  \"time_embedding_act_fn\": null,\n"                                                           \
+  "  \"time_embedding_dim\": null,\n"                                                              \
+  "  \"time_embedding_type\": \"positional\",\n"                                                   \
+  "  \"timestep_post_act\": null,\n"                                                               \
+  "  \"transformer_layers_per_block\": " DOWN_DEPTHS ",\n"                                         \
+  "  \"up_block_types\": [\"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"UpBlock2D\"],\n"       \
+  "  \"upcast_attention\": null,\n"                                                                \
+  "  \"use_linear_projection\": true\n"                                                            \
   "}\n"
 
 /* SDXL: depths 1, 2, 10 mirrored on the way up, a cross-attention mid block. */
 static const char sdxl_lcm_unet_json[] =
     XL_UNET_JSON("[1, 2, 10]", "null", "UNetMidBlock2DCrossAttn");
 /* SSD-1B: the distilled asymmetric depths and a mid block of one resnet. */
-static const char ssd1b_lcm_unet_json[] = XL_UNET_JSON(
-    "[1, [2, 2], [4, 4]]", "[[4, 4, 10], [2, 1, 1], [1, 1, 1]]", "UNetMidBlock2D");
+static const char ssd1b_lcm_unet_json[] =
+    XL_UNET_JSON("[1, [2, 2], [4, 4]]", "[[4, 4, 10], [2, 1, 1], [1, 1, 1]]", "UNetMidBlock2D");
 
 /* SDXL's VAE: SD's architecture with its own scaling factor. */
 static const char sdxl_vae_json[] =
@@ -912,10 +912,10 @@ gboolean model_gen_make_model(const char *dir, const GenConfigs *configs, guint6
                   strlen(scheduler_config_json), error) ||
       !write_tokenizer(dir, "tokenizer", error))
     return FALSE;
-  if (xl && !(write_tokenizer(dir, "tokenizer_2", error) &&
-              write_text(dir, "tokenizer_2/special_tokens_map.json",
-                         tokenizer_2_special_tokens_json, strlen(tokenizer_2_special_tokens_json),
-                         error)))
+  if (xl &&
+      !(write_tokenizer(dir, "tokenizer_2", error) &&
+        write_text(dir, "tokenizer_2/special_tokens_map.json", tokenizer_2_special_tokens_json,
+                   strlen(tokenizer_2_special_tokens_json), error)))
     return FALSE;
   for (GenNetwork network = 0; network < GEN_N_NETWORKS; network++) {
     const char *text = model_gen_config_of(configs, network);

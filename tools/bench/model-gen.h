@@ -40,9 +40,9 @@ GArray *model_gen_tensors(GenNetwork network, const char *config_json, GError **
 typedef enum {
   GEN_STAGE_TEXT_ENCODE,   /* one prompt of LCM_CLIP_TOKENS tokens */
   GEN_STAGE_TEXT_ENCODE_2, /* the same through the second text encoder (SDXL) */
-  GEN_STAGE_UNET_STEP,   /* one evaluation at latent_h x latent_w */
-  GEN_STAGE_VAE_DECODE,  /* latent_h x latent_w latents to an image */
-  GEN_STAGE_VAE_ENCODE,  /* the image that decodes from latent_h x latent_w, to latents */
+  GEN_STAGE_UNET_STEP,     /* one evaluation at latent_h x latent_w */
+  GEN_STAGE_VAE_DECODE,    /* latent_h x latent_w latents to an image */
+  GEN_STAGE_VAE_ENCODE,    /* the image that decodes from latent_h x latent_w, to latents */
 } GenStage;
 
 /* FLOPs of one stage, batch 1: 2 x the multiply-accumulates of every
