@@ -9,6 +9,8 @@ report=$("$bench" run --model "$model" --sizes "$size" --precision fp32 --repeat
 printf '%s\n' "$report"
 fail() { echo "bench-smoke: $1" >&2; exit 1; }
 side="${size}×${size}"
+printf '%s\n' "$report" | grep -Eq "^\| Model \| SD(1\.5|XL) family; parameters: text encoder [0-9.]+ M, UNet " ||
+  fail "no model row with parameter counts"
 for stage in "UNet step" "VAE decode" "VAE encode"; do
   printf '%s\n' "$report" | grep -q "^| fp32 | $side | $stage | [0-9.e+]* | " ||
     fail "no '$stage' row with a FLOP count at $side"

@@ -396,6 +396,7 @@ typedef struct {
   LcmPrecision precisions[MAX_PRECISIONS];
   int repeat;
   char *config_texts[GEN_N_NETWORKS];        /* NULL when the model has no config.json */
+  gboolean xl;                               /* the SDXL family */
   double peak[LCM_PRECISION_BF16 + 1];       /* FLOP/s by precision, 0 = not measured */
   char *unsupported[LCM_PRECISION_BF16 + 1]; /* why the CPU cannot run a precision, or NULL */
   GArray *stages, *loads, *memory, *pipelines, *fresh;
@@ -807,6 +808,28 @@ static double pipeline_flops(const Run *run, int size) {
 
 /* ---- Report -------------------------------------------------------------------- */
 
+/* "SDXL family; parameters: UNet 2568 M, VAE 84 M, ..." from the configs. */
+static char *model_summary(const Run *run) {
+  GString *text = g_string_new(run->xl ? "SDXL family" : "SD1.5 family");
+  const char *separator = "; parameters: ";
+  for (GenNetwork n = 0; n < GEN_N_NETWORKS; n++) {
+    GArray *tensors =
+        run->config_texts[n] ? model_gen_tensors(n, run->config_texts[n], NULL) : NULL;
+    if (!tensors) continue;
+    double params = 0;
+    for (guint i = 0; i < tensors->len; i++) {
+      const GenTensor *t = &g_array_index(tensors, GenTensor, i);
+      double numel = 1;
+      for (int d = 0; d < t->ndims; d++) numel *= (double)t->shape[d];
+      params += numel;
+    }
+    g_array_unref(tensors);
+    g_string_append_printf(text, "%s%s %.1f M", separator, network_labels[n], params / 1e6);
+    separator = ", ";
+  }
+  return g_string_free(text, FALSE);
+}
+
 static void print_report(const Run *run, const char *load_before, const char *load_after) {
   const dnnl_version_t *version = dnnl_version();
   g_autofree char *cpu = cpu_name();
@@ -816,6 +839,8 @@ static void print_report(const Run *run, const char *load_before, const char *lo
 
   printf("## Benchmark: %s\n\n", run->model_dir);
   printf("| | |\n|---|---|\n");
+  g_autofree char *summary = model_summary(run);
+  printf("| Model | %s |\n", summary);
   printf("| Date | %s |\n", when);
   printf("| CPU | %s, %d OpenMP threads |\n", cpu, omp_get_max_threads());
   printf("| oneDNN | %d.%d.%d, effective ISA %s |\n", version->major, version->minor,
@@ -1009,7 +1034,7 @@ static gboolean bench_run(Run *run, GError **error) {
   /* A model that does not open fails now, not after the peak measurements. */
   LcmModel *model = lcm_model_open(run->model_dir, error);
   if (!model) return FALSE;
-  const gboolean xl = lcm_model_family(model) == LCM_FAMILY_SDXL;
+  const gboolean xl = run->xl = lcm_model_family(model) == LCM_FAMILY_SDXL;
   lcm_model_free(model);
   for (GenNetwork n = 0; n < GEN_N_NETWORKS; n++) {
     if (n == GEN_TEXT_ENCODER_2 && !xl) continue;
