@@ -89,6 +89,23 @@ static void test_refuses_when_short(void) {
   lcm_model_free(model);
 }
 
+/* The single-file checkpoint of the same model (SGM names, OpenCLIP's
+ * stacked q, k, v split into row views) counts the same parameters. */
+static void test_single_file_counts_the_same(void) {
+  LcmModel *folder = open_golden("golden-sdxl/tiny-sdxl-lcm");
+  g_autofree char *checkpoint = test_data_path("golden-sdxl/tiny-sdxl-lcm.safetensors");
+  g_autofree char *unet_config = test_data_path("golden-sdxl/tiny-sdxl-lcm/unet/config.json");
+  const LcmModelParts parts = {.checkpoint = checkpoint, .unet_config = unet_config};
+  g_autoptr(GError) error = NULL;
+  LcmModel *single = lcm_model_open_parts(&parts, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(
+      needed(single, LCM_PRECISION_FP32, 256) - needed(single, LCM_PRECISION_BF16, 256), ==,
+      needed(folder, LCM_PRECISION_FP32, 256) - needed(folder, LCM_PRECISION_BF16, 256));
+  lcm_model_free(single);
+  lcm_model_free(folder);
+}
+
 /* Without the override the machine's own memory is read. */
 static void test_reads_meminfo(void) {
   g_unsetenv("GIMP_LCM_MEMORY_LIMIT_MB");
@@ -99,6 +116,7 @@ int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/memory-guard/estimate", test_estimate);
   g_test_add_func("/memory-guard/refuses-when-short", test_refuses_when_short);
+  g_test_add_func("/memory-guard/single-file-counts-the-same", test_single_file_counts_the_same);
   g_test_add_func("/memory-guard/reads-meminfo", test_reads_meminfo);
   return g_test_run();
 }
