@@ -232,6 +232,7 @@ static gboolean clip_config_parse(ConfigFile *config, ClipConfig *out, GError **
       !config_int(config, "num_attention_heads", 8, 1, &out->num_attention_heads, error) ||
       !config_int(config, "max_position_embeddings", 77, 1, &out->max_position_embeddings, error) ||
       !config_int(config, "eos_token_id", LCM_CLIP_EOS, 0, &out->eos_token_id, error) ||
+      !config_int(config, "projection_dim", 512, 1, &out->projection_dim, error) ||
       !config_float(config, "layer_norm_eps", 1e-5f, &out->layer_norm_eps, error))
     return FALSE;
   const char *act = config_string(config, "hidden_act");
@@ -664,6 +665,8 @@ gboolean clip_config_infer(const Weights *w, ClipConfig *out, GError **error) {
   /* OpenAI CLIP ViT-L/14 (SD1.5, SDXL's first encoder) uses quick_gelu; the
    * one with a projection is SDXL's OpenCLIP ViT-bigG, with exact gelu */
   out->quick_gelu = !weights_contains(w, "text_projection.weight");
+  if (!out->quick_gelu && !shape_dim(w, "text_projection.weight", 0, &out->projection_dim, error))
+    return FALSE;
   out->eos_token_id = 2; /* as the configs shipped with SD and SDXL say */
   /* CLIP's heads are 64 wide; other widths need the real config */
   if (out->hidden_size % 64 != 0) {

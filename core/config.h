@@ -22,6 +22,9 @@ typedef struct {
   /* transformers pools at the first eos_token_id, except for the legacy
    * value 2 (SD and SDXL configs), where it pools at argmax(ids) */
   int eos_token_id;
+  /* width of CLIPTextModelWithProjection's text_projection (SDXL's second
+   * encoder); the config states it for plain CLIPTextModels too, unused */
+  int projection_dim;
 } ClipConfig;
 
 typedef struct {

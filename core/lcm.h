@@ -254,6 +254,20 @@ void lcm_model_free(LcmModel *model);
 LcmModelFamily lcm_model_family(const LcmModel *model);
 /* A short human-readable description ("diffusers folder X", ...). */
 const char *lcm_model_describe(const LcmModel *model);
+/* Memory guard (docs/architecture.md, "Memory guard"): the bytes a
+ * width x height run of the model needs at a precision: every network's
+ * packed weights (parameter counts from the weight files x 4 bytes for fp32,
+ * 2 for bf16) plus the largest working set (UNet step or VAE decode). */
+gboolean lcm_model_memory_needed(LcmModel *model, LcmPrecision precision, int width, int height,
+                                 guint64 *bytes, GError **error);
+/* The memory a run may use: $GIMP_LCM_MEMORY_LIMIT_MB when set (tests),
+ * else MemAvailable (else MemTotal) of /proc/meminfo; 0 when unknown. */
+guint64 lcm_memory_available(void);
+/* Fails with LCM_ERROR_UNSUPPORTED, saying how much is needed, how much
+ * there is, and whether bf16 or SSD-1B would fit, when the run does not fit;
+ * lcm_pipeline_new checks the model's native size before loading. */
+gboolean lcm_model_check_memory(LcmModel *model, LcmPrecision precision, int width, int height,
+                                GError **error);
 /* A network's tensor by its diffusers name, as the networks load it (fp32,
  * whatever the file layout). network: "unet", "vae", "text_encoder" or
  * "text_encoder_2".

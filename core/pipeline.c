@@ -207,6 +207,15 @@ LcmPipeline *lcm_pipeline_new(LcmModel *model, LcmPrecision precision, GError **
     g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "no model given to build a pipeline from");
     return NULL;
   }
+  /* Refuse before loading gigabytes when the model's native size cannot fit
+   * (SDXL: 1024x1024) */
+  UNetConfig unet_config;
+  VaeConfig vae_config;
+  if (!model_unet_config(model, &unet_config, error) ||
+      !model_vae_config(model, &vae_config, error))
+    return NULL;
+  const int native_side = unet_config.sample_size << (vae_config.n_blocks - 1);
+  if (!lcm_model_check_memory(model, precision, native_side, native_side, error)) return NULL;
   LcmPipeline *p = g_new0(LcmPipeline, 1);
   p->prompt_cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   if (!(p->prompts = lcm_prompt_encoder_new(model, precision, error)) ||

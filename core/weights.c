@@ -733,3 +733,17 @@ GPtrArray *weights_checkpoint_unmapped(const StFile *checkpoint) {
   g_ptr_array_sort(unmapped, compare_names);
   return unmapped;
 }
+
+int64_t weights_parameter_count(const Weights *weights) {
+  int64_t total = 0;
+  GHashTableIter iter;
+  gpointer value;
+  g_hash_table_iter_init(&iter, weights->entries);
+  while (g_hash_table_iter_next(&iter, NULL, &value)) {
+    const WeightEntry *entry = value;
+    const int64_t numel = (int64_t)st_numel(entry->tensor);
+    /* a third of OpenCLIP's stacked q, k, v */
+    total += entry->rows ? numel / entry->tensor->shape[0] * entry->rows : numel;
+  }
+  return total;
+}

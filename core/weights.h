@@ -37,6 +37,8 @@ gboolean weights_read(const Weights *weights, const char *name, int ndims, const
                       float *dst, GError **error);
 /* Elements of a tensor of that shape. */
 size_t weights_shape_numel(int ndims, const int64_t *shape);
+/* The number of values of every tensor the network holds (its parameters). */
+int64_t weights_parameter_count(const Weights *weights);
 const char *weights_path(const Weights *weights);
 /* What weights_read checks (present, that shape), and marks `name` used,
  * without reading it: for layers that come packed from the weight cache. */

@@ -61,6 +61,42 @@ static void assert_same_tensors(GArray *tensors, const StFile *file) {
   }
 }
 
+/* The walk of `folder`'s config.json lists exactly the tensors of its weights. */
+static void assert_walk_matches(GenNetwork network, const char *folder, const char *weights) {
+  g_autofree char *config_relative = g_build_filename(folder, "config.json", NULL);
+  g_autofree char *config_path = test_data_path(config_relative);
+  g_autofree char *config = read_text(config_path);
+  g_autoptr(GError) error = NULL;
+  GArray *tensors = model_gen_tensors(network, config, &error);
+  g_assert_no_error(error);
+  g_autofree char *relative = g_build_filename(folder, weights, NULL);
+  g_autofree char *path = test_data_path(relative);
+  StFile *file = st_open(path, &error);
+  g_assert_no_error(error);
+  assert_same_tensors(tensors, file);
+  st_close(file);
+  g_array_unref(tensors);
+}
+
+/* The golden SDXL-family models: both text encoders, the SDXL UNet with and
+ * without LCM's cond_proj, the SSD-1B-like one (reversed depths, plain mid
+ * block) and the SDXL VAE. */
+static void test_tiny_sdxl_tensor_lists(void) {
+  const struct {
+    GenNetwork network;
+    const char *folder, *weights;
+  } cases[] = {
+      {GEN_TEXT_ENCODER, "golden-sdxl/tiny-sdxl-lcm/text_encoder", "model.safetensors"},
+      {GEN_TEXT_ENCODER_2, "golden-sdxl/tiny-sdxl-lcm/text_encoder_2", "model.safetensors"},
+      {GEN_UNET, "golden-sdxl/tiny-sdxl-lcm/unet", "diffusion_pytorch_model.safetensors"},
+      {GEN_UNET, "golden-sdxl/tiny-sdxl/unet", "diffusion_pytorch_model.safetensors"},
+      {GEN_UNET, "golden-sdxl/tiny-ssd1b-lcm/unet", "diffusion_pytorch_model.safetensors"},
+      {GEN_VAE, "golden-sdxl/tiny-sdxl-lcm/vae", "diffusion_pytorch_model.safetensors"},
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS(cases); i++)
+    assert_walk_matches(cases[i].network, cases[i].folder, cases[i].weights);
+}
+
 static void test_tiny_tensor_lists(void) {
   for (size_t i = 0; i < G_N_ELEMENTS(network_cases); i++) {
     const NetworkCase *c = &network_cases[i];
@@ -82,7 +118,7 @@ static void test_tiny_tensor_lists(void) {
 /* Published sizes: SD1.5 UNet 859,520,964 parameters plus LCM's cond_proj
  * (256 x 320); the SD VAE 83,653,863; CLIP ViT-L/14's text model 123,060,480. */
 static void test_sd15_parameter_counts(void) {
-  const GenConfigs *configs = model_gen_sd15_lcm_configs();
+  const GenConfigs *configs = model_gen_family_configs(GEN_FAMILY_SD15);
   const struct {
     GenNetwork network;
     const char *config;
@@ -101,6 +137,41 @@ static void test_sd15_parameter_counts(void) {
   }
 }
 
+/* Published sizes: the SDXL base UNet 2,567,463,684 parameters plus LCM's
+ * cond_proj (256 x 320; lcm-sdxl: 2.567 G); SSD-1B's "1.3 B"; the OpenCLIP
+ * ViT-bigG text tower with its projection 694,659,840; the VAE SD's. */
+static void test_sdxl_parameter_counts(void) {
+  const GenConfigs *xl = model_gen_family_configs(GEN_FAMILY_SDXL);
+  const GenConfigs *ssd = model_gen_family_configs(GEN_FAMILY_SSD1B);
+  const struct {
+    GenNetwork network;
+    const char *config;
+    int64_t params;
+  } expected[] = {
+      {GEN_TEXT_ENCODER, xl->text_encoder, 123060480},
+      {GEN_TEXT_ENCODER_2, xl->text_encoder_2, 694659840},
+      {GEN_UNET, xl->unet, 2567463684 + 256 * 320},
+      {GEN_VAE, xl->vae, 83653863},
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS(expected); i++) {
+    g_autoptr(GError) error = NULL;
+    GArray *tensors = model_gen_tensors(expected[i].network, expected[i].config, &error);
+    g_assert_no_error(error);
+    g_assert_cmpint(tensor_list_params(tensors), ==, expected[i].params);
+    g_array_unref(tensors);
+  }
+  g_autoptr(GError) error = NULL;
+  GArray *tensors = model_gen_tensors(GEN_UNET, ssd->unet, &error);
+  g_assert_no_error(error);
+  const int64_t ssd_params = tensor_list_params(tensors);
+  g_test_message("SSD-1B LCM UNet: %" G_GINT64_FORMAT " parameters", ssd_params);
+  g_assert_cmpfloat(fabs(ssd_params / 1.3e9 - 1), <, 0.05);
+  g_array_unref(tensors);
+  g_assert_true(ssd->text_encoder_2 == xl->text_encoder_2 && ssd->vae == xl->vae);
+}
+
+static gboolean finite_and_nonzero(const float *values, size_t n);
+
 static double stage_flops(GenStage stage, const char *config, int latent) {
   double flops = 0;
   g_autoptr(GError) error = NULL;
@@ -113,7 +184,7 @@ static double stage_flops(GenStage stage, const char *config, int latent) {
  * the VAE decoder about 2.5 TFLOP; the encoder, which skips the decoder's
  * extra resnet per level and works at lower widths, clearly less. */
 static void test_sd15_flops(void) {
-  const GenConfigs *configs = model_gen_sd15_lcm_configs();
+  const GenConfigs *configs = model_gen_family_configs(GEN_FAMILY_SD15);
   const double unet = stage_flops(GEN_STAGE_UNET_STEP, configs->unet, 64);
   const double decode = stage_flops(GEN_STAGE_VAE_DECODE, configs->vae, 64);
   const double encode = stage_flops(GEN_STAGE_VAE_ENCODE, configs->vae, 64);
@@ -130,6 +201,90 @@ static void test_sd15_flops(void) {
   const double unet_half = stage_flops(GEN_STAGE_UNET_STEP, configs->unet, 32);
   g_assert_cmpfloat(unet / unet_half, >, 4.0);
   g_assert_cmpfloat(unet / unet_half, <, 16.0);
+}
+
+/* SDXL's extra work is where the walks put it: text_projection on the pooled
+ * token only, and add_embedding on one row; SSD-1B's shallower UNet costs
+ * less than SDXL's; attention grows faster than the pixel count. */
+static void test_sdxl_flops(void) {
+  const GenConfigs *xl = model_gen_family_configs(GEN_FAMILY_SDXL);
+  const GenConfigs *ssd = model_gen_family_configs(GEN_FAMILY_SSD1B);
+  g_assert_cmpfloat(stage_flops(GEN_STAGE_TEXT_ENCODE_2, xl->text_encoder_2, 0) -
+                        stage_flops(GEN_STAGE_TEXT_ENCODE, xl->text_encoder_2, 0),
+                    ==, 2.0 * 1280 * 1280);
+  GString *edited = g_string_new(xl->unet);
+  g_assert_cmpuint(g_string_replace(edited, "\"text_time\"", "null", 1), ==, 1);
+  g_assert_cmpuint(g_string_replace(edited, "\"addition_time_embed_dim\": 256",
+                                    "\"addition_time_embed_dim\": null", 1),
+                   ==, 1);
+  g_autofree char *no_addition = g_string_free(edited, FALSE);
+  const double unet = stage_flops(GEN_STAGE_UNET_STEP, xl->unet, 128);
+  g_assert_cmpfloat(unet - stage_flops(GEN_STAGE_UNET_STEP, no_addition, 128), ==,
+                    2.0 * (2816 * 1280 + 1280 * 1280));
+  const double ssd_unet = stage_flops(GEN_STAGE_UNET_STEP, ssd->unet, 128);
+  g_test_message("1024x1024: SDXL UNet step %.3f, SSD-1B %.3f TFLOP", unet / 1e12, ssd_unet / 1e12);
+  g_assert_cmpfloat(ssd_unet, <, 0.8 * unet);
+  const double unet_768 = stage_flops(GEN_STAGE_UNET_STEP, xl->unet, 96);
+  g_assert_cmpfloat(unet / unet_768, >, (128.0 * 128) / (96 * 96));
+}
+
+static char *golden_sdxl_config(const char *model, const char *folder) {
+  g_autofree char *relative = g_build_filename("golden-sdxl", model, folder, "config.json", NULL);
+  g_autofree char *path = test_data_path(relative);
+  return read_text(path);
+}
+
+/* A generated SDXL-family folder opens as SDXL, tokenizer_2 pads with "!"
+ * (id 0), and the pipeline runs a step on it with finite output. */
+static void test_make_sdxl_model(void) {
+  g_autofree char *te = golden_sdxl_config("tiny-sdxl-lcm", "text_encoder");
+  g_autofree char *te2 = golden_sdxl_config("tiny-sdxl-lcm", "text_encoder_2");
+  g_autofree char *unet = golden_sdxl_config("tiny-ssd1b-lcm", "unet");
+  g_autofree char *vae = golden_sdxl_config("tiny-sdxl-lcm", "vae");
+  const GenConfigs configs = {te, te2, unet, vae};
+  g_autoptr(GError) error = NULL;
+  g_autofree char *dir = g_dir_make_tmp("lcm-bench-model-XXXXXX", &error);
+  g_assert_no_error(error);
+  g_assert_true(model_gen_make_model(dir, &configs, 4, &error));
+  g_assert_no_error(error);
+  for (GenNetwork n = 0; n < GEN_N_NETWORKS; n++) {
+    g_autofree char *path = g_build_filename(dir, model_gen_weights_file(n), NULL);
+    StFile *file = st_open(path, &error);
+    g_assert_no_error(error);
+    GArray *tensors = model_gen_tensors(n, model_gen_config_of(&configs, n), &error);
+    g_assert_no_error(error);
+    assert_same_tensors(tensors, file);
+    g_array_unref(tensors);
+    st_close(file);
+  }
+
+  g_autofree char *tokenizer_dir = g_build_filename(dir, "tokenizer_2", NULL);
+  LcmTokenizer *tokenizer = lcm_tokenizer_new_from_folder(tokenizer_dir, &error);
+  g_assert_no_error(error);
+  int32_t ids[LCM_CLIP_TOKENS];
+  lcm_tokenizer_encode(tokenizer, "a cat", ids);
+  lcm_tokenizer_free(tokenizer);
+  g_assert_cmpint(ids[3], ==, LCM_CLIP_EOS);
+  g_assert_cmpint(ids[4], ==, 0);
+
+  LcmModel *model = lcm_model_open(dir, &error);
+  g_assert_no_error(error);
+  g_assert_cmpint(lcm_model_family(model), ==, LCM_FAMILY_SDXL);
+  LcmPipeline *pipeline = lcm_pipeline_new(model, LCM_PRECISION_FP32, &error);
+  g_assert_no_error(error);
+  lcm_model_free(model);
+  LcmPipelineParams params;
+  lcm_pipeline_params_init(&params);
+  params.prompt = "a cat";
+  params.steps = 1;
+  params.width = params.height = 64;
+  params.guidance_scale = lcm_pipeline_default_guidance(pipeline);
+  LcmImage *image = lcm_pipeline_run(pipeline, &params, &error);
+  g_assert_no_error(error);
+  g_assert_true(finite_and_nonzero(image->data, (size_t)64 * 64 * 3));
+  lcm_image_free(image);
+  lcm_pipeline_free(pipeline);
+  test_remove_tree(dir);
 }
 
 static void test_bad_configs(void) {
@@ -171,7 +326,7 @@ static GenConfigs tiny_configs(char *texts[3]) {
   texts[0] = tiny_config("text_encoder");
   texts[1] = tiny_config("unet");
   texts[2] = tiny_config("vae");
-  return (GenConfigs){texts[0], texts[1], texts[2]};
+  return (GenConfigs){.text_encoder = texts[0], .unet = texts[1], .vae = texts[2]};
 }
 
 static char *make_tiny_model(guint64 seed) {
@@ -432,6 +587,10 @@ int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/bench-model/tiny-tensor-lists", test_tiny_tensor_lists);
   g_test_add_func("/bench-model/sd15-parameter-counts", test_sd15_parameter_counts);
+  g_test_add_func("/bench-model/tiny-sdxl-tensor-lists", test_tiny_sdxl_tensor_lists);
+  g_test_add_func("/bench-model/sdxl-parameter-counts", test_sdxl_parameter_counts);
+  g_test_add_func("/bench-model/sdxl-flops", test_sdxl_flops);
+  g_test_add_func("/bench-model/make-sdxl-model", test_make_sdxl_model);
   g_test_add_func("/bench-model/sd15-flops", test_sd15_flops);
   g_test_add_func("/bench-model/bad-configs", test_bad_configs);
   g_test_add_func("/bench-model/make-model-writes-folder", test_make_model_writes_folder);

@@ -1,9 +1,9 @@
-/* gimp-lcm-bench: writes a full-size SD1.5 / LCM model with random weights,
- * and times every stage of the pipeline on a model.
+/* gimp-lcm-bench: writes a full-size SD1.5, SDXL or SSD-1B model (LCM UNet)
+ * with random weights, and times every stage of the pipeline on a model.
  *
- *   gimp-lcm-bench make-model DIR [--seed N]
+ *   gimp-lcm-bench make-model DIR [--family sd15|sdxl|ssd1b] [--seed N]
  *   gimp-lcm-bench run --model DIR [--sizes 256,512] [--precision fp32,bf16]
- *                      [--repeat N] [--make-if-missing] [--seed N]
+ *                      [--repeat N] [--make-if-missing] [--family F] [--seed N]
  *                      [--no-fresh] [--cli PATH] [--plugin PATH] [--batch N]
  *
  * `run` prints a Markdown report on stdout (progress goes to stderr), ready
@@ -30,9 +30,16 @@
 #define TIMESTEP 999.0f
 #define LATENT_FACTOR 8 /* image pixels per latent pixel (SD1.5 VAE) */
 
-static const GenNetwork networks[] = {GEN_TEXT_ENCODER, GEN_UNET, GEN_VAE};
-static const char *const network_labels[] = {"text encoder", "UNet", "VAE"};
-static const char *const network_folders[] = {"text_encoder", "unet", "vae"};
+static const char *const network_labels[] = {
+    [GEN_TEXT_ENCODER] = "text encoder",
+    [GEN_TEXT_ENCODER_2] = "text encoder 2",
+    [GEN_UNET] = "UNet",
+    [GEN_VAE] = "VAE",
+};
+
+/* What a load row times: the text encoder(s), the UNet and the VAE. */
+enum { PART_TEXT, PART_UNET, PART_VAE, N_PARTS };
+static const char *const part_labels[] = {"text encoder(s)", "UNet", "VAE"};
 
 /* ---- Measurements ------------------------------------------------------------ */
 
@@ -130,8 +137,8 @@ static void remove_tree(const char *path) {
 
 /* The model's weight files out of the page cache, for a cold load. */
 static void drop_page_cache(const char *dir) {
-  for (size_t i = 0; i < G_N_ELEMENTS(network_folders); i++) {
-    g_autofree char *folder = g_build_filename(dir, network_folders[i], NULL);
+  for (GenNetwork n = 0; n < GEN_N_NETWORKS; n++) {
+    g_autofree char *folder = g_build_filename(dir, model_gen_folder(n), NULL);
     drop_folder_page_cache(folder, ".safetensors");
   }
 }
@@ -203,43 +210,45 @@ static char *load_average(void) {
 
 typedef struct {
   LcmModel *model;
-  LcmTextEncoder *text_encoder;
+  LcmPromptEncoder *prompts; /* the tokenizer(s) and text encoder(s) */
   LcmUNet *unet;
   LcmVae *vae;
 } Networks;
 
 static void networks_clear(Networks *n) {
-  if (n->text_encoder) lcm_text_encoder_free(n->text_encoder);
+  if (n->prompts) lcm_prompt_encoder_free(n->prompts);
   if (n->unet) lcm_unet_free(n->unet);
   if (n->vae) lcm_vae_free(n->vae);
   if (n->model) lcm_model_free(n->model);
   *n = (Networks){0};
 }
 
-/* Loads the three networks, timing each (ms). */
+/* Loads the networks, timing each part (ms). */
 static gboolean networks_load(const char *dir, LcmPrecision precision, Networks *n, double *ms,
                               GError **error) {
   if (!(n->model = lcm_model_open(dir, error))) return FALSE;
   double t0 = now_ms();
-  if (!(n->text_encoder = lcm_text_encoder_load(n->model, precision, error))) return FALSE;
-  ms[0] = now_ms() - t0;
+  if (!(n->prompts = lcm_prompt_encoder_new(n->model, precision, error))) return FALSE;
+  ms[PART_TEXT] = now_ms() - t0;
   t0 = now_ms();
   if (!(n->unet = lcm_unet_load(n->model, precision, error))) return FALSE;
-  ms[1] = now_ms() - t0;
+  ms[PART_UNET] = now_ms() - t0;
   t0 = now_ms();
   if (!(n->vae = lcm_vae_load(n->model, precision, error))) return FALSE;
-  ms[2] = now_ms() - t0;
+  ms[PART_VAE] = now_ms() - t0;
   return TRUE;
 }
 
 /* Inputs and outputs of the stages at one image size. */
 typedef struct {
   Networks *nets;
-  int size, latent; /* image and latent side */
-  int32_t ids[LCM_CLIP_TOKENS];
-  float *context;  /* LCM_CLIP_TOKENS x hidden: the text encoder's output */
-  float *sample;   /* UNet input latents */
-  float *guidance; /* LCM guidance embedding, or NULL */
+  int size, latent;             /* image and latent side */
+  float *context;               /* LCM_CLIP_TOKENS x context width: the text encoder(s)' output */
+  float *pooled;                /* SDXL's pooled text embedding, or NULL */
+  float *sample;                /* UNet input latents */
+  float *guidance;              /* LCM guidance embedding, or NULL */
+  float time_ids[LCM_TIME_IDS]; /* SDXL's size conditioning */
+  LcmUNetConditions conditions;
   float *noise_pred;
   float *z;       /* latents to decode */
   float *decoded; /* 3 x size x size */
@@ -249,13 +258,14 @@ typedef struct {
 
 static gboolean run_text_encode(gpointer p, GError **error) {
   StageData *d = p;
-  return lcm_text_encoder_encode(d->nets->text_encoder, d->ids, 1, d->context, error);
+  return lcm_prompt_encoder_encode(d->nets->prompts, PROMPT, NULL, 0, d->context, d->pooled, error);
 }
 
 static gboolean run_unet_step(gpointer p, GError **error) {
   StageData *d = p;
-  return lcm_unet_run(d->nets->unet, d->sample, 1, d->latent, d->latent, TIMESTEP, d->context,
-                      LCM_CLIP_TOKENS, d->guidance, d->noise_pred, error);
+  return lcm_unet_run_conditioned(d->nets->unet, d->sample, 1, d->latent, d->latent, TIMESTEP,
+                                  d->context, LCM_CLIP_TOKENS, &d->conditions, d->noise_pred,
+                                  error);
 }
 
 static gboolean run_vae_decode(gpointer p, GError **error) {
@@ -270,23 +280,29 @@ static gboolean run_vae_encode(gpointer p, GError **error) {
 
 static gboolean stage_data_init(StageData *d, Networks *nets, GError **error) {
   *d = (StageData){.nets = nets};
-  const int hidden = lcm_text_encoder_hidden_size(nets->text_encoder);
-  if (hidden != lcm_unet_cross_attention_dim(nets->unet)) {
+  const int width = lcm_prompt_encoder_context_dim(nets->prompts);
+  const int pooled = lcm_prompt_encoder_pooled_dim(nets->prompts);
+  if (width != lcm_unet_cross_attention_dim(nets->unet) ||
+      pooled != lcm_unet_text_embeds_dim(nets->unet)) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_SHAPE,
-                "the text encoder's width %d is not the UNet's cross_attention_dim %d", hidden,
-                lcm_unet_cross_attention_dim(nets->unet));
+                "the text encoders give %d-wide states and a %d-wide pooled embedding; the UNet "
+                "takes %d and %d",
+                width, pooled, lcm_unet_cross_attention_dim(nets->unet),
+                lcm_unet_text_embeds_dim(nets->unet));
     return FALSE;
   }
-  LcmTokenizer *tokenizer = lcm_model_load_tokenizer(nets->model, error);
-  if (!tokenizer) return FALSE;
-  lcm_tokenizer_encode(tokenizer, PROMPT, d->ids);
-  lcm_tokenizer_free(tokenizer);
-  d->context = g_new0(float, (size_t)LCM_CLIP_TOKENS *hidden);
+  d->context = g_new0(float, (size_t)LCM_CLIP_TOKENS *width);
+  if (pooled) d->pooled = g_new0(float, pooled);
   const int guidance_dim = lcm_unet_time_cond_proj_dim(nets->unet);
   if (guidance_dim) {
     d->guidance = g_new(float, guidance_dim);
     lcm_guidance_embedding(GUIDANCE_SCALE - 1, guidance_dim, d->guidance);
   }
+  d->conditions = (LcmUNetConditions){
+      .timestep_cond = d->guidance,
+      .text_embeds = d->pooled,
+      .time_ids = pooled ? d->time_ids : NULL,
+  };
   return TRUE;
 }
 
@@ -303,6 +319,7 @@ static void stage_data_free_buffers(StageData *d) {
 static void stage_data_clear(StageData *d) {
   stage_data_free_buffers(d);
   g_free(d->context);
+  g_free(d->pooled);
   g_free(d->guidance);
 }
 
@@ -311,6 +328,9 @@ static void stage_data_set_size(StageData *d, int size, LcmRng *rng) {
   stage_data_free_buffers(d);
   d->size = size;
   d->latent = size / LATENT_FACTOR;
+  /* the pipelines' default: original and target size the output's, no crop */
+  const float time_ids[LCM_TIME_IDS] = {size, size, 0, 0, size, size};
+  memcpy(d->time_ids, time_ids, sizeof time_ids);
   const size_t latent_pixels = (size_t)d->latent * d->latent, pixels = (size_t)size * size;
   const int latent_channels = lcm_vae_latent_channels(d->nets->vae);
   d->sample = random_floats(rng, lcm_unet_in_channels(d->nets->unet) * latent_pixels, 1.0f);
@@ -337,7 +357,7 @@ typedef struct {
 
 typedef struct {
   LcmPrecision precision;
-  double cold_ms[G_N_ELEMENTS(networks)], warm_ms[G_N_ELEMENTS(networks)];
+  double cold_ms[N_PARTS], warm_ms[N_PARTS];
 } LoadRow;
 
 typedef struct {
@@ -375,13 +395,15 @@ typedef struct {
   int n_precisions;
   LcmPrecision precisions[MAX_PRECISIONS];
   int repeat;
-  char *config_texts[G_N_ELEMENTS(networks)]; /* NULL when the model has no config.json */
-  double peak[LCM_PRECISION_BF16 + 1];        /* FLOP/s by precision, 0 = not measured */
-  char *unsupported[LCM_PRECISION_BF16 + 1];  /* why the CPU cannot run a precision, or NULL */
+  char *config_texts[GEN_N_NETWORKS];        /* NULL when the model has no config.json */
+  gboolean xl;                               /* the SDXL family */
+  double peak[LCM_PRECISION_BF16 + 1];       /* FLOP/s by precision, 0 = not measured */
+  char *unsupported[LCM_PRECISION_BF16 + 1]; /* why the CPU cannot run a precision, or NULL */
   GArray *stages, *loads, *memory, *pipelines, *fresh;
 } Run;
 
-/* FLOPs of a stage from the model's own config.json (0 if unknown). */
+/* FLOPs of a stage from the model's own config.json (0 if unknown or the
+ * model has no such network). */
 static double stage_flops(const Run *run, GenStage stage, GenNetwork network, int latent) {
   const char *config = run->config_texts[network];
   double flops = 0;
@@ -393,17 +415,21 @@ static double stage_flops(const Run *run, GenStage stage, GenNetwork network, in
   return flops;
 }
 
+/* Text encoding: both encoders for the SDXL family. */
+static double text_encode_flops(const Run *run) {
+  return stage_flops(run, GEN_STAGE_TEXT_ENCODE, GEN_TEXT_ENCODER, 0) +
+         stage_flops(run, GEN_STAGE_TEXT_ENCODE_2, GEN_TEXT_ENCODER_2, 0);
+}
+
+/* Times one stage; size 0 for one that does not depend on the image size. */
 static gboolean bench_stage(Run *run, StageData *d, LcmPrecision precision, const char *label,
-                            StageRun fn, GenStage stage, GenNetwork network, const float *output,
+                            StageRun fn, int size, double flops, const float *output,
                             size_t output_count, GError **error) {
-  if (stage == GEN_STAGE_TEXT_ENCODE)
+  if (!size)
     g_printerr("  %s: %s...\n", lcm_precision_name(precision), label);
   else
-    g_printerr("  %s %dx%d: %s...\n", lcm_precision_name(precision), d->size, d->size, label);
-  StageRow row = {.precision = precision,
-                  .size = stage == GEN_STAGE_TEXT_ENCODE ? 0 : d->size,
-                  .stage = label,
-                  .flops = stage_flops(run, stage, network, d->latent)};
+    g_printerr("  %s %dx%d: %s...\n", lcm_precision_name(precision), size, size, label);
+  StageRow row = {.precision = precision, .size = size, .stage = label, .flops = flops};
   if (!time_stage(fn, d, run->repeat, &row.timing, error)) return FALSE;
   row.finite = all_finite(output, output_count);
   g_array_append_val(run->stages, row);
@@ -421,7 +447,18 @@ static void record_memory(Run *run, LcmPrecision precision, int size, gboolean h
 }
 
 /* Loads (cold, then warm) and times every stage at every size. */
+/* The memory guard at the largest size asked for, before any load. */
+static gboolean check_memory(const Run *run, LcmPrecision precision, GError **error) {
+  int largest = 0;
+  for (int s = 0; s < run->n_sizes; s++) largest = MAX(largest, run->sizes[s]);
+  LcmModel *model = lcm_model_open(run->model_dir, error);
+  const gboolean ok = model && lcm_model_check_memory(model, precision, largest, largest, error);
+  if (model) lcm_model_free(model);
+  return ok;
+}
+
 static gboolean bench_precision(Run *run, LcmPrecision precision, GError **error) {
+  if (!check_memory(run, precision, error)) return FALSE;
   LoadRow load = {precision, {0}, {0}};
   Networks nets = {0};
   g_printerr("%s: cold load...\n", lcm_precision_name(precision));
@@ -439,22 +476,26 @@ static gboolean bench_precision(Run *run, LcmPrecision precision, GError **error
   StageData d;
   LcmRng *rng = lcm_rng_new(42);
   ok = stage_data_init(&d, &nets, error);
-  const int hidden = ok ? lcm_text_encoder_hidden_size(nets.text_encoder) : 0;
-  ok = ok && bench_stage(run, &d, precision, "text encode", run_text_encode, GEN_STAGE_TEXT_ENCODE,
-                         GEN_TEXT_ENCODER, d.context, (size_t)LCM_CLIP_TOKENS * hidden, error);
+  const int width = ok ? lcm_prompt_encoder_context_dim(nets.prompts) : 0;
+  ok = ok && bench_stage(run, &d, precision, "text encode", run_text_encode, 0,
+                         text_encode_flops(run), d.context, (size_t)LCM_CLIP_TOKENS * width, error);
   for (int s = 0; s < run->n_sizes && ok; s++) {
     stage_data_set_size(&d, run->sizes[s], rng);
-    const size_t latent_values = (size_t)lcm_unet_out_channels(nets.unet) * d.latent * d.latent;
-    const size_t image_values = (size_t)3 * d.size * d.size;
-    const size_t moment_values = (size_t)lcm_vae_latent_channels(nets.vae) * d.latent * d.latent;
+    const int size = d.size, latent = d.latent;
+    const size_t latent_values = (size_t)lcm_unet_out_channels(nets.unet) * latent * latent;
+    const size_t image_values = (size_t)3 * size * size;
+    const size_t moment_values = (size_t)lcm_vae_latent_channels(nets.vae) * latent * latent;
     const gboolean hwm_reset = reset_peak_rss();
-    ok = bench_stage(run, &d, precision, "UNet step", run_unet_step, GEN_STAGE_UNET_STEP, GEN_UNET,
-                     d.noise_pred, latent_values, error) &&
-         bench_stage(run, &d, precision, "VAE decode", run_vae_decode, GEN_STAGE_VAE_DECODE,
-                     GEN_VAE, d.decoded, image_values, error);
-    if (ok) record_memory(run, precision, d.size, hwm_reset);
-    ok = ok && bench_stage(run, &d, precision, "VAE encode", run_vae_encode, GEN_STAGE_VAE_ENCODE,
-                           GEN_VAE, d.mean, moment_values, error);
+    ok = bench_stage(run, &d, precision, "UNet step", run_unet_step, size,
+                     stage_flops(run, GEN_STAGE_UNET_STEP, GEN_UNET, latent), d.noise_pred,
+                     latent_values, error) &&
+         bench_stage(run, &d, precision, "VAE decode", run_vae_decode, size,
+                     stage_flops(run, GEN_STAGE_VAE_DECODE, GEN_VAE, latent), d.decoded,
+                     image_values, error);
+    if (ok) record_memory(run, precision, size, hwm_reset);
+    ok = ok && bench_stage(run, &d, precision, "VAE encode", run_vae_encode, size,
+                           stage_flops(run, GEN_STAGE_VAE_ENCODE, GEN_VAE, latent), d.mean,
+                           moment_values, error);
   }
   lcm_rng_free(rng);
   stage_data_clear(&d);
@@ -760,12 +801,34 @@ static double pipeline_min(const Run *run, LcmPrecision precision, int size) {
  * decode. */
 static double pipeline_flops(const Run *run, int size) {
   const int latent = size / LATENT_FACTOR;
-  return stage_flops(run, GEN_STAGE_TEXT_ENCODE, GEN_TEXT_ENCODER, latent) +
+  return text_encode_flops(run) +
          PIPELINE_STEPS * stage_flops(run, GEN_STAGE_UNET_STEP, GEN_UNET, latent) +
          stage_flops(run, GEN_STAGE_VAE_DECODE, GEN_VAE, latent);
 }
 
 /* ---- Report -------------------------------------------------------------------- */
+
+/* "SDXL family; parameters: UNet 2568 M, VAE 84 M, ..." from the configs. */
+static char *model_summary(const Run *run) {
+  GString *text = g_string_new(run->xl ? "SDXL family" : "SD1.5 family");
+  const char *separator = "; parameters: ";
+  for (GenNetwork n = 0; n < GEN_N_NETWORKS; n++) {
+    GArray *tensors =
+        run->config_texts[n] ? model_gen_tensors(n, run->config_texts[n], NULL) : NULL;
+    if (!tensors) continue;
+    double params = 0;
+    for (guint i = 0; i < tensors->len; i++) {
+      const GenTensor *t = &g_array_index(tensors, GenTensor, i);
+      double numel = 1;
+      for (int d = 0; d < t->ndims; d++) numel *= (double)t->shape[d];
+      params += numel;
+    }
+    g_array_unref(tensors);
+    g_string_append_printf(text, "%s%s %.1f M", separator, network_labels[n], params / 1e6);
+    separator = ", ";
+  }
+  return g_string_free(text, FALSE);
+}
 
 static void print_report(const Run *run, const char *load_before, const char *load_after) {
   const dnnl_version_t *version = dnnl_version();
@@ -776,6 +839,8 @@ static void print_report(const Run *run, const char *load_before, const char *lo
 
   printf("## Benchmark: %s\n\n", run->model_dir);
   printf("| | |\n|---|---|\n");
+  g_autofree char *summary = model_summary(run);
+  printf("| Model | %s |\n", summary);
   printf("| Date | %s |\n", when);
   printf("| CPU | %s, %d OpenMP threads |\n", cpu, omp_get_max_threads());
   printf("| oneDNN | %d.%d.%d, effective ISA %s |\n", version->major, version->minor,
@@ -801,8 +866,8 @@ static void print_report(const Run *run, const char *load_before, const char *lo
   printf("| precision | network | cold | warm |\n|---|---|---:|---:|\n");
   for (guint i = 0; i < run->loads->len; i++) {
     const LoadRow *l = &g_array_index(run->loads, LoadRow, i);
-    for (size_t n = 0; n < G_N_ELEMENTS(networks); n++)
-      printf("| %s | %s | %.0f | %.0f |\n", lcm_precision_name(l->precision), network_labels[n],
+    for (int n = 0; n < N_PARTS; n++)
+      printf("| %s | %s | %.0f | %.0f |\n", lcm_precision_name(l->precision), part_labels[n],
              l->cold_ms[n], l->warm_ms[n]);
   }
 
@@ -837,7 +902,7 @@ static void print_report(const Run *run, const char *load_before, const char *lo
 
   printf("\n### Peak resident memory after the UNet step and VAE decode (MiB)\n\n");
   printf("VmHWM: peak since the resident-set peak was reset before this size's stages (all "
-         "three networks loaded); ru_maxrss: peak of the whole process so far.\n\n");
+         "networks loaded); ru_maxrss: peak of the whole process so far.\n\n");
   printf("| precision | size | VmHWM | VmRSS | ru_maxrss |\n|---|---|---:|---:|---:|\n");
   for (guint i = 0; i < run->memory->len; i++) {
     const MemoryRow *m = &g_array_index(run->memory, MemoryRow, i);
@@ -848,7 +913,8 @@ static void print_report(const Run *run, const char *load_before, const char *lo
 
   printf("\n### txt2img, %d steps, and cancelling (ms)\n\n", PIPELINE_STEPS);
   printf("The whole run as the plug-in makes it (lcm_pipeline_run: text encoding of a new prompt, "
-         "%d UNet steps with the LCM guidance embedding, VAE decode): the first run at a size "
+         "%d UNet steps with the LCM guidance embedding (SDXL family: and the pooled text "
+         "embedding and time ids), VAE decode): the first run at a size "
          "(oneDNN primitives created), then min and median. Cancel: the flag is set half-way "
          "through the third UNet step, or a quarter of the way through the decode; latency is "
          "the time until the run returns, next to one UNet step.\n\n",
@@ -902,19 +968,30 @@ static void print_report(const Run *run, const char *load_before, const char *lo
 
 /* ---- Commands ------------------------------------------------------------------ */
 
-static gboolean make_model(const char *dir, guint64 seed, GError **error) {
-  g_printerr("writing a random-weight SD1.5 LCM model (seed %" G_GUINT64_FORMAT ") to %s...\n",
-             seed, dir);
+static gboolean make_model(const char *dir, GenFamily family, guint64 seed, GError **error) {
+  g_printerr("writing a random-weight %s LCM model (seed %" G_GUINT64_FORMAT ") to %s...\n",
+             model_gen_family_name(family), seed, dir);
   const double t0 = now_ms();
-  if (!model_gen_make_model(dir, model_gen_sd15_lcm_configs(), seed, error)) return FALSE;
-  for (size_t n = 0; n < G_N_ELEMENTS(networks); n++) {
-    g_autofree char *path = g_build_filename(dir, model_gen_weights_file(networks[n]), NULL);
+  const GenConfigs *configs = model_gen_family_configs(family);
+  if (!model_gen_make_model(dir, configs, seed, error)) return FALSE;
+  for (GenNetwork n = 0; n < GEN_N_NETWORKS; n++) {
+    if (!model_gen_config_of(configs, n)) continue;
+    g_autofree char *path = g_build_filename(dir, model_gen_weights_file(n), NULL);
     GStatBuf st;
     if (g_stat(path, &st) == 0)
       g_printerr("  %s: %.2f GB (%.0f M parameters)\n", path, st.st_size / 1e9, st.st_size / 2e6);
   }
   g_printerr("done in %.1f s\n", (now_ms() - t0) / 1000);
   return TRUE;
+}
+
+/* The sizes a model is meant for: 256 and 512 for SD1.5, 768 and 1024 for
+ * the SDXL family (a model that does not open fails later, with its error). */
+static const char *default_sizes(const char *model_dir) {
+  LcmModel *model = lcm_model_open(model_dir, NULL);
+  const gboolean xl = model && lcm_model_family(model) == LCM_FAMILY_SDXL;
+  if (model) lcm_model_free(model);
+  return xl ? "768,1024" : "256,512";
 }
 
 static gboolean parse_sizes(const char *text, Run *run, GError **error) {
@@ -957,10 +1034,12 @@ static gboolean bench_run(Run *run, GError **error) {
   /* A model that does not open fails now, not after the peak measurements. */
   LcmModel *model = lcm_model_open(run->model_dir, error);
   if (!model) return FALSE;
+  const gboolean xl = run->xl = lcm_model_family(model) == LCM_FAMILY_SDXL;
   lcm_model_free(model);
-  for (size_t n = 0; n < G_N_ELEMENTS(networks); n++) {
+  for (GenNetwork n = 0; n < GEN_N_NETWORKS; n++) {
+    if (n == GEN_TEXT_ENCODER_2 && !xl) continue;
     g_autofree char *path =
-        g_build_filename(run->model_dir, network_folders[n], "config.json", NULL);
+        g_build_filename(run->model_dir, model_gen_folder(n), "config.json", NULL);
     if (!g_file_get_contents(path, &run->config_texts[n], NULL, NULL))
       g_printerr("warning: %s is not readable: no FLOP counts for the %s\n", path,
                  network_labels[n]);
@@ -999,9 +1078,9 @@ static gboolean bench_run(Run *run, GError **error) {
 }
 
 static int usage(void) {
-  g_printerr("usage: gimp-lcm-bench make-model DIR [--seed N]\n"
+  g_printerr("usage: gimp-lcm-bench make-model DIR [--family sd15|sdxl|ssd1b] [--seed N]\n"
              "       gimp-lcm-bench run --model DIR [--sizes 256,512] [--precision fp32,bf16]\n"
-             "                          [--repeat N] [--make-if-missing] [--seed N]\n"
+             "                          [--repeat N] [--make-if-missing] [--family F] [--seed N]\n"
              "                          [--no-fresh] [--cli PATH] [--plugin PATH] [--batch N]\n");
   return 2;
 }
@@ -1022,21 +1101,32 @@ static int report_error(GError *error) {
   return 1;
 }
 
+#define FAMILY_OPTION(family)                                                                      \
+  {"family",  0,                                                                                   \
+   0,         G_OPTION_ARG_STRING,                                                                 \
+   &(family), "Architecture of the random-weight model: sd15 (default), sdxl or ssd1b",            \
+   "F"}
+
 static int command_make_model(int argc, char **argv) {
   gint64 seed = 0;
+  g_autofree char *family_name = NULL;
   const GOptionEntry entries[] = {
+      FAMILY_OPTION(family_name),
       {"seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Seed of the random weights (0)", "N"},
       {NULL, 0, 0, 0, NULL, NULL, NULL},
   };
   GError *error = NULL;
-  if (!parse_options(&argc, &argv, entries, &error)) return report_error(error);
+  GenFamily family = GEN_FAMILY_SD15;
+  if (!parse_options(&argc, &argv, entries, &error) ||
+      (family_name && !model_gen_family_parse(family_name, &family, &error)))
+    return report_error(error);
   if (argc != 2) return usage();
-  return make_model(argv[1], (guint64)seed, &error) ? 0 : report_error(error);
+  return make_model(argv[1], family, (guint64)seed, &error) ? 0 : report_error(error);
 }
 
 static int command_run(int argc, char **argv) {
   gint64 seed = 0;
-  g_autofree char *model_dir = NULL, *sizes = NULL, *precisions = NULL;
+  g_autofree char *model_dir = NULL, *sizes = NULL, *precisions = NULL, *family_name = NULL;
   int repeat = 3, batch = 4;
   gboolean make_if_missing = FALSE, no_fresh = FALSE;
   g_autofree char *cli = NULL, *plugin = NULL;
@@ -1047,6 +1137,7 @@ static int command_run(int argc, char **argv) {
       {"repeat", 0, 0, G_OPTION_ARG_INT, &repeat, "Timed runs per stage (3)", "N"},
       {"make-if-missing", 0, 0, G_OPTION_ARG_NONE, &make_if_missing,
        "First write a random-weight model to DIR if it holds none", NULL},
+      FAMILY_OPTION(family_name),
       {"seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Seed of those random weights (0)", "N"},
       {"no-fresh", 0, 0, G_OPTION_ARG_NONE, &no_fresh, "Skip the fresh-process measurements", NULL},
       {"cli", 0, 0, G_OPTION_ARG_FILENAME, &cli,
@@ -1060,7 +1151,10 @@ static int command_run(int argc, char **argv) {
   };
   GError *error = NULL;
   const char *program = argv[0];
-  if (!parse_options(&argc, &argv, entries, &error)) return report_error(error);
+  GenFamily family = GEN_FAMILY_SD15;
+  if (!parse_options(&argc, &argv, entries, &error) ||
+      (family_name && !model_gen_family_parse(family_name, &family, &error)))
+    return report_error(error);
   if (argc != 1 || !model_dir || repeat < 1) return usage();
 
   /* In this process every load packs from the model files (the loads are
@@ -1077,12 +1171,12 @@ static int command_run(int argc, char **argv) {
              .batch = batch};
   if (!no_fresh && !(run.work = g_dir_make_tmp("gimp-lcm-bench-XXXXXX", &error)))
     return report_error(error);
-  if (!parse_sizes(sizes ? sizes : "256,512", &run, &error) ||
-      !parse_precisions(precisions ? precisions : "fp32,bf16", &run, &error))
-    return report_error(error);
   g_autofree char *index = g_build_filename(model_dir, "model_index.json", NULL);
   if (make_if_missing && !g_file_test(index, G_FILE_TEST_EXISTS) &&
-      !make_model(model_dir, (guint64)seed, &error))
+      !make_model(model_dir, family, (guint64)seed, &error))
+    return report_error(error);
+  if (!parse_sizes(sizes ? sizes : default_sizes(model_dir), &run, &error) ||
+      !parse_precisions(precisions ? precisions : "fp32,bf16", &run, &error))
     return report_error(error);
 
   run.stages = g_array_new(FALSE, FALSE, sizeof(StageRow));
@@ -1091,7 +1185,7 @@ static int command_run(int argc, char **argv) {
   run.pipelines = g_array_new(FALSE, FALSE, sizeof(PipelineRow));
   run.fresh = g_array_new(FALSE, FALSE, sizeof(FreshRow));
   const gboolean ok = bench_run(&run, &error);
-  for (size_t n = 0; n < G_N_ELEMENTS(networks); n++) g_free(run.config_texts[n]);
+  for (GenNetwork n = 0; n < GEN_N_NETWORKS; n++) g_free(run.config_texts[n]);
   for (size_t p = 0; p < G_N_ELEMENTS(run.unsupported); p++) g_free(run.unsupported[p]);
   g_array_unref(run.stages);
   g_array_unref(run.loads);

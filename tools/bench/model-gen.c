@@ -1,4 +1,4 @@
-/* Random-weight SD1.5 / LCM models: the module-tree walks, the FLOP counts
+/* Random-weight SD1.5- and SDXL-family models: the module-tree walks, the FLOP counts
  * and the diffusers folder writer. */
 #include "model-gen.h"
 
@@ -32,10 +32,14 @@ static gboolean read_config(GenNetwork network, const char *config_json, Network
   switch (network) {
   case GEN_TEXT_ENCODER:
     return clip_config_from_json(config_json, "text encoder config.json", &config->clip, error);
+  case GEN_TEXT_ENCODER_2:
+    return clip_config_from_json(config_json, "text_encoder_2 config.json", &config->clip, error);
   case GEN_UNET:
     return unet_config_from_json(config_json, "UNet config.json", &config->unet, error);
   case GEN_VAE:
     return vae_config_from_json(config_json, "VAE config.json", &config->vae, error);
+  case GEN_N_NETWORKS:
+    break;
   }
   g_return_val_if_reached(FALSE);
 }
@@ -167,6 +171,12 @@ static void walk_unet(Walk *walk, const UNetConfig *u, int latent_h, int latent_
     linear(walk, "time_embedding.cond_proj", u->time_cond_proj_dim, c0, FALSE, 1);
   linear(walk, "time_embedding.linear_1", c0, temb, TRUE, 1);
   linear(walk, "time_embedding.linear_2", temb, temb, TRUE, 1);
+  /* addition_embed_type text_time: the pooled text embedding and the time-id
+   * sinusoids through their own TimestepEmbedding */
+  if (u->addition_time_embed_dim) {
+    linear(walk, "add_embedding.linear_1", u->projection_class_embeddings_input_dim, temb, TRUE, 1);
+    linear(walk, "add_embedding.linear_2", temb, temb, TRUE, 1);
+  }
   conv(walk, "conv_in", u->in_channels, c0, 3, lh[0], lw[0]);
 
   int out = c0;
@@ -290,8 +300,10 @@ static void walk_vae_decoder(Walk *walk, const VaeConfig *v, int latent_h, int l
 }
 
 /* transformers CLIPTextModel over LCM_CLIP_TOKENS tokens (the causal mask is
- * not subtracted from the attention count: the kernels compute it in full). */
-static void walk_clip(Walk *walk, const ClipConfig *c) {
+ * not subtracted from the attention count: the kernels compute it in full);
+ * CLIPTextModelWithProjection adds a bias-free projection of the pooled
+ * token. */
+static void walk_clip(Walk *walk, const ClipConfig *c, gboolean with_projection) {
   const int hidden = c->hidden_size, tokens = LCM_CLIP_TOKENS;
   add_param(walk, "text_model.embeddings.token_embedding", ".weight", GEN_INIT_EMBEDDING, 2,
             c->vocab_size, hidden, 0, 0);
@@ -311,6 +323,7 @@ static void walk_clip(Walk *walk, const ClipConfig *c) {
     linear(walk, fc2, c->intermediate_size, hidden, TRUE, tokens);
   }
   norm(walk, "text_model.final_layer_norm", hidden);
+  if (with_projection) linear(walk, "text_projection", hidden, c->projection_dim, FALSE, 1);
 }
 
 static void free_gen_tensor(gpointer p) {
@@ -326,7 +339,8 @@ GArray *model_gen_tensors(GenNetwork network, const char *config_json, GError **
   const int latent_side = 64;
   switch (network) {
   case GEN_TEXT_ENCODER:
-    walk_clip(&walk, &config.clip);
+  case GEN_TEXT_ENCODER_2:
+    walk_clip(&walk, &config.clip, network == GEN_TEXT_ENCODER_2);
     break;
   case GEN_UNET:
     walk_unet(&walk, &config.unet, latent_side, latent_side);
@@ -335,6 +349,8 @@ GArray *model_gen_tensors(GenNetwork network, const char *config_json, GError **
     walk_vae_encoder(&walk, &config.vae, latent_side, latent_side);
     walk_vae_decoder(&walk, &config.vae, latent_side, latent_side);
     break;
+  case GEN_N_NETWORKS:
+    g_return_val_if_reached(NULL);
   }
   return walk.tensors;
 }
@@ -342,12 +358,12 @@ GArray *model_gen_tensors(GenNetwork network, const char *config_json, GError **
 gboolean model_gen_stage_flops(GenStage stage, const char *config_json, int latent_h, int latent_w,
                                double *flops, GError **error) {
   static const GenNetwork stage_network[] = {
-      [GEN_STAGE_TEXT_ENCODE] = GEN_TEXT_ENCODER,
-      [GEN_STAGE_UNET_STEP] = GEN_UNET,
-      [GEN_STAGE_VAE_DECODE] = GEN_VAE,
+      [GEN_STAGE_TEXT_ENCODE] = GEN_TEXT_ENCODER, [GEN_STAGE_TEXT_ENCODE_2] = GEN_TEXT_ENCODER_2,
+      [GEN_STAGE_UNET_STEP] = GEN_UNET,           [GEN_STAGE_VAE_DECODE] = GEN_VAE,
       [GEN_STAGE_VAE_ENCODE] = GEN_VAE,
   };
-  if (stage != GEN_STAGE_TEXT_ENCODE && (latent_h <= 0 || latent_w <= 0)) {
+  const gboolean text = stage == GEN_STAGE_TEXT_ENCODE || stage == GEN_STAGE_TEXT_ENCODE_2;
+  if (!text && (latent_h <= 0 || latent_w <= 0)) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "latent size %dx%d is not positive", latent_h,
                 latent_w);
     return FALSE;
@@ -357,7 +373,8 @@ gboolean model_gen_stage_flops(GenStage stage, const char *config_json, int late
   Walk walk = {NULL, 0};
   switch (stage) {
   case GEN_STAGE_TEXT_ENCODE:
-    walk_clip(&walk, &config.clip);
+  case GEN_STAGE_TEXT_ENCODE_2:
+    walk_clip(&walk, &config.clip, stage == GEN_STAGE_TEXT_ENCODE_2);
     break;
   case GEN_STAGE_UNET_STEP:
     walk_unet(&walk, &config.unet, latent_h, latent_w);
@@ -506,7 +523,7 @@ out:
 
 /* ---- The diffusers folder ------------------------------------------------------ */
 
-static const char model_index_json[] =
+static const char sd15_model_index_json[] =
     "{\n"
     "  \"_class_name\": \"LatentConsistencyModelPipeline\",\n"
     "  \"_diffusers_version\": \"0.27.2\",\n"
@@ -520,6 +537,32 @@ static const char model_index_json[] =
     "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
     "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n"
     "}\n";
+
+/* lcm-sdxl's and lcm-ssd-1b's pipeline: both text encoders and tokenizers,
+ * empty negative prompts as zeros. */
+static const char sdxl_model_index_json[] =
+    "{\n"
+    "  \"_class_name\": \"StableDiffusionXLPipeline\",\n"
+    "  \"_diffusers_version\": \"0.27.2\",\n"
+    "  \"feature_extractor\": [null, null],\n"
+    "  \"force_zeros_for_empty_prompt\": true,\n"
+    "  \"image_encoder\": [null, null],\n"
+    "  \"scheduler\": [\"diffusers\", \"LCMScheduler\"],\n"
+    "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
+    "  \"text_encoder_2\": [\"transformers\", \"CLIPTextModelWithProjection\"],\n"
+    "  \"tokenizer\": [\"transformers\", \"CLIPTokenizer\"],\n"
+    "  \"tokenizer_2\": [\"transformers\", \"CLIPTokenizer\"],\n"
+    "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
+    "  \"vae\": [\"diffusers\", \"AutoencoderKL\"]\n"
+    "}\n";
+
+/* SDXL's tokenizer_2 pads with "!" (id 0) instead of the end token. */
+static const char tokenizer_2_special_tokens_json[] = "{\n"
+                                                      "  \"bos_token\": \"<|startoftext|>\",\n"
+                                                      "  \"eos_token\": \"<|endoftext|>\",\n"
+                                                      "  \"pad_token\": \"!\",\n"
+                                                      "  \"unk_token\": \"<|endoftext|>\"\n"
+                                                      "}\n";
 
 static const char scheduler_config_json[] = "{\n"
                                             "  \"_class_name\": \"LCMScheduler\",\n"
@@ -626,19 +669,189 @@ static const char sd15_vae_json[] =
     "                     \"UpDecoderBlock2D\"]\n"
     "}\n";
 
-const GenConfigs *model_gen_sd15_lcm_configs(void) {
-  static const GenConfigs configs = {sd15_text_encoder_json, sd15_lcm_unet_json, sd15_vae_json};
-  return &configs;
+/* SDXL's second text encoder: the OpenCLIP ViT-bigG/14 text tower. */
+static const char sdxl_text_encoder_2_json[] =
+    "{\n"
+    "  \"architectures\": [\"CLIPTextModelWithProjection\"],\n"
+    "  \"attention_dropout\": 0.0,\n"
+    "  \"bos_token_id\": 0,\n"
+    "  \"dropout\": 0.0,\n"
+    "  \"eos_token_id\": 2,\n"
+    "  \"hidden_act\": \"gelu\",\n"
+    "  \"hidden_size\": 1280,\n"
+    "  \"initializer_factor\": 1.0,\n"
+    "  \"initializer_range\": 0.02,\n"
+    "  \"intermediate_size\": 5120,\n"
+    "  \"layer_norm_eps\": 1e-05,\n"
+    "  \"max_position_embeddings\": 77,\n"
+    "  \"model_type\": \"clip_text_model\",\n"
+    "  \"num_attention_heads\": 20,\n"
+    "  \"num_hidden_layers\": 32,\n"
+    "  \"pad_token_id\": 1,\n"
+    "  \"projection_dim\": 1280,\n"
+    "  \"torch_dtype\": \"float16\",\n"
+    "  \"vocab_size\": 49408\n"
+    "}\n";
+
+/* The SDXL UNet (stable-diffusion-xl-base-1.0) with LCM's guidance-embedding
+ * input, as latent-consistency/lcm-sdxl publishes it; SSD-1B's differs in the
+ * three depth and mid-block lines given by XL_UNET_JSON's arguments. */
+#define XL_UNET_JSON(DOWN_DEPTHS, REVERSE_DEPTHS, MID_BLOCK)                                       \
+  "{\n"                                                                                            \
+  "  \"_class_name\": \"UNet2DConditionModel\",\n"                                                 \
+  "  \"_diffusers_version\": \"0.27.2\",\n"                                                        \
+  "  \"act_fn\": \"silu\",\n"                                                                      \
+  "  \"addition_embed_type\": \"text_time\",\n"                                                    \
+  "  \"addition_embed_type_num_heads\": 64,\n"                                                     \
+  "  \"addition_time_embed_dim\": 256,\n"                                                          \
+  "  \"attention_head_dim\": [5, 10, 20],\n"                                                       \
+  "  \"block_out_channels\": [320, 640, 1280],\n"                                                  \
+  "  \"center_input_sample\": false,\n"                                                            \
+  "  \"class_embed_type\": null,\n"                                                                \
+  "  \"class_embeddings_concat\": false,\n"                                                        \
+  "  \"conv_in_kernel\": 3,\n"                                                                     \
+  "  \"conv_out_kernel\": 3,\n"                                                                    \
+  "  \"cross_attention_dim\": 2048,\n"                                                             \
+  "  \"cross_attention_norm\": null,\n"                                                            \
+  "  \"down_block_types\": [\"DownBlock2D\", \"CrossAttnDownBlock2D\", "                           \
+  "\"CrossAttnDownBlock2D\"],\n"                                                                   \
+  "  \"downsample_padding\": 1,\n"                                                                 \
+  "  \"dual_cross_attention\": false,\n"                                                           \
+  "  \"encoder_hid_dim\": null,\n"                                                                 \
+  "  \"encoder_hid_dim_type\": null,\n"                                                            \
+  "  \"flip_sin_to_cos\": true,\n"                                                                 \
+  "  \"freq_shift\": 0,\n"                                                                         \
+  "  \"in_channels\": 4,\n"                                                                        \
+  "  \"layers_per_block\": 2,\n"                                                                   \
+  "  \"mid_block_only_cross_attention\": null,\n"                                                  \
+  "  \"mid_block_scale_factor\": 1,\n"                                                             \
+  "  \"mid_block_type\": \"" MID_BLOCK "\",\n"                                                     \
+  "  \"norm_eps\": 1e-05,\n"                                                                       \
+  "  \"norm_num_groups\": 32,\n"                                                                   \
+  "  \"num_attention_heads\": null,\n"                                                             \
+  "  \"num_class_embeds\": null,\n"                                                                \
+  "  \"only_cross_attention\": false,\n"                                                           \
+  "  \"out_channels\": 4,\n"                                                                       \
+  "  \"projection_class_embeddings_input_dim\": 2816,\n"                                           \
+  "  \"resnet_out_scale_factor\": 1.0,\n"                                                          \
+  "  \"resnet_skip_time_act\": false,\n"                                                           \
+  "  \"resnet_time_scale_shift\": \"default\",\n"                                                  \
+  "  \"reverse_transformer_layers_per_block\": " REVERSE_DEPTHS ",\n"                              \
+  "  \"sample_size\": 128,\n"                                                                      \
+  "  \"time_cond_proj_dim\": 256,\n"                                                               \
+  "  \"time_embedding_act_fn\": null,\n"                                                           \
+  "  \"time_embedding_dim\": null,\n"                                                              \
+  "  \"time_embedding_type\": \"positional\",\n"                                                   \
+  "  \"timestep_post_act\": null,\n"                                                               \
+  "  \"transformer_layers_per_block\": " DOWN_DEPTHS ",\n"                                         \
+  "  \"up_block_types\": [\"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"UpBlock2D\"],\n"       \
+  "  \"upcast_attention\": null,\n"                                                                \
+  "  \"use_linear_projection\": true\n"                                                            \
+  "}\n"
+
+/* SDXL: depths 1, 2, 10 mirrored on the way up, a cross-attention mid block. */
+static const char sdxl_lcm_unet_json[] =
+    XL_UNET_JSON("[1, 2, 10]", "null", "UNetMidBlock2DCrossAttn");
+/* SSD-1B: the distilled asymmetric depths and a mid block of one resnet. */
+static const char ssd1b_lcm_unet_json[] =
+    XL_UNET_JSON("[1, [2, 2], [4, 4]]", "[[4, 4, 10], [2, 1, 1], [1, 1, 1]]", "UNetMidBlock2D");
+
+/* SDXL's VAE: SD's architecture with its own scaling factor. */
+static const char sdxl_vae_json[] =
+    "{\n"
+    "  \"_class_name\": \"AutoencoderKL\",\n"
+    "  \"_diffusers_version\": \"0.27.2\",\n"
+    "  \"act_fn\": \"silu\",\n"
+    "  \"block_out_channels\": [128, 256, 512, 512],\n"
+    "  \"down_block_types\": [\"DownEncoderBlock2D\", \"DownEncoderBlock2D\",\n"
+    "                       \"DownEncoderBlock2D\", \"DownEncoderBlock2D\"],\n"
+    "  \"force_upcast\": true,\n"
+    "  \"in_channels\": 3,\n"
+    "  \"latent_channels\": 4,\n"
+    "  \"layers_per_block\": 2,\n"
+    "  \"norm_num_groups\": 32,\n"
+    "  \"out_channels\": 3,\n"
+    "  \"sample_size\": 1024,\n"
+    "  \"scaling_factor\": 0.13025,\n"
+    "  \"up_block_types\": [\"UpDecoderBlock2D\", \"UpDecoderBlock2D\", \"UpDecoderBlock2D\",\n"
+    "                     \"UpDecoderBlock2D\"]\n"
+    "}\n";
+
+static const char *const family_names[] = {
+    [GEN_FAMILY_SD15] = "sd15",
+    [GEN_FAMILY_SDXL] = "sdxl",
+    [GEN_FAMILY_SSD1B] = "ssd1b",
+};
+
+const GenConfigs *model_gen_family_configs(GenFamily family) {
+  /* SDXL's first text encoder is SD1.5's CLIP ViT-L/14 text tower. */
+  static const GenConfigs configs[] = {
+      [GEN_FAMILY_SD15] = {sd15_text_encoder_json, NULL, sd15_lcm_unet_json, sd15_vae_json},
+      [GEN_FAMILY_SDXL] = {sd15_text_encoder_json, sdxl_text_encoder_2_json, sdxl_lcm_unet_json,
+                           sdxl_vae_json},
+      [GEN_FAMILY_SSD1B] = {sd15_text_encoder_json, sdxl_text_encoder_2_json, ssd1b_lcm_unet_json,
+                            sdxl_vae_json},
+  };
+  g_return_val_if_fail((size_t)family < G_N_ELEMENTS(configs), NULL);
+  return &configs[family];
+}
+
+const char *model_gen_family_name(GenFamily family) {
+  g_return_val_if_fail((size_t)family < G_N_ELEMENTS(family_names), NULL);
+  return family_names[family];
+}
+
+gboolean model_gen_family_parse(const char *name, GenFamily *out, GError **error) {
+  for (size_t i = 0; i < G_N_ELEMENTS(family_names); i++) {
+    if (g_ascii_strcasecmp(name, family_names[i]) == 0) {
+      *out = (GenFamily)i;
+      return TRUE;
+    }
+  }
+  g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
+              "unknown model family '%s' (sd15, sdxl or ssd1b)", name);
+  return FALSE;
+}
+
+const char *model_gen_config_of(const GenConfigs *configs, GenNetwork network) {
+  switch (network) {
+  case GEN_TEXT_ENCODER:
+    return configs->text_encoder;
+  case GEN_TEXT_ENCODER_2:
+    return configs->text_encoder_2;
+  case GEN_UNET:
+    return configs->unet;
+  case GEN_VAE:
+    return configs->vae;
+  case GEN_N_NETWORKS:
+    break;
+  }
+  return NULL;
+}
+
+const char *model_gen_folder(GenNetwork network) {
+  static const char *const folders[] = {
+      [GEN_TEXT_ENCODER] = "text_encoder",
+      [GEN_TEXT_ENCODER_2] = "text_encoder_2",
+      [GEN_UNET] = "unet",
+      [GEN_VAE] = "vae",
+  };
+  g_return_val_if_fail((size_t)network < G_N_ELEMENTS(folders), NULL);
+  return folders[network];
 }
 
 const char *model_gen_weights_file(GenNetwork network) {
   switch (network) {
   case GEN_TEXT_ENCODER:
     return "text_encoder/model.fp16.safetensors";
+  case GEN_TEXT_ENCODER_2:
+    return "text_encoder_2/model.fp16.safetensors";
   case GEN_UNET:
     return "unet/diffusion_pytorch_model.fp16.safetensors";
   case GEN_VAE:
     return "vae/diffusion_pytorch_model.fp16.safetensors";
+  case GEN_N_NETWORKS:
+    break;
   }
   return NULL;
 }
@@ -682,30 +895,36 @@ static gboolean copy_data_file(const char *dir, const char *data_relative,
   return write_text(dir, model_relative, contents, len, error);
 }
 
+/* The tokenizer folder `folder` from the project's CLIP vocabulary. */
+static gboolean write_tokenizer(const char *dir, const char *folder, GError **error) {
+  g_autofree char *vocab = g_build_filename(folder, "vocab.json", NULL);
+  g_autofree char *merges = g_build_filename(folder, "merges.txt", NULL);
+  return copy_data_file(dir, "clip-tokenizer/vocab.json", vocab, error) &&
+         copy_data_file(dir, "clip-tokenizer/merges.txt", merges, error);
+}
+
 gboolean model_gen_make_model(const char *dir, const GenConfigs *configs, guint64 seed,
                               GError **error) {
-  static const char *const config_files[] = {
-      [GEN_TEXT_ENCODER] = "text_encoder/config.json",
-      [GEN_UNET] = "unet/config.json",
-      [GEN_VAE] = "vae/config.json",
-  };
-  const char *config_texts[] = {
-      [GEN_TEXT_ENCODER] = configs->text_encoder,
-      [GEN_UNET] = configs->unet,
-      [GEN_VAE] = configs->vae,
-  };
-  if (!write_text(dir, "model_index.json", model_index_json, strlen(model_index_json), error) ||
+  const gboolean xl = configs->text_encoder_2 != NULL;
+  const char *model_index = xl ? sdxl_model_index_json : sd15_model_index_json;
+  if (!write_text(dir, "model_index.json", model_index, strlen(model_index), error) ||
       !write_text(dir, "scheduler/scheduler_config.json", scheduler_config_json,
                   strlen(scheduler_config_json), error) ||
-      !copy_data_file(dir, "clip-tokenizer/vocab.json", "tokenizer/vocab.json", error) ||
-      !copy_data_file(dir, "clip-tokenizer/merges.txt", "tokenizer/merges.txt", error))
+      !write_tokenizer(dir, "tokenizer", error))
     return FALSE;
-  for (GenNetwork network = GEN_TEXT_ENCODER; network <= GEN_VAE; network++) {
-    const char *text = config_texts[network];
-    if (!write_text(dir, config_files[network], text, strlen(text), error)) return FALSE;
+  if (xl &&
+      !(write_tokenizer(dir, "tokenizer_2", error) &&
+        write_text(dir, "tokenizer_2/special_tokens_map.json", tokenizer_2_special_tokens_json,
+                   strlen(tokenizer_2_special_tokens_json), error)))
+    return FALSE;
+  for (GenNetwork network = 0; network < GEN_N_NETWORKS; network++) {
+    const char *text = model_gen_config_of(configs, network);
+    if (!text) continue;
+    g_autofree char *config_file = g_build_filename(model_gen_folder(network), "config.json", NULL);
+    if (!write_text(dir, config_file, text, strlen(text), error)) return FALSE;
     GArray *tensors = model_gen_tensors(network, text, error);
     if (!tensors) {
-      g_prefix_error(error, "%s/%s: ", dir, config_files[network]);
+      g_prefix_error(error, "%s/%s: ", dir, config_file);
       return FALSE;
     }
     g_autofree char *path = g_build_filename(dir, model_gen_weights_file(network), NULL);
