@@ -98,7 +98,8 @@ static gboolean settings_from_config(GimpProcedureConfig *config, LcmMode mode,
   g_autofree char *model = NULL;
   g_object_get(config, "prompt", &settings->prompt, "negative-prompt", &settings->negative_prompt,
                "model", &model, "loras", &settings->loras, "steps", &settings->steps, "guidance",
-               &settings->guidance, "seed", &seed, "output", &output, NULL);
+               &settings->guidance, "clip-skip", &settings->clip_skip, "seed", &seed, "output",
+               &output, NULL);
   /* "" keeps the default model; anything else resolves now, failing early. */
   if (model && *model && !(settings->model_path = lcm_resolve(model, LCM_ASSET_MODEL, NULL, error)))
     return FALSE;
@@ -119,8 +120,8 @@ static gboolean settings_from_config(GimpProcedureConfig *config, LcmMode mode,
 static void settings_to_config(const LcmSettings *settings, GimpProcedureConfig *config) {
   g_object_set(config, "prompt", settings->prompt, "negative-prompt", settings->negative_prompt,
                "model", settings->model_path, "loras", settings->loras, "steps", settings->steps,
-               "guidance", settings->guidance, "seed", (double)settings->seed, "output",
-               settings->output == LCM_OUTPUT_REPLACE, NULL);
+               "guidance", settings->guidance, "clip-skip", settings->clip_skip, "seed",
+               (double)settings->seed, "output", settings->output == LCM_OUTPUT_REPLACE, NULL);
   if (config_has(config, "width"))
     g_object_set(config, "width", settings->width, "height", settings->height, NULL);
   if (config_has(config, "strength")) g_object_set(config, "strength", settings->strength, NULL);
@@ -250,6 +251,11 @@ static void add_arguments(GimpProcedure *procedure, const ProcedureInfo *info) {
       _("Guidance scale; 0 = the model's default (8 for LCM models, 1 for SD 1.5 with "
         "LCM-LoRA)"),
       0.0, 20.0, 0.0, G_PARAM_READWRITE);
+  gimp_procedure_add_int_argument(
+      procedure, "clip-skip", _("CLIP s_kip"),
+      _("0 = off; N reads the prompt N text-encoder layers before the last (some SD 1.5 "
+        "checkpoints ask for 1)"),
+      0, LCM_SETTINGS_MAX_CLIP_SKIP, 0, G_PARAM_READWRITE);
   gimp_procedure_add_double_argument(
       procedure, "seed", _("S_eed"),
       _("Random seed, a whole number from 0 to 4294967295 (the same seed gives the same "

@@ -127,6 +127,7 @@ static void test_settings_round_trip(void) {
   in.loras = g_strdup_printf("%s:0.5", lora);
   in.steps = 6;
   in.guidance = 1.5;
+  in.clip_skip = 2;
   in.seed = 1234;
   in.width = 320;
   in.height = 256;
@@ -140,6 +141,11 @@ static void test_settings_round_trip(void) {
   g_assert_cmpint(out.mode, ==, LCM_MODE_TXT2IMG);
   g_assert_cmpint(out.steps, ==, 6);
   g_assert_cmpfloat_with_epsilon(out.guidance, 1.5, 1e-9);
+  g_assert_cmpint(out.clip_skip, ==, 2);
+  LcmPipelineParams params;
+  lcm_pipeline_params_init(&params);
+  lcm_settings_to_params(&out, NULL, 1, &params); /* no pipeline: guidance is set */
+  g_assert_cmpint(params.clip_skip, ==, 2);
   g_assert_cmpint(out.seed, ==, 1234);
   g_assert_cmpint(out.width, ==, 320);
   g_assert_cmpint(out.height, ==, 256);
@@ -241,6 +247,43 @@ static void test_typing_cancels_stale_preview(void) {
   gtk_text_buffer_get_bounds(lcm_dialog_get_prompt_buffer(lcm), &start, &end);
   g_autofree char *prompt = gtk_text_iter_get_text(&start, &end);
   g_assert_cmpstr(prompt, ==, "a castle, at night");
+  destroy_dialog(dialog);
+}
+
+static GtkWidget *find_named(GtkWidget *widget, const char *name);
+static gboolean find_label(GtkWidget *widget, const char *text);
+
+/* CLIP skip starts a preview like any setting; a skip the model's text
+ * encoder is too shallow for fails with the core's message shown. */
+static void test_clip_skip_preview(void) {
+  GtkWidget *dialog = new_test_dialog();
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  gtk_widget_show(dialog);
+  wait_for_preview_idle(lcm);
+  GtkWidget *spin = find_named(dialog, "lcm-clip-skip");
+  g_assert_nonnull(spin);
+  g_assert_cmpint(gtk_spin_button_get_value_as_int(GTK_SPIN_BUTTON(spin)), ==, 0);
+  g_assert_cmpstr(gtk_entry_get_text(GTK_ENTRY(spin)), ==, "Off");
+  LcmPreviewStats before, after;
+  lcm_dialog_get_preview_stats(lcm, &before);
+
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(spin), 1);
+  wait_for_preview_idle(lcm);
+  lcm_dialog_get_preview_stats(lcm, &after);
+  g_assert_cmpint(after.finished - before.finished, ==, 1);
+  g_assert_cmpint(after.failed, ==, 0);
+  LcmSettings shown;
+  lcm_settings_init(&shown);
+  lcm_dialog_get_settings(lcm, &shown);
+  g_assert_cmpint(shown.clip_skip, ==, 1);
+  lcm_settings_clear(&shown);
+
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(spin), LCM_SETTINGS_MAX_CLIP_SKIP);
+  wait_for_preview_idle(lcm);
+  lcm_dialog_get_preview_stats(lcm, &after);
+  g_assert_cmpint(after.failed, ==, 1);
+  g_assert_true(find_label(dialog, "clip skip 12 is out of range: this model's text encoder "
+                                   "allows 0 to 3"));
   destroy_dialog(dialog);
 }
 
@@ -536,6 +579,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/dialog/typing-starts-one-preview", test_typing_starts_one_preview);
   g_test_add_func("/dialog/typing-cancels-stale-preview", test_typing_cancels_stale_preview);
   g_test_add_func("/dialog/slow-cpu-quick-preview", test_slow_cpu_quick_preview);
+  g_test_add_func("/dialog/clip-skip-preview", test_clip_skip_preview);
   g_test_add_func("/dialog/preview-decoder", test_preview_decoder);
   g_test_add_func("/dialog/screenshot", test_screenshot);
   g_test_add_func("/dialog/japanese", test_japanese);

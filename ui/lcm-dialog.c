@@ -39,7 +39,7 @@ struct _LcmDialog {
   GtkWidget *download_label, *download_row, *download_combo, *download_button;
   GtkWidget *download_progress_row, *download_progress, *download_cancel;
   GtkWidget *lora_box;
-  GtkWidget *steps_spin, *guidance_spin, *strength_spin;
+  GtkWidget *steps_spin, *guidance_spin, *clip_skip_spin, *strength_spin;
   GtkWidget *seed_spin, *random_seed_check;
   GtkWidget *width_spin, *height_spin;
   GtkWidget *device_combo, *precision_combo, *output_combo;
@@ -427,6 +427,7 @@ static void apply_settings(LcmDialog *self, const LcmSettings *s) {
   }
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->steps_spin), s->steps);
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->guidance_spin), MAX(0, s->guidance));
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->clip_skip_spin), s->clip_skip);
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->strength_spin), s->strength);
   gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(self->random_seed_check), s->seed < 0);
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->seed_spin),
@@ -450,6 +451,7 @@ void lcm_dialog_get_settings(LcmDialog *self, LcmSettings *out) {
   out->loras = loras_from_rows(self);
   out->steps = gtk_spin_button_get_value_as_int(GTK_SPIN_BUTTON(self->steps_spin));
   out->guidance = gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->guidance_spin));
+  out->clip_skip = gtk_spin_button_get_value_as_int(GTK_SPIN_BUTTON(self->clip_skip_spin));
   out->strength = gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->strength_spin));
   out->seed = gtk_toggle_button_get_active(GTK_TOGGLE_BUTTON(self->random_seed_check))
                   ? -1
@@ -818,20 +820,24 @@ static void on_dice_clicked(GtkButton *button, LcmDialog *self) {
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->seed_spin), g_random_int());
 }
 
-/* The guidance spin shows 0 as "Auto" (the model's default). */
-static gboolean on_guidance_output(GtkSpinButton *spin, gpointer data) {
-  (void)data;
-  if (gtk_spin_button_get_value(spin) > 0) return FALSE;
-  gtk_entry_set_text(GTK_ENTRY(spin), _("Auto"));
+/* Spin buttons where 0 means a word (guidance "Auto", CLIP skip "Off"):
+ * data is the word's untranslated text, typed in either language. */
+static gboolean on_zero_word_output(GtkSpinButton *spin, gpointer word) {
+  if (gtk_spin_button_get_value(spin) != 0) return FALSE;
+  gtk_entry_set_text(GTK_ENTRY(spin), _(word));
   return TRUE;
 }
 
-static gint on_guidance_input(GtkSpinButton *spin, gdouble *value, gpointer data) {
-  (void)data;
+static gint on_zero_word_input(GtkSpinButton *spin, gdouble *value, gpointer word) {
   const char *text = gtk_entry_get_text(GTK_ENTRY(spin));
-  if (g_ascii_strcasecmp(text, _("Auto")) && g_ascii_strcasecmp(text, "auto")) return FALSE;
+  if (g_ascii_strcasecmp(text, _(word)) && g_ascii_strcasecmp(text, word)) return FALSE;
   *value = 0;
   return TRUE;
+}
+
+static void show_zero_as_word(GtkWidget *spin, const char *word) {
+  g_signal_connect(spin, "output", G_CALLBACK(on_zero_word_output), (gpointer)word);
+  g_signal_connect(spin, "input", G_CALLBACK(on_zero_word_input), (gpointer)word);
 }
 
 /* ---- Downloads ----------------------------------------------------------------
@@ -1128,12 +1134,20 @@ static GtkWidget *build_settings_column(LcmDialog *self) {
   add_row(grid, &row, _("_Steps"), self->steps_spin);
 
   self->guidance_spin = spin_new(self, 0, 20, 0.1, 1);
-  g_signal_connect(self->guidance_spin, "output", G_CALLBACK(on_guidance_output), NULL);
-  g_signal_connect(self->guidance_spin, "input", G_CALLBACK(on_guidance_input), NULL);
+  show_zero_as_word(self->guidance_spin, N_("Auto"));
   gtk_widget_set_tooltip_text(self->guidance_spin,
                               _("How closely to follow the prompt. Auto: the model's default "
                                 "(8 for LCM models, 1 with LCM-LoRA)"));
   add_row(grid, &row, _("G_uidance"), self->guidance_spin);
+
+  self->clip_skip_spin = spin_new(self, 0, LCM_SETTINGS_MAX_CLIP_SKIP, 1, 0);
+  gtk_widget_set_name(self->clip_skip_spin, "lcm-clip-skip");
+  show_zero_as_word(self->clip_skip_spin, N_("Off"));
+  gtk_widget_set_tooltip_text(self->clip_skip_spin,
+                              _("Read the prompt this many text-encoder layers before the last. "
+                                "Off for most models; some SD 1.5 checkpoints ask for 1 (in "
+                                "other programs' counting, 2)"));
+  add_row(grid, &row, _("CLIP s_kip"), self->clip_skip_spin);
 
   self->strength_spin = spin_new(self, 0.05, 1, 0.05, 2);
   gtk_widget_set_tooltip_text(self->strength_spin,

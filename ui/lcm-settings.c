@@ -116,6 +116,7 @@ void lcm_settings_to_params(const LcmSettings *settings, const LcmPipeline *pipe
   params->steps = CLAMP(settings->steps, LCM_SETTINGS_MIN_STEPS, LCM_SETTINGS_MAX_STEPS);
   params->guidance_scale =
       settings->guidance > 0 ? settings->guidance : lcm_pipeline_default_guidance(pipeline);
+  params->clip_skip = settings->clip_skip;
   params->strength = settings->strength;
   params->seed = seed;
   params->width = settings->width;
