@@ -287,6 +287,95 @@ static void test_clip_skip_preview(void) {
   destroy_dialog(dialog);
 }
 
+static GtkWidget *new_dialog_sized(const char *model_path, int width, int height) {
+  LcmSettings settings;
+  lcm_settings_init(&settings);
+  settings.model_path = g_strdup(model_path);
+  settings.seed = 7;
+  settings.width = width;
+  settings.height = height;
+  GtkWidget *dialog = lcm_dialog_new(NULL, &settings, NULL, NULL);
+  lcm_settings_clear(&settings);
+  lcm_dialog_set_debounce(LCM_DIALOG(dialog), TEST_DEBOUNCE_MS);
+  return dialog;
+}
+
+static void assert_dialog_size(LcmDialog *dialog, int width, int height) {
+  LcmSettings shown;
+  lcm_settings_init(&shown);
+  lcm_dialog_get_settings(dialog, &shown);
+  g_assert_cmpint(shown.width, ==, width);
+  g_assert_cmpint(shown.height, ==, height);
+  lcm_settings_clear(&shown);
+}
+
+/* An SDXL model stored with an SD1.5 size (512x384, the last values) shows
+ * SDXL's preset nearest in aspect ratio, offers SDXL's presets only, and
+ * previews; an SD1.5 model stored with an SDXL size gets 512x512, and one
+ * with a small size of its own keeps it. */
+static void test_sdxl_native_size(void) {
+  g_autofree char *sdxl = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  GtkWidget *dialog = new_dialog_sized(sdxl, 512, 384);
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  GtkComboBox *presets = GTK_COMBO_BOX(find_named(dialog, "lcm-size-preset"));
+  assert_dialog_size(lcm, 1152, 896);
+  g_assert_cmpstr(gtk_combo_box_get_active_id(presets), ==, "1152x896");
+  g_assert_false(gtk_combo_box_set_active_id(presets, "512x768"));
+  g_assert_true(gtk_combo_box_set_active_id(presets, "1024x1024"));
+  assert_dialog_size(lcm, 1024, 1024);
+  gtk_widget_show(dialog);
+  wait_for_preview_idle(lcm);
+  LcmPreviewStats stats;
+  lcm_dialog_get_preview_stats(lcm, &stats);
+  g_assert_cmpint(stats.finished, ==, 1);
+  g_assert_cmpint(stats.failed, ==, 0);
+  destroy_dialog(dialog);
+
+  g_autofree char *sd15 = test_data_path("golden/tiny-lcm");
+  dialog = new_dialog_sized(sd15, 1024, 1024);
+  presets = GTK_COMBO_BOX(find_named(dialog, "lcm-size-preset"));
+  assert_dialog_size(LCM_DIALOG(dialog), 512, 512);
+  g_assert_cmpstr(gtk_combo_box_get_active_id(presets), ==, "512x512");
+  g_assert_false(gtk_combo_box_set_active_id(presets, "1152x896"));
+  g_assert_true(gtk_combo_box_set_active_id(presets, "768x512"));
+  assert_dialog_size(LCM_DIALOG(dialog), 768, 512);
+  destroy_dialog(dialog);
+  dialog = new_dialog_sized(sd15, 128, 96);
+  assert_dialog_size(LCM_DIALOG(dialog), 128, 96);
+  destroy_dialog(dialog);
+}
+
+static void test_family_sizes(void) {
+  size_t count;
+  const LcmSize *sizes = lcm_family_sizes(LCM_FAMILY_SDXL, &count);
+  g_assert_cmpuint(count, ==, 9);
+  g_assert_cmpint(sizes[0].width, ==, 1024);
+  g_assert_cmpint(sizes[0].height, ==, 1024);
+  for (size_t i = 0; i < count; i++) {
+    g_assert_cmpint(sizes[i].width % 64, ==, 0);
+    g_assert_cmpint(sizes[i].height % 64, ==, 0);
+    g_assert_cmpint(sizes[i].width * sizes[i].height, >, 900000);
+  }
+  sizes = lcm_family_sizes(LCM_FAMILY_SD15, &count);
+  g_assert_cmpint(sizes[0].width, ==, 512);
+  g_assert_cmpint(lcm_family_native_side(LCM_FAMILY_SD15), ==, 512);
+  g_assert_cmpint(lcm_family_native_side(LCM_FAMILY_SDXL), ==, 1024);
+  int width = 640, height = 1536; /* an SDXL size for SD1.5: the tallest preset */
+  lcm_family_fit_size(LCM_FAMILY_SD15, &width, &height);
+  g_assert_cmpint(width, ==, 432);
+  g_assert_cmpint(height, ==, 768);
+  width = 768, height = 768; /* SD1.5's largest: kept, and too small for SDXL */
+  lcm_family_fit_size(LCM_FAMILY_SD15, &width, &height);
+  g_assert_cmpint(width, ==, 768);
+  lcm_family_fit_size(LCM_FAMILY_SDXL, &width, &height);
+  g_assert_cmpint(width, ==, 1024);
+  g_assert_cmpint(height, ==, 1024);
+  width = 1344, height = 768; /* an SDXL preset stays */
+  lcm_family_fit_size(LCM_FAMILY_SDXL, &width, &height);
+  g_assert_cmpint(width, ==, 1344);
+  g_assert_cmpint(height, ==, 768);
+}
+
 /* GIMP 3's dark theme when GIMP is installed, so the screenshot shows the
  * dialog as it looks inside GIMP (which themes plug-ins in gimp_ui_init). */
 static GtkCssProvider *load_gimp_theme(void) {
@@ -580,6 +669,8 @@ int main(int argc, char **argv) {
   g_test_add_func("/dialog/typing-cancels-stale-preview", test_typing_cancels_stale_preview);
   g_test_add_func("/dialog/slow-cpu-quick-preview", test_slow_cpu_quick_preview);
   g_test_add_func("/dialog/clip-skip-preview", test_clip_skip_preview);
+  g_test_add_func("/dialog/family-sizes", test_family_sizes);
+  g_test_add_func("/dialog/sdxl-native-size", test_sdxl_native_size);
   g_test_add_func("/dialog/preview-decoder", test_preview_decoder);
   g_test_add_func("/dialog/screenshot", test_screenshot);
   g_test_add_func("/dialog/japanese", test_japanese);

@@ -98,6 +98,29 @@ uint64_t lcm_settings_resolve_seed(const LcmSettings *settings);
 void lcm_settings_to_params(const LcmSettings *settings, const LcmPipeline *pipeline, uint64_t seed,
                             LcmPipelineParams *params);
 
+/* ---- Model families: native sizes ------------------------------------------- */
+
+/* The side a family was trained at: 512 (SD1.5), 1024 (SDXL, SSD-1B). */
+int lcm_family_native_side(LcmModelFamily family);
+
+typedef struct {
+  int width, height;
+} LcmSize;
+
+/* The family's aspect-ratio presets, the native square first; *count gets
+ * their number. */
+const LcmSize *lcm_family_sizes(LcmModelFamily family, size_t *count);
+
+/* A size made for the other family (more pixels than SD1.5's largest working
+ * size, 768 x 768, for SD1.5; as many or fewer for SDXL) becomes this
+ * family's preset nearest in aspect ratio; other sizes stay. */
+void lcm_family_fit_size(LcmModelFamily family, int *width, int *height);
+
+/* The family of the settings' model (or of the default model), from its
+ * headers only. */
+gboolean lcm_settings_model_family(const LcmSettings *settings, LcmModelFamily *family,
+                                   GError **error);
+
 /* A copy of image resampled (area-averaged when shrinking, bilinear when
  * growing) to width x height, same channels. */
 LcmImage *lcm_image_resize(const LcmImage *image, int width, int height);
