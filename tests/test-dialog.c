@@ -454,6 +454,34 @@ static void test_preview_decoder(void) {
   g_rmdir(with_taesd);
 }
 
+/* Previews of a model decode through its own family's TAESD in the models
+ * folder: taesd/ for SD1.5, taesdxl/ for SDXL, never the other one (both are
+ * the tiny TAESD here, which fits either's latents: only the name may tell). */
+static void test_preview_decoder_family(void) {
+  g_autofree char *taesd = test_data_path("golden/tiny-taesd");
+  g_autofree char *sd15 = test_data_path("golden/tiny-lcm");
+  g_autofree char *sdxl = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  static const struct {
+    const char *folder; /* the TAESD's name in the models folder */
+    gboolean sdxl_model;
+    int fast;
+  } cases[] = {{"taesd", TRUE, 0}, {"taesdxl", TRUE, 1}, {"taesdxl", FALSE, 0}};
+  for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+    g_autofree char *link = g_build_filename(models_dir, cases[i].folder, NULL);
+    g_assert_cmpint(symlink(taesd, link), ==, 0);
+    GtkWidget *dialog = new_dialog_sized(cases[i].sdxl_model ? sdxl : sd15, 128, 128);
+    LcmDialog *lcm = LCM_DIALOG(dialog);
+    gtk_widget_show(dialog);
+    wait_for_preview_idle(lcm);
+    LcmPreviewStats stats;
+    lcm_dialog_get_preview_stats(lcm, &stats);
+    g_assert_cmpint(stats.finished, ==, 1);
+    g_assert_cmpint(stats.fast_decoded, ==, cases[i].fast);
+    destroy_dialog(dialog);
+    g_unlink(link);
+  }
+}
+
 static gboolean find_label(GtkWidget *widget, const char *text) {
   if (GTK_IS_LABEL(widget) && !g_strcmp0(gtk_label_get_label(GTK_LABEL(widget)), text)) return TRUE;
   if (!GTK_IS_CONTAINER(widget)) return FALSE;
@@ -672,6 +700,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/dialog/family-sizes", test_family_sizes);
   g_test_add_func("/dialog/sdxl-native-size", test_sdxl_native_size);
   g_test_add_func("/dialog/preview-decoder", test_preview_decoder);
+  g_test_add_func("/dialog/preview-decoder-family", test_preview_decoder_family);
   g_test_add_func("/dialog/screenshot", test_screenshot);
   g_test_add_func("/dialog/japanese", test_japanese);
   g_test_add_func("/dialog/download-then-generate", test_download_then_generate);

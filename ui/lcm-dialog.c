@@ -612,8 +612,12 @@ static void preview_progress(const LcmProgress *progress, gpointer data) {
   g_idle_add(preview_update_idle, update);
 }
 
+/* The preview decoder of the model's family (TAESD for SD1.5, TAESDXL for
+ * SDXL: the same network, with weights for other latents). */
 static LcmTaesd *load_preview_taesd(const LcmSettings *settings) {
-  g_autofree char *path = lcm_find_taesd(settings->model_path);
+  LcmModelFamily family;
+  if (!lcm_settings_model_family(settings, &family, NULL)) return NULL;
+  g_autofree char *path = lcm_find_taesd(settings->model_path, family);
   if (!path) return NULL;
   LcmTaesd *taesd = lcm_taesd_load(path, settings->precision, NULL);
   if (taesd && !lcm_taesd_has_decoder(taesd)) g_clear_pointer(&taesd, lcm_taesd_free);
