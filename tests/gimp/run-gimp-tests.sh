@@ -139,7 +139,9 @@ case $case_name in
     convert "$work/selection.png" -crop "$(s 512)x$(s 384)+$(s 40)+$(s 32)" +repage "$work/mask.png"
     expect_passed "(lcm-test-inpaint \"$model\" $scale \"$work/source.png\" \"$work/selection.png\"
       \"$work\")" inpaint
-    cli inpaint "a blue bird" -i "$work/source.png" -m "$work/mask.png" --seed 5 -o "$work/cli.png"
+    # Strength 1, the procedure's default (the CLI's default for SDXL is 0.9999).
+    cli inpaint "a blue bird" -i "$work/source.png" -m "$work/mask.png" --seed 5 --strength 1 \
+      -o "$work/cli.png"
     expect_same "$work/gimp.png" "$work/cli.png"
     # Every pixel the selection leaves out is the source's, exactly.
     convert "$work/mask.png" -threshold 0 -negate "$work/outside.png"
