@@ -113,8 +113,13 @@ typedef struct {
   char *description; /* one line for people */
   LcmAssetKind kind;
   char **files; /* repository paths to fetch, NULL-terminated */
-  /* The family is one this build opens; entries of other families are
-   * listed but neither offered nor downloaded. */
+  /* The Hub repository holding the parts this entry lacks (a UNet-only
+   * entry such as lcm-ssd-1b needs segmind/SSD-1B's text encoders, VAE...),
+   * or NULL. Downloads of one repository cannot combine them yet: such
+   * entries are listed but not offered. */
+  char *base;
+  /* The family is one this build opens and the entry has no base; other
+   * entries are listed but neither offered nor downloaded. */
   gboolean supported;
 } LcmCatalogueEntry;
 
