@@ -8,7 +8,7 @@
 #include <string.h>
 
 /* The model families this build opens. */
-static const char *const supported_families[] = {"sd15"};
+static const char *const supported_families[] = {"sd15", "sdxl"};
 
 static gboolean family_supported(const char *family) {
   for (size_t i = 0; i < G_N_ELEMENTS(supported_families); i++)
@@ -24,6 +24,7 @@ static void entry_free(gpointer data) {
   g_free(entry->family);
   g_free(entry->install);
   g_free(entry->description);
+  g_free(entry->base);
   g_strfreev(entry->files);
   g_free(entry);
 }
@@ -101,7 +102,9 @@ static LcmCatalogueEntry *parse_entry(JsonObject *object, const char *path, guin
       g_strdup(json_object_get_string_member_with_default(object, "description", ""));
   entry->files = g_strv_builder_end(builder);
   g_strv_builder_unref(builder);
-  entry->supported = family_supported(entry->family);
+  const char *base = json_object_get_string_member_with_default(object, "base", NULL);
+  entry->base = base && *base ? g_strdup(base) : NULL;
+  entry->supported = family_supported(entry->family) && !entry->base;
   return entry;
 }
 
@@ -219,26 +222,33 @@ static char *lora_file_in(const char *dir) {
   return NULL;
 }
 
-/* A diffusers pipeline of a family this build opens (SDXL pipelines name
- * themselves ...XLPipeline). */
-static gboolean is_supported_pipeline_folder(const char *dir) {
+/* A diffusers pipeline (SD1.5's or SDXL's ...XLPipeline: both open). */
+static gboolean is_pipeline_folder(const char *dir) {
   g_autofree char *index = g_build_filename(dir, "model_index.json", NULL);
-  g_autofree char *text = NULL;
-  if (!g_file_get_contents(index, &text, NULL, NULL)) return FALSE;
-  return strstr(text, "XLPipeline") == NULL && strstr(text, "XLImg2Img") == NULL;
+  return g_file_test(index, G_FILE_TEST_IS_REGULAR);
+}
+
+/* madebyollin's TAESD or TAESDXL folder. */
+static gboolean is_original_taesd_folder(const char *dir) {
+  static const char *const decoders[] = {"taesd_decoder.safetensors",
+                                         "taesdxl_decoder.safetensors"};
+  for (size_t i = 0; i < G_N_ELEMENTS(decoders); i++) {
+    g_autofree char *decoder = g_build_filename(dir, decoders[i], NULL);
+    if (g_file_test(decoder, G_FILE_TEST_IS_REGULAR)) return TRUE;
+  }
+  return FALSE;
 }
 
 /* What `path` is, and the path its loader takes (a LoRA folder's file); FALSE
  * when it is none of the kinds. */
 static gboolean classify(const char *path, LcmAssetKind *kind, char **usable) {
   if (g_file_test(path, G_FILE_TEST_IS_DIR)) {
-    if (is_supported_pipeline_folder(path)) {
+    if (is_pipeline_folder(path)) {
       *kind = LCM_ASSET_MODEL;
       *usable = g_strdup(path);
       return TRUE;
     }
-    g_autofree char *decoder = g_build_filename(path, "taesd_decoder.safetensors", NULL);
-    if (g_file_test(decoder, G_FILE_TEST_IS_REGULAR)) {
+    if (is_original_taesd_folder(path)) {
       *kind = LCM_ASSET_TAESD;
       *usable = g_strdup(path);
       return TRUE;
@@ -462,8 +472,13 @@ char *lcm_resolve(const char *spec, LcmAssetKind kind, gboolean *is_test_model, 
     g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
                 entry->supported ? "%s is not downloaded yet: use Download… in the dialog or run "
                                    "\"gimp-lcm-cli models get %s\""
+                : entry->base    ? "%s is not downloadable yet: it needs %s's other parts; put a "
+                                   "diffusers folder of both in the models folder"
                                  : "%s (%s family) is not supported by this build of gimp-lcm",
-                entry->name, entry->supported ? entry->name : entry->family);
+                entry->name,
+                entry->supported ? entry->name
+                : entry->base    ? entry->base
+                                 : entry->family);
     return NULL;
   }
   /* A name inside the models folder, a Hub repo id in the cache or there. */

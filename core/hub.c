@@ -537,9 +537,15 @@ static gboolean run_download(Download *d, const char *install_dir, GError **erro
 gboolean lcm_catalogue_download(const LcmCatalogueEntry *entry, LcmDownloadProgressFunc progress,
                                 gpointer user_data, GCancellable *cancellable, GError **error) {
   if (!entry->supported) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                "%s is a %s model, which this build of gimp-lcm does not run yet", entry->name,
-                entry->family);
+    if (entry->base)
+      g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+                  "%s needs %s's other parts, which downloads cannot combine yet: put a "
+                  "diffusers folder holding both in the models folder",
+                  entry->name, entry->base);
+    else
+      g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+                  "%s is a %s model, which this build of gimp-lcm does not run yet", entry->name,
+                  entry->family);
     return FALSE;
   }
   g_autofree char *install_dir = lcm_catalogue_install_dir(entry);

@@ -113,8 +113,13 @@ typedef struct {
   char *description; /* one line for people */
   LcmAssetKind kind;
   char **files; /* repository paths to fetch, NULL-terminated */
-  /* The family is one this build opens; entries of other families are
-   * listed but neither offered nor downloaded. */
+  /* The Hub repository holding the parts this entry lacks (a UNet-only
+   * entry such as lcm-ssd-1b needs segmind/SSD-1B's text encoders, VAE...),
+   * or NULL. Downloads of one repository cannot combine them yet: such
+   * entries are listed but not offered. */
+  char *base;
+  /* The family is one this build opens and the entry has no base; other
+   * entries are listed but neither offered nor downloaded. */
   gboolean supported;
 } LcmCatalogueEntry;
 
@@ -708,12 +713,15 @@ gboolean lcm_taesd_decode(LcmTaesd *taesd, const float *latents, int batch, int 
  * sampling, no scaling factor). */
 gboolean lcm_taesd_encode(LcmTaesd *taesd, const float *image, int batch, int h, int w,
                           float *latents, GError **error);
-/* TAESD weights for a model, for lcm_taesd_load: a taesd/ or vae_tiny/
- * subfolder of a diffusers model folder; beside a single-file checkpoint,
- * madebyollin's taesd_decoder.safetensors (the folder is returned) or a
- * taesd/ or vae_tiny/ folder; else a taesd/ or vae_tiny/ folder in
- * lcm_models_dir(). model_path may be NULL. NULL when none; g_free it. */
-char *lcm_find_taesd(const char *model_path);
+/* TAESD weights for a model of the family, for lcm_taesd_load. SD1.5: a
+ * taesd/ or vae_tiny/ subfolder of a diffusers model folder; beside a
+ * single-file checkpoint, madebyollin's taesd_decoder.safetensors (the
+ * folder is returned) or a taesd/ or vae_tiny/ folder; else a taesd/ or
+ * vae_tiny/ folder in lcm_models_dir(). SDXL the same with TAESDXL's names
+ * (taesdxl/, taesdxl_decoder.safetensors), and only taesdxl/ in the models
+ * folder: TAESD never serves an SDXL model, nor TAESDXL an SD1.5 one.
+ * model_path may be NULL. NULL when none; g_free it. */
+char *lcm_find_taesd(const char *model_path, LcmModelFamily family);
 
 /* ---- LoRA (kohya / sd-scripts and diffusers / peft files) ------------------ */
 

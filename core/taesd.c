@@ -5,8 +5,9 @@
  * Both networks are plain stacks of 3x3 convolutions, residual blocks and
  * x2 resampling at a constant width (64). Weights come from a diffusers
  * folder (decoder.layers.k.* / encoder.layers.k.*) or from madebyollin's own
- * taesd_decoder / taesd_encoder files, whose Sequential indices are the
- * diffusers ones (+1 in the decoder, which starts with a weightless Clamp).
+ * taesd_decoder / taesd_encoder files (taesdxl_* for TAESDXL, the same
+ * network with SDXL's weights), whose Sequential indices are the diffusers
+ * ones (+1 in the decoder, which starts with a weightless Clamp).
  * Activations are NHWC; each stage frees its input as soon as it is used.
  */
 #include "lcm.h"
@@ -226,8 +227,11 @@ static void add_existing_files(GPtrArray *files, const char *dir, const char *co
   }
 }
 
-static const char *const ORIGINAL_FILES[] = {"taesd_decoder.safetensors",
-                                             "taesd_encoder.safetensors"};
+/* madebyollin's file names, by LcmModelFamily: TAESD's and TAESDXL's. */
+static const char *const ORIGINAL_FILES[][2] = {
+    [LCM_FAMILY_SD15] = {"taesd_decoder.safetensors", "taesd_encoder.safetensors"},
+    [LCM_FAMILY_SDXL] = {"taesdxl_decoder.safetensors", "taesdxl_encoder.safetensors"},
+};
 
 /* The weight files of a TAESD folder: madebyollin's decoder and/or encoder
  * files, or else a diffusers AutoencoderTiny file. The original files come
@@ -236,7 +240,8 @@ static GPtrArray *folder_weight_files(const char *dir) {
   static const char *const diffusers[] = {"diffusion_pytorch_model.safetensors",
                                           "diffusion_pytorch_model.fp16.safetensors"};
   GPtrArray *files = g_ptr_array_new_with_free_func(g_free);
-  add_existing_files(files, dir, ORIGINAL_FILES, G_N_ELEMENTS(ORIGINAL_FILES));
+  for (size_t i = 0; i < G_N_ELEMENTS(ORIGINAL_FILES) && files->len == 0; i++)
+    add_existing_files(files, dir, ORIGINAL_FILES[i], G_N_ELEMENTS(ORIGINAL_FILES[i]));
   for (size_t i = 0; i < G_N_ELEMENTS(diffusers) && files->len == 0; i++)
     add_existing_files(files, dir, &diffusers[i], 1);
   return files;
@@ -266,7 +271,8 @@ LcmTaesd *lcm_taesd_load(const char *path, LcmPrecision precision, GError **erro
       g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
                   "%s: no TAESD weights in this folder (expected "
                   "diffusion_pytorch_model.safetensors, or taesd_decoder.safetensors and/or "
-                  "taesd_encoder.safetensors)",
+                  "taesd_encoder.safetensors, or TAESDXL's taesdxl_decoder.safetensors and/or "
+                  "taesdxl_encoder.safetensors)",
                   path);
   } else {
     files = g_ptr_array_new_with_free_func(g_free);
@@ -416,38 +422,45 @@ static gboolean is_taesd_folder(const char *dir) {
   return yes;
 }
 
-/* The first TAESD folder among DIR/taesd and DIR/vae_tiny, or NULL. */
-static char *find_taesd_subfolder(const char *dir) {
-  static const char *const names[] = {"taesd", "vae_tiny"};
-  for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
-    char *path = g_build_filename(dir, names[i], NULL);
+/* The first TAESD folder among DIR/NAME for the names, or NULL. */
+static char *find_taesd_subfolder(const char *dir, const char *const *names) {
+  for (; *names; names++) {
+    char *path = g_build_filename(dir, *names, NULL);
     if (is_taesd_folder(path)) return path;
     g_free(path);
   }
   return NULL;
 }
 
-/* A folder holding madebyollin's own files (not just any diffusers weights:
- * beside a checkpoint those could be anything). */
-static gboolean has_original_files(const char *dir) {
+/* A folder holding madebyollin's own files for the family (not just any
+ * diffusers weights: beside a checkpoint those could be anything). */
+static gboolean has_original_files(const char *dir, LcmModelFamily family) {
   GPtrArray *files = g_ptr_array_new_with_free_func(g_free);
-  add_existing_files(files, dir, ORIGINAL_FILES, G_N_ELEMENTS(ORIGINAL_FILES));
+  add_existing_files(files, dir, ORIGINAL_FILES[family], G_N_ELEMENTS(ORIGINAL_FILES[family]));
   gboolean yes = files->len > 0;
   g_ptr_array_unref(files);
   return yes;
 }
 
-char *lcm_find_taesd(const char *model_path) {
+char *lcm_find_taesd(const char *model_path, LcmModelFamily family) {
+  /* TAESD and TAESDXL have the same shapes, so only names tell them apart;
+   * a model's own vae_tiny/ is its own family's. */
+  static const char *const own_sd15[] = {"taesd", "vae_tiny", NULL};
+  static const char *const own_sdxl[] = {"taesdxl", "vae_tiny", NULL};
+  static const char *const shared_sd15[] = {"taesd", "vae_tiny", NULL};
+  static const char *const shared_sdxl[] = {"taesdxl", NULL};
+  gboolean xl = family == LCM_FAMILY_SDXL;
   char *found = NULL;
   if (model_path && g_file_test(model_path, G_FILE_TEST_IS_DIR)) {
-    found = find_taesd_subfolder(model_path);
+    found = find_taesd_subfolder(model_path, xl ? own_sdxl : own_sd15);
   } else if (model_path && g_file_test(model_path, G_FILE_TEST_IS_REGULAR)) {
     g_autofree char *dir = g_path_get_dirname(model_path);
-    found = has_original_files(dir) ? g_strdup(dir) : find_taesd_subfolder(dir);
+    found = has_original_files(dir, family) ? g_strdup(dir)
+                                            : find_taesd_subfolder(dir, xl ? own_sdxl : own_sd15);
   }
   if (!found) {
     g_autofree char *models = lcm_models_dir();
-    found = find_taesd_subfolder(models);
+    found = find_taesd_subfolder(models, xl ? shared_sdxl : shared_sd15);
   }
   return found;
 }

@@ -51,7 +51,8 @@ static gboolean init_txt2img(LcmCanvas *canvas, int width, int height, GError **
   }
   if (canvas->output == LCM_OUTPUT_REPLACE)
     lcm_region_for_drawable(gimp_drawable_get_width(canvas->drawable),
-                            gimp_drawable_get_height(canvas->drawable), &canvas->region);
+                            gimp_drawable_get_height(canvas->drawable), canvas->native_side,
+                            &canvas->region);
   else
     canvas->region = (LcmRegion){.width = width, .height = height};
   canvas->region.work_width = width;
@@ -94,7 +95,7 @@ static gboolean init_from_drawable(LcmCanvas *canvas, GError **error) {
     if (canvas->mode == LCM_MODE_INPAINT)
       return refuse(error, _("Inpainting repaints the selection, but nothing is selected: "
                              "select the part to repaint first"));
-    lcm_region_for_drawable(width, height, &canvas->region);
+    lcm_region_for_drawable(width, height, canvas->native_side, &canvas->region);
   } else {
     int x, y, w, h;
     if (!gimp_drawable_mask_intersect(drawable, &x, &y, &w, &h)) {
@@ -103,15 +104,16 @@ static gboolean init_from_drawable(LcmCanvas *canvas, GError **error) {
                   gimp_item_get_name(GIMP_ITEM(drawable)));
       return FALSE;
     }
-    lcm_region_for_selection(width, height, x, y, w, h, &canvas->region);
+    lcm_region_for_selection(width, height, x, y, w, h, canvas->native_side, &canvas->region);
   }
   read_area(canvas);
   return TRUE;
 }
 
 gboolean lcm_canvas_init(LcmCanvas *canvas, GimpImage *image, GimpDrawable **drawables,
-                         LcmMode mode, LcmOutput output, int width, int height, GError **error) {
-  *canvas = (LcmCanvas){.image = image, .mode = mode, .output = output};
+                         LcmMode mode, LcmOutput output, int width, int height, int native_side,
+                         GError **error) {
+  *canvas = (LcmCanvas){.image = image, .mode = mode, .output = output, .native_side = native_side};
   int count = 0;
   while (drawables && drawables[count]) count++;
   if (count > 1) {

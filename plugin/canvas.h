@@ -16,6 +16,7 @@ typedef struct {
   GimpDrawable *drawable; /* NULL: txt2img with no layer selected */
   LcmMode mode;
   LcmOutput output;
+  int native_side; /* the model's (lcm_family_native_side): the working sizes follow it */
   /* The repainted area and the model's size. txt2img onto a new layer: the
    * result's size at the image's origin (x, y are image coordinates then). */
   LcmRegion region;
@@ -27,10 +28,12 @@ typedef struct {
 /* Checks that the run can happen on this image (one drawable at most, not
  * indexed, a layer for img2img / inpaint / replacing, a selection that
  * touches the layer for inpainting, a txt2img size in multiples of 8) and
- * reads the source pixels and the selection. Nothing in the image changes.
- * On failure the canvas is empty and needs no clearing. */
+ * reads the source pixels and the selection at a working size for a model of
+ * native_side (plugin/region.h). Nothing in the image changes. On failure the
+ * canvas is empty and needs no clearing. */
 gboolean lcm_canvas_init(LcmCanvas *canvas, GimpImage *image, GimpDrawable **drawables,
-                         LcmMode mode, LcmOutput output, int width, int height, GError **error);
+                         LcmMode mode, LcmOutput output, int width, int height, int native_side,
+                         GError **error);
 void lcm_canvas_clear(LcmCanvas *canvas);
 
 /* The source and the mask at the model's working size (copies when no

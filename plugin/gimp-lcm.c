@@ -28,8 +28,8 @@ static const ProcedureInfo procedure_infos[] = {
     {"plug-in-lcm-txt2img", LCM_MODE_TXT2IMG, N_("_Text to Image (LCM)…"),
      N_("Generate a picture from a text prompt with a Latent Consistency Model"),
      N_("Makes a new picture of width × height pixels from the prompt, in a few steps, with a "
-        "Stable Diffusion 1.5 Latent Consistency Model (or SD 1.5 with LCM-LoRA) running on the "
-        "CPU. The picture goes on a new layer at the image's top left corner, above the "
+        "Latent Consistency Model (SD 1.5, SDXL or SSD-1B, or one of them with LCM-LoRA) running "
+        "on the CPU. The picture goes on a new layer at the image's top left corner, above the "
         "selected layer, or replaces the selected layer's pixels (scaled to the layer, through "
         "the selection)."),
      GIMP_PROCEDURE_SENSITIVE_DRAWABLE | GIMP_PROCEDURE_SENSITIVE_NO_DRAWABLES, 0},
@@ -37,8 +37,9 @@ static const ProcedureInfo procedure_infos[] = {
      N_("Redraw a layer, or its selected part, following a text prompt"),
      N_("Redraws the selected layer following the prompt; strength says how much changes. With "
         "a selection only the selected part (and some context around it) is redrawn and blended "
-        "in through the selection. Large areas are scaled down to at most 768 pixels for the "
-        "model and back. The result goes on a new layer above the layer or replaces its "
+        "in through the selection. Large areas are scaled down for the model and back, to at "
+        "most 1.5 times its native size (768 pixels for SD 1.5, 1536 for SDXL). The result goes on "
+        "a new layer above the layer or replaces its "
         "pixels."),
      GIMP_PROCEDURE_SENSITIVE_DRAWABLE, 0.6},
     {"plug-in-lcm-inpaint", LCM_MODE_INPAINT, N_("In_paint Selection (LCM)…"),
@@ -46,7 +47,8 @@ static const ProcedureInfo procedure_infos[] = {
      N_("Repaints the selection of the selected layer following the prompt; feathered edges "
         "blend softly and pixels outside the selection stay exactly as they were. The "
         "selection with some context around it is scaled to the model's working size (512 to "
-        "768 pixels) and back. The result goes on a new layer above the layer or replaces its "
+        "768 pixels for SD 1.5, 1024 to 1536 for SDXL) and back. The result goes on a new layer "
+        "above the layer or replaces its "
         "pixels."),
      GIMP_PROCEDURE_SENSITIVE_DRAWABLE, 1.0},
 };
@@ -98,7 +100,8 @@ static gboolean settings_from_config(GimpProcedureConfig *config, LcmMode mode,
   g_autofree char *model = NULL;
   g_object_get(config, "prompt", &settings->prompt, "negative-prompt", &settings->negative_prompt,
                "model", &model, "loras", &settings->loras, "steps", &settings->steps, "guidance",
-               &settings->guidance, "seed", &seed, "output", &output, NULL);
+               &settings->guidance, "clip-skip", &settings->clip_skip, "seed", &seed, "output",
+               &output, NULL);
   /* "" keeps the default model; anything else resolves now, failing early. */
   if (model && *model && !(settings->model_path = lcm_resolve(model, LCM_ASSET_MODEL, NULL, error)))
     return FALSE;
@@ -119,8 +122,8 @@ static gboolean settings_from_config(GimpProcedureConfig *config, LcmMode mode,
 static void settings_to_config(const LcmSettings *settings, GimpProcedureConfig *config) {
   g_object_set(config, "prompt", settings->prompt, "negative-prompt", settings->negative_prompt,
                "model", settings->model_path, "loras", settings->loras, "steps", settings->steps,
-               "guidance", settings->guidance, "seed", (double)settings->seed, "output",
-               settings->output == LCM_OUTPUT_REPLACE, NULL);
+               "guidance", settings->guidance, "clip-skip", settings->clip_skip, "seed",
+               (double)settings->seed, "output", settings->output == LCM_OUTPUT_REPLACE, NULL);
   if (config_has(config, "width"))
     g_object_set(config, "width", settings->width, "height", settings->height, NULL);
   if (config_has(config, "strength")) g_object_set(config, "strength", settings->strength, NULL);
@@ -145,8 +148,10 @@ static char *layer_name(const char *prompt, uint64_t seed) {
 static GimpLayer *generate(GimpImage *image, GimpDrawable **drawables, const LcmSettings *settings,
                            LcmPipeline *pipeline, gboolean interactive, GError **error) {
   LcmCanvas canvas;
-  if (!lcm_canvas_init(&canvas, image, drawables, settings->mode, settings->output, settings->width,
-                       settings->height, error)) {
+  LcmModelFamily family;
+  if (!lcm_settings_model_family(settings, &family, error) ||
+      !lcm_canvas_init(&canvas, image, drawables, settings->mode, settings->output, settings->width,
+                       settings->height, lcm_family_native_side(family), error)) {
     if (pipeline) lcm_pipeline_free(pipeline);
     return NULL;
   }
@@ -173,8 +178,13 @@ static gboolean run_dialog(GimpImage *image, GimpDrawable **drawables, GimpProce
                            LcmSettings *settings, LcmPipeline **pipeline, GError **error) {
   LcmImage *source = NULL, *mask = NULL;
   if (settings->mode != LCM_MODE_TXT2IMG) {
+    /* The preview's source at the stored model's working size; a model that
+     * does not open is the dialog's to report (SD1.5's size meanwhile). */
+    LcmModelFamily family = LCM_FAMILY_SD15;
+    lcm_settings_model_family(settings, &family, NULL);
     LcmCanvas canvas;
-    if (!lcm_canvas_init(&canvas, image, drawables, settings->mode, settings->output, 0, 0, error))
+    if (!lcm_canvas_init(&canvas, image, drawables, settings->mode, settings->output, 0, 0,
+                         lcm_family_native_side(family), error))
       return FALSE;
     source = lcm_canvas_work_source(&canvas);
     mask = lcm_canvas_work_mask(&canvas);
@@ -250,6 +260,11 @@ static void add_arguments(GimpProcedure *procedure, const ProcedureInfo *info) {
       _("Guidance scale; 0 = the model's default (8 for LCM models, 1 for SD 1.5 with "
         "LCM-LoRA)"),
       0.0, 20.0, 0.0, G_PARAM_READWRITE);
+  gimp_procedure_add_int_argument(
+      procedure, "clip-skip", _("CLIP s_kip"),
+      _("0 = off; N reads the prompt N text-encoder layers before the last (some SD 1.5 "
+        "checkpoints ask for 1)"),
+      0, LCM_SETTINGS_MAX_CLIP_SKIP, 0, G_PARAM_READWRITE);
   gimp_procedure_add_double_argument(
       procedure, "seed", _("S_eed"),
       _("Random seed, a whole number from 0 to 4294967295 (the same seed gives the same "

@@ -35,18 +35,23 @@ static void grow_axis(int *start, int *length, int extent, int margin) {
   *length = high - low;
 }
 
-void lcm_region_for_drawable(int drawable_width, int drawable_height, LcmRegion *region) {
+int lcm_region_max_side(int native_side) {
+  return native_side / 2 * 3;
+}
+
+void lcm_region_for_drawable(int drawable_width, int drawable_height, int native_side,
+                             LcmRegion *region) {
   *region = (LcmRegion){.width = drawable_width, .height = drawable_height};
-  set_work_size(region, 0, LCM_REGION_MAX_SIDE);
+  set_work_size(region, 0, lcm_region_max_side(native_side));
 }
 
 void lcm_region_for_selection(int drawable_width, int drawable_height, int x, int y, int width,
-                              int height, LcmRegion *region) {
+                              int height, int native_side, LcmRegion *region) {
   int margin = MAX(MIN_CONTEXT_MARGIN, MAX(width, height) / 4);
   *region = (LcmRegion){.x = x, .y = y, .width = width, .height = height};
   grow_axis(&region->x, &region->width, drawable_width, margin);
   grow_axis(&region->y, &region->height, drawable_height, margin);
-  set_work_size(region, LCM_REGION_MIN_SELECTION_SIDE, LCM_REGION_MAX_SIDE);
+  set_work_size(region, native_side, lcm_region_max_side(native_side));
 }
 
 gboolean lcm_region_is_unscaled(const LcmRegion *region) {

@@ -445,7 +445,7 @@ static void test_models_get(void) {
   g_assert_cmpint(r.status, ==, 0);
   g_assert_nonnull(strstr(r.out, "LCM_Dreamshaper_v7"));
   g_assert_nonnull(strstr(r.out, "not downloaded"));
-  g_assert_nonnull(strstr(r.out, "needs sdxl support"));
+  g_assert_nonnull(strstr(r.out, "needs segmind/SSD-1B's other parts"));
   cli_result_clear(&r);
 
   r = run_cli("models", "get", "LCM_Dreamshaper_v7");

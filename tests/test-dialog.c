@@ -127,6 +127,7 @@ static void test_settings_round_trip(void) {
   in.loras = g_strdup_printf("%s:0.5", lora);
   in.steps = 6;
   in.guidance = 1.5;
+  in.clip_skip = 2;
   in.seed = 1234;
   in.width = 320;
   in.height = 256;
@@ -140,6 +141,11 @@ static void test_settings_round_trip(void) {
   g_assert_cmpint(out.mode, ==, LCM_MODE_TXT2IMG);
   g_assert_cmpint(out.steps, ==, 6);
   g_assert_cmpfloat_with_epsilon(out.guidance, 1.5, 1e-9);
+  g_assert_cmpint(out.clip_skip, ==, 2);
+  LcmPipelineParams params;
+  lcm_pipeline_params_init(&params);
+  lcm_settings_to_params(&out, NULL, 1, &params); /* no pipeline: guidance is set */
+  g_assert_cmpint(params.clip_skip, ==, 2);
   g_assert_cmpint(out.seed, ==, 1234);
   g_assert_cmpint(out.width, ==, 320);
   g_assert_cmpint(out.height, ==, 256);
@@ -244,6 +250,132 @@ static void test_typing_cancels_stale_preview(void) {
   destroy_dialog(dialog);
 }
 
+static GtkWidget *find_named(GtkWidget *widget, const char *name);
+static gboolean find_label(GtkWidget *widget, const char *text);
+
+/* CLIP skip starts a preview like any setting; a skip the model's text
+ * encoder is too shallow for fails with the core's message shown. */
+static void test_clip_skip_preview(void) {
+  GtkWidget *dialog = new_test_dialog();
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  gtk_widget_show(dialog);
+  wait_for_preview_idle(lcm);
+  GtkWidget *spin = find_named(dialog, "lcm-clip-skip");
+  g_assert_nonnull(spin);
+  g_assert_cmpint(gtk_spin_button_get_value_as_int(GTK_SPIN_BUTTON(spin)), ==, 0);
+  g_assert_cmpstr(gtk_entry_get_text(GTK_ENTRY(spin)), ==, "Off");
+  LcmPreviewStats before, after;
+  lcm_dialog_get_preview_stats(lcm, &before);
+
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(spin), 1);
+  wait_for_preview_idle(lcm);
+  lcm_dialog_get_preview_stats(lcm, &after);
+  g_assert_cmpint(after.finished - before.finished, ==, 1);
+  g_assert_cmpint(after.failed, ==, 0);
+  LcmSettings shown;
+  lcm_settings_init(&shown);
+  lcm_dialog_get_settings(lcm, &shown);
+  g_assert_cmpint(shown.clip_skip, ==, 1);
+  lcm_settings_clear(&shown);
+
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(spin), LCM_SETTINGS_MAX_CLIP_SKIP);
+  wait_for_preview_idle(lcm);
+  lcm_dialog_get_preview_stats(lcm, &after);
+  g_assert_cmpint(after.failed, ==, 1);
+  g_assert_true(find_label(dialog, "clip skip 12 is out of range: this model's text encoder "
+                                   "allows 0 to 3"));
+  destroy_dialog(dialog);
+}
+
+static GtkWidget *new_dialog_sized(const char *model_path, int width, int height) {
+  LcmSettings settings;
+  lcm_settings_init(&settings);
+  settings.model_path = g_strdup(model_path);
+  settings.seed = 7;
+  settings.width = width;
+  settings.height = height;
+  GtkWidget *dialog = lcm_dialog_new(NULL, &settings, NULL, NULL);
+  lcm_settings_clear(&settings);
+  lcm_dialog_set_debounce(LCM_DIALOG(dialog), TEST_DEBOUNCE_MS);
+  return dialog;
+}
+
+static void assert_dialog_size(LcmDialog *dialog, int width, int height) {
+  LcmSettings shown;
+  lcm_settings_init(&shown);
+  lcm_dialog_get_settings(dialog, &shown);
+  g_assert_cmpint(shown.width, ==, width);
+  g_assert_cmpint(shown.height, ==, height);
+  lcm_settings_clear(&shown);
+}
+
+/* An SDXL model stored with an SD1.5 size (512x384, the last values) shows
+ * SDXL's preset nearest in aspect ratio, offers SDXL's presets only, and
+ * previews; an SD1.5 model stored with an SDXL size gets 512x512, and one
+ * with a small size of its own keeps it. */
+static void test_sdxl_native_size(void) {
+  g_autofree char *sdxl = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  GtkWidget *dialog = new_dialog_sized(sdxl, 512, 384);
+  LcmDialog *lcm = LCM_DIALOG(dialog);
+  GtkComboBox *presets = GTK_COMBO_BOX(find_named(dialog, "lcm-size-preset"));
+  assert_dialog_size(lcm, 1152, 896);
+  g_assert_cmpstr(gtk_combo_box_get_active_id(presets), ==, "1152x896");
+  g_assert_false(gtk_combo_box_set_active_id(presets, "512x768"));
+  g_assert_true(gtk_combo_box_set_active_id(presets, "1024x1024"));
+  assert_dialog_size(lcm, 1024, 1024);
+  gtk_widget_show(dialog);
+  wait_for_preview_idle(lcm);
+  LcmPreviewStats stats;
+  lcm_dialog_get_preview_stats(lcm, &stats);
+  g_assert_cmpint(stats.finished, ==, 1);
+  g_assert_cmpint(stats.failed, ==, 0);
+  destroy_dialog(dialog);
+
+  g_autofree char *sd15 = test_data_path("golden/tiny-lcm");
+  dialog = new_dialog_sized(sd15, 1024, 1024);
+  presets = GTK_COMBO_BOX(find_named(dialog, "lcm-size-preset"));
+  assert_dialog_size(LCM_DIALOG(dialog), 512, 512);
+  g_assert_cmpstr(gtk_combo_box_get_active_id(presets), ==, "512x512");
+  g_assert_false(gtk_combo_box_set_active_id(presets, "1152x896"));
+  g_assert_true(gtk_combo_box_set_active_id(presets, "768x512"));
+  assert_dialog_size(LCM_DIALOG(dialog), 768, 512);
+  destroy_dialog(dialog);
+  dialog = new_dialog_sized(sd15, 128, 96);
+  assert_dialog_size(LCM_DIALOG(dialog), 128, 96);
+  destroy_dialog(dialog);
+}
+
+static void test_family_sizes(void) {
+  size_t count;
+  const LcmSize *sizes = lcm_family_sizes(LCM_FAMILY_SDXL, &count);
+  g_assert_cmpuint(count, ==, 9);
+  g_assert_cmpint(sizes[0].width, ==, 1024);
+  g_assert_cmpint(sizes[0].height, ==, 1024);
+  for (size_t i = 0; i < count; i++) {
+    g_assert_cmpint(sizes[i].width % 64, ==, 0);
+    g_assert_cmpint(sizes[i].height % 64, ==, 0);
+    g_assert_cmpint(sizes[i].width * sizes[i].height, >, 900000);
+  }
+  sizes = lcm_family_sizes(LCM_FAMILY_SD15, &count);
+  g_assert_cmpint(sizes[0].width, ==, 512);
+  g_assert_cmpint(lcm_family_native_side(LCM_FAMILY_SD15), ==, 512);
+  g_assert_cmpint(lcm_family_native_side(LCM_FAMILY_SDXL), ==, 1024);
+  int width = 640, height = 1536; /* an SDXL size for SD1.5: the tallest preset */
+  lcm_family_fit_size(LCM_FAMILY_SD15, &width, &height);
+  g_assert_cmpint(width, ==, 432);
+  g_assert_cmpint(height, ==, 768);
+  width = 768, height = 768; /* SD1.5's largest: kept, and too small for SDXL */
+  lcm_family_fit_size(LCM_FAMILY_SD15, &width, &height);
+  g_assert_cmpint(width, ==, 768);
+  lcm_family_fit_size(LCM_FAMILY_SDXL, &width, &height);
+  g_assert_cmpint(width, ==, 1024);
+  g_assert_cmpint(height, ==, 1024);
+  width = 1344, height = 768; /* an SDXL preset stays */
+  lcm_family_fit_size(LCM_FAMILY_SDXL, &width, &height);
+  g_assert_cmpint(width, ==, 1344);
+  g_assert_cmpint(height, ==, 768);
+}
+
 /* GIMP 3's dark theme when GIMP is installed, so the screenshot shows the
  * dialog as it looks inside GIMP (which themes plug-ins in gimp_ui_init). */
 static GtkCssProvider *load_gimp_theme(void) {
@@ -320,6 +452,34 @@ static void test_preview_decoder(void) {
   for (guint i = 0; i < links->len; i++) g_unlink(links->pdata[i]);
   g_ptr_array_unref(links);
   g_rmdir(with_taesd);
+}
+
+/* Previews of a model decode through its own family's TAESD in the models
+ * folder: taesd/ for SD1.5, taesdxl/ for SDXL, never the other one (both are
+ * the tiny TAESD here, which fits either's latents: only the name may tell). */
+static void test_preview_decoder_family(void) {
+  g_autofree char *taesd = test_data_path("golden/tiny-taesd");
+  g_autofree char *sd15 = test_data_path("golden/tiny-lcm");
+  g_autofree char *sdxl = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  static const struct {
+    const char *folder; /* the TAESD's name in the models folder */
+    gboolean sdxl_model;
+    int fast;
+  } cases[] = {{"taesd", TRUE, 0}, {"taesdxl", TRUE, 1}, {"taesdxl", FALSE, 0}};
+  for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+    g_autofree char *link = g_build_filename(models_dir, cases[i].folder, NULL);
+    g_assert_cmpint(symlink(taesd, link), ==, 0);
+    GtkWidget *dialog = new_dialog_sized(cases[i].sdxl_model ? sdxl : sd15, 128, 128);
+    LcmDialog *lcm = LCM_DIALOG(dialog);
+    gtk_widget_show(dialog);
+    wait_for_preview_idle(lcm);
+    LcmPreviewStats stats;
+    lcm_dialog_get_preview_stats(lcm, &stats);
+    g_assert_cmpint(stats.finished, ==, 1);
+    g_assert_cmpint(stats.fast_decoded, ==, cases[i].fast);
+    destroy_dialog(dialog);
+    g_unlink(link);
+  }
 }
 
 static gboolean find_label(GtkWidget *widget, const char *text) {
@@ -405,8 +565,9 @@ static void test_download_then_generate(void) {
   g_assert_nonnull(choice);
   g_assert_nonnull(button);
   g_assert_true(gtk_widget_is_visible(button));
+  g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "lcm-lora-sdxl"));
+  g_assert_false(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "lcm-ssd-1b"));
   g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "LCM_Dreamshaper_v7"));
-  g_assert_false(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "lcm-lora-sdxl"));
   GPtrArray *texts = g_ptr_array_new_with_free_func(g_free);
   g_signal_connect(progress, "notify::text", G_CALLBACK(on_progress_text), texts);
   int finished = 0;
@@ -536,7 +697,11 @@ int main(int argc, char **argv) {
   g_test_add_func("/dialog/typing-starts-one-preview", test_typing_starts_one_preview);
   g_test_add_func("/dialog/typing-cancels-stale-preview", test_typing_cancels_stale_preview);
   g_test_add_func("/dialog/slow-cpu-quick-preview", test_slow_cpu_quick_preview);
+  g_test_add_func("/dialog/clip-skip-preview", test_clip_skip_preview);
+  g_test_add_func("/dialog/family-sizes", test_family_sizes);
+  g_test_add_func("/dialog/sdxl-native-size", test_sdxl_native_size);
   g_test_add_func("/dialog/preview-decoder", test_preview_decoder);
+  g_test_add_func("/dialog/preview-decoder-family", test_preview_decoder_family);
   g_test_add_func("/dialog/screenshot", test_screenshot);
   g_test_add_func("/dialog/japanese", test_japanese);
   g_test_add_func("/dialog/download-then-generate", test_download_then_generate);

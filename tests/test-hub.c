@@ -98,17 +98,22 @@ static void test_catalogue(void) {
                 entry_named("lcm-lora-sdv1-5"));
   g_assert_cmpint(entry_named("lcm-lora-sdv1-5")->kind, ==, LCM_ASSET_LORA);
   g_assert_cmpint(entry_named("taesd")->kind, ==, LCM_ASSET_TAESD);
-  for (const char *const *name =
-           (const char *const[]){"lcm-lora-sdxl", "lcm-ssd-1b", "taesdxl", NULL};
-       *name; name++) {
+  for (const char *const *name = (const char *const[]){"lcm-lora-sdxl", "taesdxl", NULL}; *name;
+       name++) {
     const LcmCatalogueEntry *sdxl = entry_named(*name);
     g_assert_cmpstr(sdxl->family, ==, "sdxl");
-    g_assert_false(sdxl->supported);
-    GError *error = NULL;
-    g_assert_false(lcm_catalogue_download(sdxl, NULL, NULL, NULL, &error));
-    test_expect_error(error, LCM_ERROR_UNSUPPORTED, "sdxl", NULL);
-    g_clear_error(&error);
+    g_assert_true(sdxl->supported);
+    g_assert_null(sdxl->base);
   }
+  /* A UNet only: listed with its base, not offered. */
+  const LcmCatalogueEntry *ssd = entry_named("lcm-ssd-1b");
+  g_assert_cmpstr(ssd->family, ==, "sdxl");
+  g_assert_cmpstr(ssd->base, ==, "segmind/SSD-1B");
+  g_assert_false(ssd->supported);
+  GError *ssd_error = NULL;
+  g_assert_false(lcm_catalogue_download(ssd, NULL, NULL, NULL, &ssd_error));
+  test_expect_error(ssd_error, LCM_ERROR_UNSUPPORTED, "segmind/SSD-1B", NULL);
+  g_clear_error(&ssd_error);
   g_assert_null(lcm_catalogue_find(catalogue, "no-such-model"));
 
   /* A catalogue that escapes the models folder is refused. */
@@ -457,7 +462,10 @@ static void test_hf_cache_discovery(void) {
   g_assert_nonnull(missing);
   g_assert_cmpint(missing->where, ==, LCM_FOUND_NOT_DOWNLOADED);
   g_assert_null(missing->path);
-  g_assert_null(find_found(found, "lcm-lora-sdxl")); /* not offered by this build */
+  const LcmFoundModel *sdxl_lora = find_found(found, "lcm-lora-sdxl");
+  g_assert_nonnull(sdxl_lora);
+  g_assert_cmpint(sdxl_lora->where, ==, LCM_FOUND_NOT_DOWNLOADED);
+  g_assert_null(find_found(found, "lcm-ssd-1b")); /* needs its base: not offered */
 
   /* One resolver: catalogue name, repo id, path, default. */
   GError *error = NULL;
@@ -506,6 +514,110 @@ static void test_hf_cache_discovery(void) {
   test_remove_tree(models);
 }
 
+static void copy_file(const char *from, const char *to) {
+  g_autofree char *data = NULL;
+  gsize length = 0;
+  g_assert_true(g_file_get_contents(from, &data, &length, NULL));
+  g_assert_true(g_file_set_contents(to, data, (gssize)length, NULL));
+}
+
+/* The SDXL family: a diffusers SDXL folder (...XLPipeline) in the Hugging
+ * Face cache and an SDXL single-file checkpoint in the models folder are
+ * listed as models and open as SDXL; lcm-lora-sdxl and taesdxl download from
+ * the (fake) Hub into what the LoRA loader and the preview take. */
+static void test_sdxl_family(void) {
+  g_autofree char *models = new_models_dir();
+  g_autofree char *cache = g_dir_make_tmp("lcm-hf-sdxl-XXXXXX", NULL);
+  g_setenv("HF_HUB_CACHE", cache, TRUE);
+  g_autofree char *tiny_sdxl = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  static const char *const sdxl_files[] = {"model_index.json",
+                                           "scheduler/scheduler_config.json",
+                                           "text_encoder/config.json",
+                                           "text_encoder/model.safetensors",
+                                           "text_encoder_2/config.json",
+                                           "text_encoder_2/model.safetensors",
+                                           "tokenizer/merges.txt",
+                                           "tokenizer/special_tokens_map.json",
+                                           "tokenizer/tokenizer_config.json",
+                                           "tokenizer/vocab.json",
+                                           "tokenizer_2/merges.txt",
+                                           "tokenizer_2/special_tokens_map.json",
+                                           "tokenizer_2/tokenizer_config.json",
+                                           "tokenizer_2/vocab.json",
+                                           "unet/config.json",
+                                           "unet/diffusion_pytorch_model.safetensors",
+                                           "vae/config.json",
+                                           "vae/diffusion_pytorch_model.safetensors",
+                                           NULL};
+  cache_repo(cache, "someone/tiny-sdxl", tiny_sdxl, sdxl_files);
+  g_autofree char *checkpoint_source = test_data_path("golden-sdxl/tiny-sdxl-lcm.safetensors");
+  g_autofree char *checkpoint = g_build_filename(models, "my-sdxl.safetensors", NULL);
+  copy_file(checkpoint_source, checkpoint);
+
+  g_autoptr(GPtrArray) found = lcm_discover(catalogue);
+  const LcmFoundModel *cached = find_found(found, "someone/tiny-sdxl");
+  g_assert_nonnull(cached);
+  g_assert_cmpint(cached->kind, ==, LCM_ASSET_MODEL);
+  g_assert_cmpint(cached->where, ==, LCM_FOUND_HF_CACHE);
+  const LcmFoundModel *single = find_found(found, "my-sdxl.safetensors");
+  g_assert_nonnull(single);
+  g_assert_cmpint(single->kind, ==, LCM_ASSET_MODEL);
+  GError *error = NULL;
+  g_autofree char *resolved = lcm_resolve("someone/tiny-sdxl", LCM_ASSET_MODEL, NULL, &error);
+  g_assert_no_error(error);
+  g_assert_cmpstr(resolved, ==, cached->path);
+  LcmModel *model = lcm_model_open(resolved, &error);
+  g_assert_no_error(error);
+  g_assert_cmpint(lcm_model_family(model), ==, LCM_FAMILY_SDXL);
+
+  /* lcm-lora-sdxl from the Hub merges into the SDXL model. */
+  g_autofree char *lora_repo = g_dir_make_tmp("lcm-hub-sdxl-lora-XXXXXX", NULL);
+  g_autofree char *lora_source =
+      test_data_path("golden-sdxl/lora/lcm_lora_sdxl_like_kohya.safetensors");
+  g_autofree char *lora_file =
+      g_build_filename(lora_repo, "pytorch_lora_weights.safetensors", NULL);
+  copy_file(lora_source, lora_file);
+  fake_hub_add_repo(hub, "latent-consistency/lcm-lora-sdxl", lora_repo);
+  fake_hub_set_mode(hub, FAKE_HUB_NORMAL);
+  g_assert_true(lcm_catalogue_download(entry_named("lcm-lora-sdxl"), NULL, NULL, NULL, &error));
+  g_assert_no_error(error);
+  g_autofree char *lora = lcm_resolve("lcm-lora-sdxl", LCM_ASSET_LORA, NULL, &error);
+  g_assert_no_error(error);
+  g_assert_true(lcm_model_add_lora(model, lora, 1.0f, &error));
+  g_assert_no_error(error);
+  lcm_model_free(model);
+
+  /* taesdxl from the Hub is the SDXL models' preview decoder, not SD1.5's. */
+  g_autofree char *taesd_repo = g_dir_make_tmp("lcm-hub-taesdxl-XXXXXX", NULL);
+  g_autofree char *taesd_source =
+      test_data_path("golden/tiny-taesd/diffusion_pytorch_model.safetensors");
+  for (const char *const *name = (const char *const[]){"taesdxl_decoder.safetensors",
+                                                       "taesdxl_encoder.safetensors", NULL};
+       *name; name++) {
+    g_autofree char *file = g_build_filename(taesd_repo, *name, NULL);
+    copy_file(taesd_source, file);
+  }
+  fake_hub_add_repo(hub, "madebyollin/taesdxl", taesd_repo);
+  g_assert_true(lcm_catalogue_download(entry_named("taesdxl"), NULL, NULL, NULL, &error));
+  g_assert_no_error(error);
+  g_autofree char *installed = g_build_filename(models, "taesdxl", NULL);
+  g_autofree char *for_sdxl = lcm_find_taesd(resolved, LCM_FAMILY_SDXL);
+  g_assert_cmpstr(for_sdxl, ==, installed);
+  g_autofree char *for_sd15 = lcm_find_taesd(NULL, LCM_FAMILY_SD15);
+  g_assert_null(for_sd15);
+  g_autoptr(GPtrArray) after = lcm_discover(catalogue);
+  const LcmFoundModel *taesdxl = find_found(after, "taesdxl");
+  g_assert_nonnull(taesdxl);
+  g_assert_cmpint(taesdxl->kind, ==, LCM_ASSET_TAESD);
+  g_assert_cmpint(taesdxl->where, ==, LCM_FOUND_MODELS_FOLDER);
+
+  g_setenv("HF_HUB_CACHE", "/nonexistent/hf-cache", TRUE);
+  test_remove_tree(taesd_repo);
+  test_remove_tree(lora_repo);
+  test_remove_tree(cache);
+  test_remove_tree(models);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   /* Only ever the loopback server: no proxy, no real cache. */
@@ -535,6 +647,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/hub/disk-full", test_disk_full);
   g_test_add_func("/hub/cancel-slow-server", test_cancel_slow_server);
   g_test_add_func("/hub/hf-cache-discovery", test_hf_cache_discovery);
+  g_test_add_func("/hub/sdxl-family", test_sdxl_family);
   int status = g_test_run();
   g_ptr_array_unref(catalogue);
   fake_hub_stop(hub);

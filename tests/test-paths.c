@@ -39,13 +39,16 @@ static void test_default_model_choice(void) {
   g_assert_true(g_str_has_suffix(chosen, "tiny-lcm"));
   g_free(chosen);
 
-  /* Checkpoints and diffusers folders are models; the first by name wins. */
+  /* Checkpoints and diffusers folders (SD1.5's and SDXL's) are models; the
+   * first by name wins. */
   char *ckpt = g_build_filename(dir, "b-checkpoint.safetensors", NULL);
   write_tensor_file(ckpt, "model.diffusion_model.conv_in.weight");
   char *folder = g_build_filename(dir, "c-diffusers", NULL);
   g_assert_cmpint(g_mkdir(folder, 0755), ==, 0);
   char *index = g_build_filename(folder, "model_index.json", NULL);
-  g_assert_true(g_file_set_contents(index, "{}", -1, NULL));
+  /* An SDXL pipeline is a model like any other. */
+  g_assert_true(
+      g_file_set_contents(index, "{\"_class_name\": \"StableDiffusionXLPipeline\"}", -1, NULL));
   chosen = lcm_default_model(&is_test_model);
   g_assert_false(is_test_model);
   g_assert_cmpstr(chosen, ==, ckpt);

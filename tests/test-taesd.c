@@ -200,6 +200,14 @@ static void test_original_layout(void) {
   g_test_message("%s", error->message);
   lcm_taesd_free(only_decoder);
   remove_tree(dir);
+
+  /* TAESDXL's files (madebyollin/taesdxl) have the same layout under their
+   * own names; a folder of them loads as well. */
+  g_autofree char *xl_dir = make_temp_dir();
+  g_autofree char *xl_decoder = g_build_filename(xl_dir, "taesdxl_decoder.safetensors", NULL);
+  write_variant(&ORIGINAL_DECODER, xl_decoder);
+  check_decode_case("taesd_decode_8x8", xl_dir, LCM_PRECISION_FP32);
+  remove_tree(xl_dir);
 }
 
 /* ---- Finding TAESD weights ----------------------------------------------------- */
@@ -211,9 +219,13 @@ static void touch(const char *dir, const char *relative) {
   g_assert_true(g_file_set_contents(path, "", 0, NULL));
 }
 
-static void assert_found(const char *model_path, const char *expected) {
-  g_autofree char *found = lcm_find_taesd(model_path);
+static void assert_found_for(const char *model_path, LcmModelFamily family, const char *expected) {
+  g_autofree char *found = lcm_find_taesd(model_path, family);
   g_assert_cmpstr(found, ==, expected);
+}
+
+static void assert_found(const char *model_path, const char *expected) {
+  assert_found_for(model_path, LCM_FAMILY_SD15, expected);
 }
 
 static void test_find(void) {
@@ -247,6 +259,19 @@ static void test_find(void) {
   assert_found(pipeline, own);
   touch(checkpoints, "taesd_decoder.safetensors");
   assert_found(checkpoint, checkpoints);
+
+  /* SDXL models never get TAESD, only TAESDXL (the same shapes: names tell). */
+  assert_found_for(NULL, LCM_FAMILY_SDXL, NULL);
+  assert_found_for(checkpoint, LCM_FAMILY_SDXL, NULL);
+  touch(models, "taesdxl/taesdxl_decoder.safetensors");
+  g_autofree char *shared_xl = g_build_filename(models, "taesdxl", NULL);
+  assert_found_for(NULL, LCM_FAMILY_SDXL, shared_xl);
+  assert_found_for(checkpoint, LCM_FAMILY_SDXL, shared_xl);
+  assert_found(NULL, shared); /* and SD1.5 keeps TAESD */
+  touch(checkpoints, "taesdxl_decoder.safetensors");
+  assert_found_for(checkpoint, LCM_FAMILY_SDXL, checkpoints);
+  /* An SDXL pipeline's own vae_tiny/ is its family's. */
+  assert_found_for(pipeline, LCM_FAMILY_SDXL, own);
 
   remove_tree(root);
   g_unsetenv("GIMP_LCM_MODELS");

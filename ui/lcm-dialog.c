@@ -12,6 +12,7 @@
 #include <glib/gi18n-lib.h>
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #define PREVIEW_MAX_SIDE 256
@@ -39,9 +40,9 @@ struct _LcmDialog {
   GtkWidget *download_label, *download_row, *download_combo, *download_button;
   GtkWidget *download_progress_row, *download_progress, *download_cancel;
   GtkWidget *lora_box;
-  GtkWidget *steps_spin, *guidance_spin, *strength_spin;
+  GtkWidget *steps_spin, *guidance_spin, *clip_skip_spin, *strength_spin;
   GtkWidget *seed_spin, *random_seed_check;
-  GtkWidget *width_spin, *height_spin;
+  GtkWidget *width_spin, *height_spin, *size_preset_combo;
   GtkWidget *device_combo, *precision_combo, *output_combo;
   GtkWidget *live_check, *preview_image, *progress_bar, *stop_button, *status_label;
 
@@ -402,6 +403,69 @@ static void update_sensitivity(LcmDialog *self) {
   gtk_widget_set_sensitive(self->strength_spin, mode != LCM_MODE_TXT2IMG);
   gtk_widget_set_sensitive(self->width_spin, mode == LCM_MODE_TXT2IMG);
   gtk_widget_set_sensitive(self->height_spin, mode == LCM_MODE_TXT2IMG);
+  gtk_widget_set_sensitive(self->size_preset_combo, mode == LCM_MODE_TXT2IMG);
+}
+
+/* ---- Sizes: the model family's presets ---------------------------------------- */
+
+/* The selected model's family, from its headers; SD1.5 when it does not
+ * open (the preview then says why). */
+static LcmModelFamily selected_family(LcmDialog *self) {
+  LcmSettings settings;
+  lcm_settings_init(&settings);
+  settings.model_path = g_strdup(gtk_combo_box_get_active_id(GTK_COMBO_BOX(self->model_combo)));
+  LcmModelFamily family = LCM_FAMILY_SD15;
+  lcm_settings_model_family(&settings, &family, NULL);
+  lcm_settings_clear(&settings);
+  return family;
+}
+
+/* Shows the preset matching the spins, or none. */
+static void sync_size_preset(LcmDialog *self) {
+  g_autofree char *id = g_strdup_printf(
+      "%dx%d", round_to_8(gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->width_spin))),
+      round_to_8(gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->height_spin))));
+  gboolean building = self->building;
+  self->building = TRUE;
+  if (!gtk_combo_box_set_active_id(GTK_COMBO_BOX(self->size_preset_combo), id))
+    gtk_combo_box_set_active(GTK_COMBO_BOX(self->size_preset_combo), -1);
+  self->building = building;
+}
+
+/* The presets of the selected model's family, and a size that suits it
+ * (lcm_family_fit_size: one made for the other family is replaced). */
+static void fit_size_to_model(LcmDialog *self) {
+  LcmModelFamily family = selected_family(self);
+  GtkComboBoxText *combo = GTK_COMBO_BOX_TEXT(self->size_preset_combo);
+  gboolean building = self->building;
+  self->building = TRUE;
+  gtk_combo_box_text_remove_all(combo);
+  size_t count;
+  const LcmSize *sizes = lcm_family_sizes(family, &count);
+  for (size_t i = 0; i < count; i++) {
+    g_autofree char *id = g_strdup_printf("%dx%d", sizes[i].width, sizes[i].height);
+    g_autofree char *label = g_strdup_printf("%d × %d", sizes[i].width, sizes[i].height);
+    gtk_combo_box_text_append(combo, id, label);
+  }
+  int width = round_to_8(gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->width_spin)));
+  int height = round_to_8(gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->height_spin)));
+  lcm_family_fit_size(family, &width, &height);
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->width_spin), width);
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->height_spin), height);
+  self->building = building;
+  sync_size_preset(self);
+}
+
+static void on_size_preset_changed(GtkComboBox *combo, LcmDialog *self) {
+  int width, height;
+  const char *id = gtk_combo_box_get_active_id(combo);
+  if (self->building || !id || sscanf(id, "%dx%d", &width, &height) != 2) return;
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->width_spin), width);
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->height_spin), height);
+}
+
+static void on_model_changed(LcmDialog *self) {
+  if (!self->building) fit_size_to_model(self);
 }
 
 static void destroy_widget(GtkWidget *widget, gpointer data) {
@@ -427,12 +491,14 @@ static void apply_settings(LcmDialog *self, const LcmSettings *s) {
   }
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->steps_spin), s->steps);
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->guidance_spin), MAX(0, s->guidance));
+  gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->clip_skip_spin), s->clip_skip);
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->strength_spin), s->strength);
   gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(self->random_seed_check), s->seed < 0);
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->seed_spin),
                             s->seed < 0 ? g_random_int() : (double)(s->seed & 0xffffffffu));
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->width_spin), s->width);
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->height_spin), s->height);
+  fit_size_to_model(self);
   choice_combo_set(self->device_combo, s->device);
   choice_combo_set(self->precision_combo, s->precision);
   choice_combo_set(self->output_combo, s->output);
@@ -450,6 +516,7 @@ void lcm_dialog_get_settings(LcmDialog *self, LcmSettings *out) {
   out->loras = loras_from_rows(self);
   out->steps = gtk_spin_button_get_value_as_int(GTK_SPIN_BUTTON(self->steps_spin));
   out->guidance = gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->guidance_spin));
+  out->clip_skip = gtk_spin_button_get_value_as_int(GTK_SPIN_BUTTON(self->clip_skip_spin));
   out->strength = gtk_spin_button_get_value(GTK_SPIN_BUTTON(self->strength_spin));
   out->seed = gtk_toggle_button_get_active(GTK_TOGGLE_BUTTON(self->random_seed_check))
                   ? -1
@@ -545,8 +612,12 @@ static void preview_progress(const LcmProgress *progress, gpointer data) {
   g_idle_add(preview_update_idle, update);
 }
 
+/* The preview decoder of the model's family (TAESD for SD1.5, TAESDXL for
+ * SDXL: the same network, with weights for other latents). */
 static LcmTaesd *load_preview_taesd(const LcmSettings *settings) {
-  g_autofree char *path = lcm_find_taesd(settings->model_path);
+  LcmModelFamily family;
+  if (!lcm_settings_model_family(settings, &family, NULL)) return NULL;
+  g_autofree char *path = lcm_find_taesd(settings->model_path, family);
   if (!path) return NULL;
   LcmTaesd *taesd = lcm_taesd_load(path, settings->precision, NULL);
   if (taesd && !lcm_taesd_has_decoder(taesd)) g_clear_pointer(&taesd, lcm_taesd_free);
@@ -818,20 +889,24 @@ static void on_dice_clicked(GtkButton *button, LcmDialog *self) {
   gtk_spin_button_set_value(GTK_SPIN_BUTTON(self->seed_spin), g_random_int());
 }
 
-/* The guidance spin shows 0 as "Auto" (the model's default). */
-static gboolean on_guidance_output(GtkSpinButton *spin, gpointer data) {
-  (void)data;
-  if (gtk_spin_button_get_value(spin) > 0) return FALSE;
-  gtk_entry_set_text(GTK_ENTRY(spin), _("Auto"));
+/* Spin buttons where 0 means a word (guidance "Auto", CLIP skip "Off"):
+ * data is the word's untranslated text, typed in either language. */
+static gboolean on_zero_word_output(GtkSpinButton *spin, gpointer word) {
+  if (gtk_spin_button_get_value(spin) != 0) return FALSE;
+  gtk_entry_set_text(GTK_ENTRY(spin), _(word));
   return TRUE;
 }
 
-static gint on_guidance_input(GtkSpinButton *spin, gdouble *value, gpointer data) {
-  (void)data;
+static gint on_zero_word_input(GtkSpinButton *spin, gdouble *value, gpointer word) {
   const char *text = gtk_entry_get_text(GTK_ENTRY(spin));
-  if (g_ascii_strcasecmp(text, _("Auto")) && g_ascii_strcasecmp(text, "auto")) return FALSE;
+  if (g_ascii_strcasecmp(text, _(word)) && g_ascii_strcasecmp(text, word)) return FALSE;
   *value = 0;
   return TRUE;
+}
+
+static void show_zero_as_word(GtkWidget *spin, const char *word) {
+  g_signal_connect(spin, "output", G_CALLBACK(on_zero_word_output), (gpointer)word);
+  g_signal_connect(spin, "input", G_CALLBACK(on_zero_word_input), (gpointer)word);
 }
 
 /* ---- Downloads ----------------------------------------------------------------
@@ -894,6 +969,7 @@ static void show_downloaded(LcmDialog *self, const LcmCatalogueEntry *entry) {
   g_list_free(rows);
   if (entry->kind == LCM_ASSET_LORA) add_lora_row(self, path, 1.0);
   self->building = FALSE;
+  if (entry->kind == LCM_ASSET_MODEL) fit_size_to_model(self);
   if (entry->kind == LCM_ASSET_TAESD && !self->job) free_pipeline(self);
   g_autofree char *status = g_strdup_printf(_("%s downloaded."), entry->name);
   set_status(self, status);
@@ -1081,6 +1157,7 @@ static GtkWidget *build_settings_column(LcmDialog *self) {
                                 "above 1 with a model that is not an LCM model)"));
 
   self->model_combo = gtk_combo_box_text_new();
+  g_signal_connect_swapped(self->model_combo, "changed", G_CALLBACK(on_model_changed), self);
   g_signal_connect_swapped(self->model_combo, "changed", G_CALLBACK(on_setting_changed), self);
   add_row(grid, &row, _("M_odel"), self->model_combo);
 
@@ -1128,12 +1205,20 @@ static GtkWidget *build_settings_column(LcmDialog *self) {
   add_row(grid, &row, _("_Steps"), self->steps_spin);
 
   self->guidance_spin = spin_new(self, 0, 20, 0.1, 1);
-  g_signal_connect(self->guidance_spin, "output", G_CALLBACK(on_guidance_output), NULL);
-  g_signal_connect(self->guidance_spin, "input", G_CALLBACK(on_guidance_input), NULL);
+  show_zero_as_word(self->guidance_spin, N_("Auto"));
   gtk_widget_set_tooltip_text(self->guidance_spin,
                               _("How closely to follow the prompt. Auto: the model's default "
                                 "(8 for LCM models, 1 with LCM-LoRA)"));
   add_row(grid, &row, _("G_uidance"), self->guidance_spin);
+
+  self->clip_skip_spin = spin_new(self, 0, LCM_SETTINGS_MAX_CLIP_SKIP, 1, 0);
+  gtk_widget_set_name(self->clip_skip_spin, "lcm-clip-skip");
+  show_zero_as_word(self->clip_skip_spin, N_("Off"));
+  gtk_widget_set_tooltip_text(self->clip_skip_spin,
+                              _("Read the prompt this many text-encoder layers before the last. "
+                                "Off for most models; some SD 1.5 checkpoints ask for 1 (in "
+                                "other programs' counting, 2)"));
+  add_row(grid, &row, _("CLIP s_kip"), self->clip_skip_spin);
 
   self->strength_spin = spin_new(self, 0.05, 1, 0.05, 2);
   gtk_widget_set_tooltip_text(self->strength_spin,
@@ -1162,6 +1247,15 @@ static GtkWidget *build_settings_column(LcmDialog *self) {
   gtk_box_pack_start(GTK_BOX(size_row), self->width_spin, TRUE, TRUE, 0);
   gtk_box_pack_start(GTK_BOX(size_row), gtk_label_new("×"), FALSE, FALSE, 0);
   gtk_box_pack_start(GTK_BOX(size_row), self->height_spin, TRUE, TRUE, 0);
+  g_signal_connect_swapped(self->width_spin, "value-changed", G_CALLBACK(sync_size_preset), self);
+  g_signal_connect_swapped(self->height_spin, "value-changed", G_CALLBACK(sync_size_preset), self);
+  self->size_preset_combo = gtk_combo_box_text_new();
+  gtk_widget_set_name(self->size_preset_combo, "lcm-size-preset");
+  gtk_widget_set_tooltip_text(self->size_preset_combo,
+                              _("Sizes the model was trained at: about 512 × 512 pixels for "
+                                "SD 1.5, one megapixel for SDXL and SSD-1B"));
+  g_signal_connect(self->size_preset_combo, "changed", G_CALLBACK(on_size_preset_changed), self);
+  gtk_box_pack_start(GTK_BOX(size_row), self->size_preset_combo, FALSE, FALSE, 0);
   gtk_widget_set_tooltip_text(size_row, _("Size of the new image in pixels (multiples of 8)"));
   label = add_row(grid, &row, _("Si_ze"), size_row);
   gtk_label_set_mnemonic_widget(GTK_LABEL(label), self->width_spin);

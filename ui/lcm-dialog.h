@@ -36,6 +36,9 @@ typedef enum {
 
 #define LCM_SETTINGS_MIN_STEPS 1
 #define LCM_SETTINGS_MAX_STEPS 8
+/* CLIP skip's range in the dialog and Script-Fu: SD1.5's CLIP ViT-L has 12
+ * layers; the core refuses a skip beyond a model's own depth. */
+#define LCM_SETTINGS_MAX_CLIP_SKIP 12
 
 /* Everything the user chooses. Strings are owned by the struct (g_strdup'd):
  * fill one with lcm_settings_init(), free with lcm_settings_clear(). */
@@ -52,6 +55,7 @@ typedef struct {
   char *loras;
   int steps;              /* LCM_SETTINGS_MIN_STEPS..LCM_SETTINGS_MAX_STEPS, default 4 */
   double guidance;        /* <= 0: the model's default (lcm_pipeline_default_guidance) */
+  int clip_skip;          /* 0 = off; N: the prompt from N text-encoder layers before the last */
   double strength;        /* img2img / inpaint, (0, 1], default 0.6 */
   gint64 seed;            /* -1 = a new random seed for each run; else 0..2^32-1 */
   int width, height;      /* txt2img output size, multiples of 8, default 512 */
@@ -88,11 +92,34 @@ LcmPipeline *lcm_settings_load_pipeline(const LcmSettings *settings, gboolean *i
 /* The seed a run uses: settings->seed, or a fresh random 32-bit one for -1. */
 uint64_t lcm_settings_resolve_seed(const LcmSettings *settings);
 /* Fills params (after lcm_pipeline_params_init) from the settings: mode,
- * prompts, steps, guidance (the pipeline's default when <= 0), strength,
- * size, seed. image and mask stay for the caller to set; the strings point
+ * prompts, steps, guidance (the pipeline's default when <= 0), CLIP skip,
+ * strength, size, seed. image and mask stay for the caller to set; the strings point
  * into settings, which must outlive params. */
 void lcm_settings_to_params(const LcmSettings *settings, const LcmPipeline *pipeline, uint64_t seed,
                             LcmPipelineParams *params);
+
+/* ---- Model families: native sizes ------------------------------------------- */
+
+/* The side a family was trained at: 512 (SD1.5), 1024 (SDXL, SSD-1B). */
+int lcm_family_native_side(LcmModelFamily family);
+
+typedef struct {
+  int width, height;
+} LcmSize;
+
+/* The family's aspect-ratio presets, the native square first; *count gets
+ * their number. */
+const LcmSize *lcm_family_sizes(LcmModelFamily family, size_t *count);
+
+/* A size made for the other family (more pixels than SD1.5's largest working
+ * size, 768 x 768, for SD1.5; as many or fewer for SDXL) becomes this
+ * family's preset nearest in aspect ratio; other sizes stay. */
+void lcm_family_fit_size(LcmModelFamily family, int *width, int *height);
+
+/* The family of the settings' model (or of the default model), from its
+ * headers only. */
+gboolean lcm_settings_model_family(const LcmSettings *settings, LcmModelFamily *family,
+                                   GError **error);
 
 /* A copy of image resampled (area-averaged when shrinking, bilinear when
  * growing) to width x height, same channels. */

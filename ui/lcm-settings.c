@@ -116,10 +116,54 @@ void lcm_settings_to_params(const LcmSettings *settings, const LcmPipeline *pipe
   params->steps = CLAMP(settings->steps, LCM_SETTINGS_MIN_STEPS, LCM_SETTINGS_MAX_STEPS);
   params->guidance_scale =
       settings->guidance > 0 ? settings->guidance : lcm_pipeline_default_guidance(pipeline);
+  params->clip_skip = settings->clip_skip;
   params->strength = settings->strength;
   params->seed = seed;
   params->width = settings->width;
   params->height = settings->height;
+}
+
+int lcm_family_native_side(LcmModelFamily family) {
+  return family == LCM_FAMILY_SDXL ? 1024 : 512;
+}
+
+/* SDXL's are the buckets it was trained on (about a megapixel each). */
+static const LcmSize sd15_sizes[] = {{512, 512}, {512, 768}, {768, 512}, {448, 640},
+                                     {640, 448}, {432, 768}, {768, 432}};
+static const LcmSize sdxl_sizes[] = {{1024, 1024}, {1152, 896}, {896, 1152},
+                                     {1216, 832},  {832, 1216}, {1344, 768},
+                                     {768, 1344},  {1536, 640}, {640, 1536}};
+
+const LcmSize *lcm_family_sizes(LcmModelFamily family, size_t *count) {
+  gboolean xl = family == LCM_FAMILY_SDXL;
+  *count = xl ? G_N_ELEMENTS(sdxl_sizes) : G_N_ELEMENTS(sd15_sizes);
+  return xl ? sdxl_sizes : sd15_sizes;
+}
+
+void lcm_family_fit_size(LcmModelFamily family, int *width, int *height) {
+  const double largest_sd15 = 768.0 * 768.0;
+  gboolean sdxl_sized = (double)*width * *height > largest_sd15;
+  if (sdxl_sized == (family == LCM_FAMILY_SDXL) || *width <= 0 || *height <= 0) return;
+  size_t count;
+  const LcmSize *sizes = lcm_family_sizes(family, &count);
+  double aspect = log((double)*width / *height);
+  const LcmSize *best = &sizes[0];
+  for (size_t i = 1; i < count; i++)
+    if (fabs(log((double)sizes[i].width / sizes[i].height) - aspect) <
+        fabs(log((double)best->width / best->height) - aspect))
+      best = &sizes[i];
+  *width = best->width;
+  *height = best->height;
+}
+
+gboolean lcm_settings_model_family(const LcmSettings *settings, LcmModelFamily *family,
+                                   GError **error) {
+  g_autofree char *path = lcm_resolve(settings->model_path, LCM_ASSET_MODEL, NULL, error);
+  LcmModel *model = path ? lcm_model_open(path, error) : NULL;
+  if (!model) return FALSE;
+  *family = lcm_model_family(model);
+  lcm_model_free(model);
+  return TRUE;
 }
 
 /* One output sample: the average of the source pixels its footprint covers

@@ -19,7 +19,8 @@ static int read_side(const uint8_t *bytes) {
   return 1 + (int)(value % GIMP_MAX_SIDE);
 }
 
-static void check_region(const LcmRegion *region, int drawable_width, int drawable_height) {
+static void check_region(const LcmRegion *region, int drawable_width, int drawable_height,
+                         int native_side) {
   fuzz_assert(region->x >= 0 && region->y >= 0 && region->width > 0 && region->height > 0 &&
                   region->x + region->width <= drawable_width &&
                   region->y + region->height <= drawable_height,
@@ -27,22 +28,24 @@ static void check_region(const LcmRegion *region, int drawable_width, int drawab
   fuzz_assert(region->work_width >= 8 && region->work_height >= 8 && region->work_width % 8 == 0 &&
                   region->work_height % 8 == 0,
               "the working size is not made of multiples of 8");
-  fuzz_assert(MAX(region->work_width, region->work_height) <= LCM_REGION_MAX_SIDE,
-              "the working size exceeds LCM_REGION_MAX_SIDE");
+  fuzz_assert(MAX(region->work_width, region->work_height) <= lcm_region_max_side(native_side),
+              "the working size exceeds lcm_region_max_side");
 }
 
 static void check_regions(const uint8_t *data, size_t size) {
   if (size < 24) return;
   int width = read_side(data), height = read_side(data + 4);
+  int native_side = data[0] & 1 ? 1024 : 512; /* SDXL's or SD1.5's */
   LcmRegion region;
-  lcm_region_for_drawable(width, height, &region);
-  check_region(&region, width, height);
+  lcm_region_for_drawable(width, height, native_side, &region);
+  check_region(&region, width, height, native_side);
   /* a selection bounding box inside the drawable */
   int x = read_side(data + 8) % width, y = read_side(data + 12) % height;
   int selection_width = 1 + read_side(data + 16) % (width - x);
   int selection_height = 1 + read_side(data + 20) % (height - y);
-  lcm_region_for_selection(width, height, x, y, selection_width, selection_height, &region);
-  check_region(&region, width, height);
+  lcm_region_for_selection(width, height, x, y, selection_width, selection_height, native_side,
+                           &region);
+  check_region(&region, width, height, native_side);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -51,8 +51,8 @@
   (newline))
 
 ; (1) txt2img on a new image: a new 64x48 layer at the origin, above the
-; selected layer, named from the prompt.
-(define (lcm-test-txt2img model out)
+; selected layer, named from the prompt; clip-skip as given (0 = off).
+(define (lcm-test-txt2img model clip-skip out)
   (let* ((image (gimp-image-new 96 80 RGB))
          (background (gimp-layer-new image "background" 96 80 RGB-IMAGE 100
                                      LAYER-MODE-NORMAL)))
@@ -61,7 +61,7 @@
     (let ((layer (plug-in-lcm-txt2img #:run-mode RUN-NONINTERACTIVE #:image image
                                       #:drawables (vector background) #:model model
                                       #:prompt "a red fox in the snow" #:seed 42
-                                      #:width 64 #:height 48)))
+                                      #:width 64 #:height 48 #:clip-skip clip-skip)))
       (check (= (layer-count image) 2) "txt2img adds one layer")
       (check (= (vector-ref (gimp-image-get-layers image) 0) layer) "the new layer is on top")
       (check (= (gimp-drawable-get-width layer) 64) "width 64")
@@ -97,32 +97,37 @@
 
 ; (3) inpainting through a soft-edged elliptic selection (selection.png,
 ; made by the runner: feathered by a blur, so the CLI can read the same
-; values) on a layer placed at an offset in a larger image. The selection
-; plus its context covers the whole 512x384 layer, so the model sees the
-; layer unscaled and the result can be compared with the CLI's bit for bit.
-(define (lcm-test-inpaint model source selection out)
-  (let* ((image (gimp-image-new 600 440 RGB))
-         (background (gimp-layer-new image "background" 600 440 RGB-IMAGE 100
+; values) on a layer placed at an offset in a larger image. Sizes are
+; 512x384 times scale (the model's native side / 512: 1 for SD1.5, 2 for
+; SDXL): the selection plus its context covers the whole layer, which is
+; within the model's working sizes, so the model sees the layer unscaled and
+; the result can be compared with the CLI's bit for bit.
+(define (lcm-test-inpaint model scale source selection out)
+  (define (s n) (* n scale))
+  (let* ((image (gimp-image-new (s 600) (s 440) RGB))
+         (background (gimp-layer-new image "background" (s 600) (s 440) RGB-IMAGE 100
                                      LAYER-MODE-NORMAL)))
     (select-picture image selection)
     (gimp-image-insert-layer image background 0 0)
     (gimp-drawable-fill background FILL-WHITE)
     (let ((source-layer (gimp-file-load-layer RUN-NONINTERACTIVE image source)))
       (gimp-image-insert-layer image source-layer 0 0)
-      (gimp-layer-set-offsets source-layer 40 32)
-      (check (< 0 (gimp-selection-value image 290 230) 256) "the selection is loaded")
-      (check (= (gimp-selection-value image 45 40) 0) "the corner is not selected")
+      (gimp-layer-set-offsets source-layer (s 40) (s 32))
+      (check (< 0 (gimp-selection-value image (s 290) (s 230)) 256) "the selection is loaded")
+      (check (= (gimp-selection-value image (s 45) (s 40)) 0) "the corner is not selected")
       (let ((layer (plug-in-lcm-inpaint #:run-mode RUN-NONINTERACTIVE #:image image
                                         #:drawables (vector source-layer) #:model model
                                         #:prompt "a blue bird" #:seed 5)))
         (check (= (layer-count image) 3) "inpainting adds one layer")
         (check (= (vector-ref (gimp-image-get-layers image) 0) layer) "the new layer is on top")
-        (check (equal? (gimp-drawable-get-offsets layer) '(40 32))
+        (check (equal? (gimp-drawable-get-offsets layer) (list (s 40) (s 32)))
                "the new layer is over the source")
-        (check (= (gimp-drawable-get-width layer) 512) "the new layer covers the source")
+        (check (= (gimp-drawable-get-width layer) (s 512)) "the new layer covers the source")
         ; Corners are outside the ellipse: the source's pixels exactly.
         (check (same-pixel? layer 0 0 source-layer 0 0) "top left pixel unchanged")
-        (check (same-pixel? layer 511 383 source-layer 511 383) "bottom right pixel unchanged")
+        (check (same-pixel? layer (- (s 512) 1) (- (s 384) 1)
+                            source-layer (- (s 512) 1) (- (s 384) 1))
+               "bottom right pixel unchanged")
         (export-drawable image layer (string-append out "/gimp.png"))))
     (gimp-image-delete image)
     (passed "inpaint")))

@@ -5,11 +5,14 @@
 #
 #   run-gimp-tests.sh TEST PLUGIN CLI OUT_DIR
 #
-# TEST: txt2img, img2img, inpaint, gray or errors. PLUGIN: the built gimp-lcm
-# binary, copied into a throw-away GIMP profile (GIMP3_DIRECTORY) under
-# OUT_DIR/TEST. Both sides run the tiny test model in fp32, so the pictures
-# must match bit for bit (the grey test allows one level: GIMP turns the
-# CLI's 8-bit RGB grey, the plug-in its unrounded RGB).
+# TEST: txt2img, clip-skip, img2img, inpaint, gray or errors on the tiny SD1.5
+# test model; sdxl-txt2img, sdxl-img2img or sdxl-inpaint on the tiny SDXL one
+# (tests/data/golden-sdxl/tiny-sdxl-lcm), inpainting at twice the size as its
+# native side is twice SD1.5's. PLUGIN: the built gimp-lcm binary, copied into
+# a throw-away GIMP profile (GIMP3_DIRECTORY) under OUT_DIR/TEST. Both sides
+# run the same model in fp32, so the pictures must match bit for bit (the
+# grey test allows one level: GIMP turns the CLI's 8-bit RGB grey, the
+# plug-in its unrounded RGB).
 set -euo pipefail
 
 if [ $# -ne 4 ]; then
@@ -21,6 +24,16 @@ plugin=$(realpath "$2")
 cli_binary=$(realpath "$3")
 here=$(cd "$(dirname "$0")" && pwd)
 model=$(realpath "$here/../data/golden/tiny-lcm")
+# The model's native side / 512: sizes of the inpainting test.
+scale=1
+case $test_name in
+  sdxl-*)
+    model=$(realpath "$here/../data/golden-sdxl/tiny-sdxl-lcm")
+    scale=2
+    ;;
+esac
+# The Script-Fu test of the same name, whatever the model.
+case_name=${test_name#sdxl-}
 work=$(realpath -m "$4/$test_name")
 # Each GIMP call gets this long; a failed batch otherwise could hang.
 GIMP_TIMEOUT=${GIMP_TIMEOUT:-120}
@@ -82,9 +95,9 @@ expect_same() { # A B [ALLOWED]
   [ "$difference" -le "${3:-0}" ] || fail "$1 and $2 differ by up to $difference levels"
 }
 
-expect_passed() {
+expect_passed() { # EXPR NAME
   gimp_batch "$1" || fail "the Script-Fu test failed (status $?; see above)"
-  grep -q "LCM-TEST-PASSED $test_name" "$work/gimp.out" || fail "no PASSED line from Script-Fu"
+  grep -q "LCM-TEST-PASSED $2" "$work/gimp.out" || fail "no PASSED line from Script-Fu"
 }
 
 # An 8-bit RGB test picture.
@@ -92,28 +105,43 @@ make_picture() { # WIDTH HEIGHT PATH
   convert -size "$1x$2" -seed 11 plasma:fractal -depth 8 -type TrueColor "PNG24:$3"
 }
 
-case $test_name in
+case $case_name in
   txt2img)
-    expect_passed "(lcm-test-txt2img \"$model\" \"$work\")"
+    expect_passed "(lcm-test-txt2img \"$model\" 0 \"$work\")" txt2img
     cli txt2img "a red fox in the snow" --seed 42 --width 64 --height 48 -o "$work/cli.png"
     expect_same "$work/gimp.png" "$work/cli.png"
     ;;
+  clip-skip)
+    expect_passed "(lcm-test-txt2img \"$model\" 1 \"$work\")" txt2img
+    cli txt2img "a red fox in the snow" --seed 42 --width 64 --height 48 --clip-skip 1 \
+      -o "$work/cli.png"
+    expect_same "$work/gimp.png" "$work/cli.png"
+    # And the skip did something: the picture without it differs.
+    cli txt2img "a red fox in the snow" --seed 42 --width 64 --height 48 -o "$work/cli-no-skip.png"
+    [ "$(max_difference "$work/gimp.png" "$work/cli-no-skip.png")" -gt 0 ] ||
+      fail "clip-skip 1 made the same picture as no skip"
+    ;;
   img2img)
     make_picture 64 48 "$work/source.png"
-    expect_passed "(lcm-test-img2img \"$model\" \"$work/source.png\" \"$work\")"
+    expect_passed "(lcm-test-img2img \"$model\" \"$work/source.png\" \"$work\")" img2img
     cli img2img "an oil painting" -i "$work/source.png" --seed 7 --strength 0.6 -o "$work/cli.png"
     expect_same "$work/gimp-new-layer.png" "$work/cli.png"
     expect_same "$work/gimp-replaced.png" "$work/cli.png"
     ;;
   inpaint)
-    make_picture 512 384 "$work/source.png"
+    s() { echo $(($1 * scale)); }
+    make_picture "$(s 512)" "$(s 384)" "$work/source.png"
     # A feathered ellipse in image coordinates, and its part over the layer
-    # (placed at 40,32) as the CLI's mask.
-    convert -size 600x440 xc:black -fill white -draw "ellipse 290,230 190,150 0,360" -blur 0x10 \
+    # (placed at 40,32 times scale) as the CLI's mask.
+    convert -size "$(s 600)x$(s 440)" xc:black -fill white \
+      -draw "ellipse $(s 290),$(s 230) $(s 190),$(s 150) 0,360" -blur "0x$(s 10)" \
       -depth 8 -type Grayscale "$work/selection.png"
-    convert "$work/selection.png" -crop 512x384+40+32 +repage "$work/mask.png"
-    expect_passed "(lcm-test-inpaint \"$model\" \"$work/source.png\" \"$work/selection.png\" \"$work\")"
-    cli inpaint "a blue bird" -i "$work/source.png" -m "$work/mask.png" --seed 5 -o "$work/cli.png"
+    convert "$work/selection.png" -crop "$(s 512)x$(s 384)+$(s 40)+$(s 32)" +repage "$work/mask.png"
+    expect_passed "(lcm-test-inpaint \"$model\" $scale \"$work/source.png\" \"$work/selection.png\"
+      \"$work\")" inpaint
+    # Strength 1, the procedure's default (the CLI's default for SDXL is 0.9999).
+    cli inpaint "a blue bird" -i "$work/source.png" -m "$work/mask.png" --seed 5 --strength 1 \
+      -o "$work/cli.png"
     expect_same "$work/gimp.png" "$work/cli.png"
     # Every pixel the selection leaves out is the source's, exactly.
     convert "$work/mask.png" -threshold 0 -negate "$work/outside.png"
@@ -127,7 +155,7 @@ case $test_name in
     convert "$work/color.png" -colorspace Gray -depth 8 -type Grayscale "$work/source.png"
     cli img2img "a charcoal drawing" -i "$work/source.png" --seed 3 --strength 0.7 \
       -o "$work/cli.png"
-    expect_passed "(lcm-test-gray \"$model\" \"$work/source.png\" \"$work/cli.png\" \"$work\")"
+    expect_passed "(lcm-test-gray \"$model\" \"$work/source.png\" \"$work/cli.png\" \"$work\")" gray
     expect_same "$work/gimp.png" "$work/cli-gray.png" 1
     ;;
   errors)

@@ -32,7 +32,10 @@ static int list_models(const GPtrArray *catalogue) {
   }
   for (guint i = 0; i < catalogue->len; i++) {
     const LcmCatalogueEntry *entry = catalogue->pdata[i];
-    if (!entry->supported)
+    if (!entry->supported && entry->base)
+      printf("%-28s %-6s %-15s needs %s's other parts, not downloadable yet\n", entry->name,
+             kind_name(entry->kind), "unavailable", entry->base);
+    else if (!entry->supported)
       printf("%-28s %-6s %-15s needs %s support, not in this build\n", entry->name,
              kind_name(entry->kind), "unavailable", entry->family);
   }
