@@ -383,7 +383,8 @@ static void test_bad_inputs(void) {
    * loader returned part of a damaged file with an error (leaked, and the
    * part used); the BMP loader allocated 2 GB for a 178-byte file (only PNG
    * and JPEG are read now); a 200-byte PNG announcing 20000 x 20000 pixels
-   * was decoded into 1.2 GB before anything checked its size. */
+   * was decoded into 1.2 GB before anything checked its size; a 246-byte JPEG
+   * announcing 15624 x 2048 pixels took seconds and a GB to decode. */
   g_autofree char *damaged_gif = g_test_build_filename(G_TEST_DIST, "fuzz", "corpus", "image",
                                                        "truncated-gif-with-error.gif", NULL);
   g_autofree char *bomb = g_test_build_filename(G_TEST_DIST, "fuzz", "corpus", "image",
@@ -402,10 +403,16 @@ static void test_bad_inputs(void) {
   g_assert_true(g_file_set_contents(cut, bytes, (gssize)(length / 2), NULL));
   assert_cli_fails(run_cli("img2img", "x", "-i", cut, "-o", out, "--model", model), 1,
                    "cut.png: damaged png picture");
-  assert_cli_fails(run_cli("img2img", "x", "-i", bomb, "-o", out, "--model", model), 1,
-                   "is 20000x20000 pixels; pictures of at most 16384 pixels per side");
+  assert_cli_fails(
+      run_cli("img2img", "x", "-i", bomb, "-o", out, "--model", model), 1,
+      "is 20000x20000 pixels; pictures of at most 16384 pixels per side and 16 megapixels");
   assert_cli_fails(run_cli("inpaint", "x", "-i", source, "-m", bomb, "-o", out, "--model", model),
                    1, "announces-20000x20000.png");
+  g_autofree char *wide_bomb = g_test_build_filename(G_TEST_DIST, "fuzz", "corpus", "image",
+                                                     "announces-15624x2048.jpg", NULL);
+  assert_cli_fails(run_cli("img2img", "x", "-i", wide_bomb, "-o", out, "--model", model), 1,
+                   "is 15624x2048 pixels; pictures of at most 16384 pixels per side and 16 "
+                   "megapixels");
   assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--model", missing), 1, "missing.png");
   assert_cli_fails(run_cli("txt2img", "x", "-o", out, "--model", model, "--lora", missing), 1,
                    "missing.png");

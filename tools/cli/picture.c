@@ -41,6 +41,11 @@ static const char *picture_format(const char *path, GError **error) {
   return NULL;
 }
 
+/* Far above what the models generate at (a 4096 x 4096 SDXL canvas already
+ * needs tens of GB), and it keeps a 250-byte JPEG announcing 15624 x 2048
+ * pixels (found by fuzz-image) from costing seconds and a GB to decode. */
+#define PICTURE_MAX_PIXELS (16 * 1024 * 1024)
+
 /* Reads a PNG or JPEG picture as 8-bit RGBA-or-RGB rows. */
 static GdkPixbuf *picture_decode(const char *path, GError **error) {
   const char *type = picture_format(path, error);
@@ -50,11 +55,12 @@ static GdkPixbuf *picture_decode(const char *path, GError **error) {
    * PNG can announce 20000 x 20000 pixels, 1.2 GB of RGB. */
   int width = 0, height = 0;
   if (gdk_pixbuf_get_file_info(path, &width, &height) &&
-      (width > LCM_MAX_IMAGE_SIDE || height > LCM_MAX_IMAGE_SIDE)) {
+      (width > LCM_MAX_IMAGE_SIDE || height > LCM_MAX_IMAGE_SIDE ||
+       (gint64)width * height > PICTURE_MAX_PIXELS)) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
-                "%s is %dx%d pixels; pictures of at most %d pixels per side are read (scale it "
-                "down)",
-                path, width, height, LCM_MAX_IMAGE_SIDE);
+                "%s is %dx%d pixels; pictures of at most %d pixels per side and %d megapixels "
+                "are read (scale it down)",
+                path, width, height, LCM_MAX_IMAGE_SIDE, PICTURE_MAX_PIXELS / (1024 * 1024));
     return NULL;
   }
   GError *local = NULL;
