@@ -20,8 +20,8 @@ typedef struct {
 struct LcmTextEncoder {
   Ops *ops;
   ClipConfig config;
-  void *token_embedding;     /* [vocab, hidden] in the compute dtype */
-  float *position_embedding; /* [max_positions, hidden] */
+  Embedding *token_embedding; /* [vocab, hidden] */
+  float *position_embedding;  /* [max_positions, hidden] */
   ClipLayer *layers;
   Norm *final_norm;
   Linear *text_projection; /* CLIPTextModelWithProjection only */
@@ -48,7 +48,7 @@ void lcm_text_encoder_free(LcmTextEncoder *encoder) {
   g_free(encoder->layers);
   norm_free(encoder->final_norm);
   linear_free(encoder->text_projection);
-  free(encoder->token_embedding);
+  embedding_free(encoder->token_embedding);
   g_free(encoder->position_embedding);
   ops_free(encoder->projection_ops);
   ops_free(encoder->ops);
@@ -102,24 +102,6 @@ static gboolean check_config(const ClipConfig *cfg, GError **error) {
   return TRUE;
 }
 
-/* The token table in the compute dtype (halves its size in bf16). */
-static gboolean load_token_embedding(LcmTextEncoder *enc, const Weights *w, GError **error) {
-  const ClipConfig *cfg = &enc->config;
-  const int64_t shape[2] = {cfg->vocab_size, cfg->hidden_size};
-  float *table = weights_get(w, "text_model.embeddings.token_embedding.weight", 2, shape, error);
-  if (!table) return FALSE;
-  const dnnl_data_type_t dtype = ops_dtype(enc->ops);
-  const size_t count = (size_t)cfg->vocab_size * cfg->hidden_size;
-  enc->token_embedding = aligned_buffer(count * dtype_size(dtype));
-  if (enc->token_embedding)
-    for (size_t i = 0; i < count; i++) element_set(enc->token_embedding, dtype, i, table[i]);
-  else
-    g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
-                "text encoder: out of memory for the token embedding");
-  g_free(table);
-  return enc->token_embedding != NULL;
-}
-
 /* CLIPTextModelWithProjection's text_projection [projection_dim, hidden]. */
 static gboolean load_text_projection(LcmTextEncoder *enc, const Weights *w, GError **error) {
   const char *name = "text_projection.weight";
@@ -147,15 +129,19 @@ static LcmTextEncoder *text_encoder_load(LcmModel *model, Component component,
   Weights *w = NULL;
   gboolean ok = model_clip_config(model, component, &enc->config, error) &&
                 check_config(&enc->config, error) && (w = model_weights(model, component, error)) &&
-                (enc->ops = ops_new(precision, error)) && load_token_embedding(enc, w, error);
+                (enc->ops = ops_new(precision, error));
   const ClipConfig *cfg = &enc->config;
+  if (ok) ops_use_weight_cache(enc->ops, "text-encoder", w);
+  /* In the compute dtype: half the size in bf16; cached, it costs nothing. */
+  ok = ok &&
+       (enc->token_embedding = embedding_load(enc->ops, w, "text_model.embeddings.token_embedding",
+                                              cfg->vocab_size, cfg->hidden_size, error)) != NULL;
   if (ok) {
     const int64_t shape[2] = {cfg->max_position_embeddings, cfg->hidden_size};
     enc->position_embedding =
         weights_get(w, "text_model.embeddings.position_embedding.weight", 2, shape, error);
     ok = enc->position_embedding != NULL;
   }
-  if (ok) ops_use_weight_cache(enc->ops, "text-encoder", w);
   if (ok) enc->layers = g_new0(ClipLayer, cfg->num_hidden_layers);
   for (int i = 0; ok && i < cfg->num_hidden_layers; i++)
     ok = clip_layer_load(enc->ops, w, cfg, i, &enc->layers[i], error);
@@ -232,12 +218,10 @@ static Tensor *embed(LcmTextEncoder *enc, const int32_t *ids, int batch, GError 
     g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "text encoder: out of memory");
     return NULL;
   }
-  const dnnl_data_type_t dtype = ops_dtype(enc->ops);
   for (size_t r = 0; r < rows; r++) {
-    const size_t token = (size_t)ids[r] * hidden;
     const float *position = enc->position_embedding + (r % LCM_CLIP_TOKENS) * hidden;
-    for (int j = 0; j < hidden; j++)
-      x[r * hidden + j] = element_get(enc->token_embedding, dtype, token + j) + position[j];
+    embedding_row(enc->token_embedding, ids[r], x + r * hidden);
+    for (int j = 0; j < hidden; j++) x[r * hidden + j] += position[j];
   }
   Tensor *t = tensor_from_rows(enc->ops, x, batch, LCM_CLIP_TOKENS, hidden);
   g_free(x);

@@ -136,10 +136,19 @@ typedef struct {
   int n_prefixes;
   int ndims;
   const int64_t *shape; /* of each prefix's tensor */
+  /* Optional: the layer's weights are derive(data) rather than the data
+   * (upsample_conv's folded phases), named "NAME:variant" in the cache, so
+   * a cached layer skips both the read and the derivation. */
+  const char *variant;
+  float *(*derive)(const float *data, const void *arg, GError **error);
+  const void *derive_arg;
+  float *derived; /* derive's result, freed by weight_source_clear */
 } WeightSource;
 
-/* The source's fp32 data (read now if not yet); NULL on error. */
+/* The source's fp32 data, derived if so asked (read now if not yet); NULL
+ * on error. */
 const float *weight_source_data(Ops *ops, WeightSource *src, GError **error);
+void weight_source_clear(WeightSource *src);
 /* Part `part` of `n_parts` equal slices of the source (each `plain_md`)
  * packed into `packed_md`, or the layouts the weight cache holds for it;
  * every layer made this way from a file is stored in the cache. */

@@ -242,22 +242,32 @@ static float *load_vector(const Weights *w, const char *prefix, const char *suff
 /* ---- Packed weights through the cache ------------------------------------------ */
 
 const float *weight_source_data(Ops *ops, WeightSource *src, GError **error) {
-  if (src->data) return src->data;
-  const size_t each = weights_shape_numel(src->ndims, src->shape);
-  float *dst = load_buffer(ops, each * src->n_prefixes, src->prefixes[0], error);
-  for (int i = 0; dst && i < src->n_prefixes; i++)
-    if (!read_weight(src->w, src->prefixes[i], src->ndims, src->shape, dst + i * each, error))
-      dst = NULL;
-  return src->data = dst;
+  if (src->derived) return src->derived;
+  if (!src->data) {
+    const size_t each = weights_shape_numel(src->ndims, src->shape);
+    float *dst = load_buffer(ops, each * src->n_prefixes, src->prefixes[0], error);
+    for (int i = 0; dst && i < src->n_prefixes; i++)
+      if (!read_weight(src->w, src->prefixes[i], src->ndims, src->shape, dst + i * each, error))
+        dst = NULL;
+    src->data = dst;
+  }
+  if (!src->data || !src->derive) return src->data;
+  return src->derived = src->derive(src->data, src->derive_arg, error);
+}
+
+void weight_source_clear(WeightSource *src) {
+  g_clear_pointer(&src->derived, g_free);
 }
 
 /* Layers packed from a file are named after it in the cache: the prefix,
- * "a+b" for fused prefixes, "prefix[i/n]" for one of n parts. */
+ * "a+b" for fused prefixes, "prefix[i/n]" for one of n parts, ":variant"
+ * for derived weights. */
 static char *cache_name(const WeightSource *src, int part, int n_parts) {
   if (!src->w) return NULL;
   GString *name = g_string_new(src->prefixes[0]);
   for (int i = 1; i < src->n_prefixes; i++) g_string_append_printf(name, "+%s", src->prefixes[i]);
   if (n_parts > 1) g_string_append_printf(name, "[%d/%d]", part, n_parts);
+  if (src->variant) g_string_append_printf(name, ":%s", src->variant);
   return g_string_free(name, FALSE);
 }
 
@@ -454,6 +464,46 @@ Tensor *conv2d(Ops *ops, const Conv2d *conv, const Tensor *x, const Tensor *resi
   return out;
 }
 
+/* ---- Embedding tables ------------------------------------------------------------ */
+
+struct Embedding {
+  int rows, width;
+  dnnl_data_type_t dtype;
+  PackedWeights table; /* one plain [rows, width] layout */
+};
+
+Embedding *embedding_load(Ops *ops, const Weights *w, const char *prefix, int rows, int width,
+                          GError **error) {
+  if (!check_positive(rows, "rows", "embedding", error) ||
+      !check_positive(width, "width", "embedding", error))
+    return NULL;
+  const int64_t shape[2] = {rows, width};
+  WeightSource src = {.w = w, .prefixes = &prefix, .n_prefixes = 1, .ndims = 2, .shape = shape};
+  if (!weight_source_check(&src, error)) return NULL;
+  Embedding *emb = g_new0(Embedding, 1);
+  *emb = (Embedding){.rows = rows, .width = width, .dtype = ops->dtype};
+  const dnnl_dim_t dims[2] = {rows, width};
+  dnnl_memory_desc_t plain = ops_md(2, dims, dnnl_f32, dnnl_ab);
+  dnnl_memory_desc_t table = ops_md(2, dims, ops->dtype, dnnl_ab);
+  const gboolean ok = packed_weights_make(ops, &emb->table, &src, 0, 1, plain, table, error);
+  dnnl_memory_desc_destroy(plain);
+  dnnl_memory_desc_destroy(table);
+  if (!ok) g_clear_pointer(&emb, embedding_free);
+  return emb;
+}
+
+void embedding_row(const Embedding *emb, int row, float *dst) {
+  const void *table = emb->table.layouts[0].data;
+  const size_t first = (size_t)row * emb->width;
+  for (int j = 0; j < emb->width; j++) dst[j] = element_get(table, emb->dtype, first + j);
+}
+
+void embedding_free(Embedding *emb) {
+  if (!emb) return;
+  packed_weights_clear(&emb->table);
+  g_free(emb);
+}
+
 /* ---- Nearest x2 upsampling + 3x3 convolution ----------------------------------- *
  * Output pixel (2i+a, 2j+b) of conv3x3(upsample2x(x)) (padding 1) reads the
  * low-resolution rows i-1+a..i+a and columns j-1+b..j+b: kernel row ky lands
@@ -471,51 +521,74 @@ struct UpsampleConv {
   Conv2d *direct; /* the 3x3 itself, for sizes other than x2; NULL if not kept */
 };
 
-UpsampleConv *upsample_conv_new(Ops *ops, const float *weight, const float *bias, int in_ch,
-                                int out_ch, gboolean any_size, GError **error) {
-  if (!check_positive(in_ch, "input channels", "upsample_conv", error) ||
-      !check_positive(out_ch, "output channels", "upsample_conv", error))
-    return NULL;
-  /* Phase weights [2a+b][o][i][r][s]: the sums of the 3x3 taps folding onto (r, s). */
-  const size_t plane = (size_t)out_ch * in_ch;
+typedef struct {
+  int in_ch, out_ch;
+} UpsampleDims;
+
+/* Phase weights [2a+b][o][i][r][s]: the sums of the 3x3 taps of `weight`
+ * ([o][i][3][3]) folding onto (r, s). */
+static float *fold_phases(const float *weight, const void *arg, GError **error) {
+  const UpsampleDims *d = arg;
+  const size_t plane = (size_t)d->out_ch * d->in_ch;
   float *folded = g_try_new0(float, 16 * plane);
-  float *folded_bias = bias ? g_new(float, 4 * (size_t)out_ch) : NULL;
   if (!folded) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_IO,
-                "upsample_conv: out of memory folding %d x %d weights", out_ch, in_ch);
-    g_free(folded_bias);
+                "upsample_conv: out of memory folding %d x %d weights", d->out_ch, d->in_ch);
     return NULL;
   }
-  for (int a = 0; a < 2; a++)
-    for (int b = 0; b < 2; b++)
-      for (size_t oi = 0; oi < plane; oi++)
+#pragma omp parallel for schedule(static)
+  for (size_t oi = 0; oi < plane; oi++)
+    for (int a = 0; a < 2; a++)
+      for (int b = 0; b < 2; b++)
         for (int ky = 0; ky < 3; ky++)
           for (int kx = 0; kx < 3; kx++) {
             const int r = (a + ky + 1) / 2 - a, s = (b + kx + 1) / 2 - b;
             folded[(((2 * a + b) * plane + oi) * 2 + r) * 2 + s] += weight[(oi * 3 + ky) * 3 + kx];
           }
-  for (int phase = 0; bias && phase < 4; phase++)
-    memcpy(folded_bias + (size_t)phase * out_ch, bias, out_ch * sizeof(float));
+  return folded;
+}
+
+/* `src` holds the 3x3 weights [out_ch][in_ch][3][3] (from a file or given). */
+static UpsampleConv *upsample_conv_make(Ops *ops, WeightSource *src, const float *bias, int in_ch,
+                                        int out_ch, gboolean any_size, GError **error) {
+  if (!check_positive(in_ch, "input channels", "upsample_conv", error) ||
+      !check_positive(out_ch, "output channels", "upsample_conv", error))
+    return NULL;
   UpsampleConv *uc = g_new0(UpsampleConv, 1);
   uc->out_ch = out_ch;
+  /* The 3x3 first: on a cache miss it reads the data the phases fold. */
   gboolean ok =
-      (uc->phases = conv2d_new(ops, folded, folded_bias, in_ch, 4 * out_ch, 2, 1, error)) &&
-      (!any_size || (uc->direct = conv2d_new(ops, weight, bias, in_ch, out_ch, 3, 1, error)));
-  g_free(folded);
-  g_free(folded_bias);
+      !any_size || (uc->direct = conv2d_make(ops, src, 0, 1, bias, in_ch, out_ch, 3, 1, error));
+  const UpsampleDims dims = {in_ch, out_ch};
+  WeightSource phases = *src;
+  phases.variant = "x2-phases";
+  phases.derive = fold_phases;
+  phases.derive_arg = &dims;
+  float *phases_bias = bias ? g_new(float, 4 * (size_t)out_ch) : NULL;
+  for (int phase = 0; bias && phase < 4; phase++)
+    memcpy(phases_bias + (size_t)phase * out_ch, bias, out_ch * sizeof(float));
+  ok = ok && (uc->phases = conv2d_make(ops, &phases, 0, 1, phases_bias, in_ch, 4 * out_ch, 2, 1,
+                                       error)) != NULL;
+  weight_source_clear(&phases);
+  g_free(phases_bias);
   if (!ok) g_clear_pointer(&uc, upsample_conv_free);
   return uc;
+}
+
+UpsampleConv *upsample_conv_new(Ops *ops, const float *weight, const float *bias, int in_ch,
+                                int out_ch, gboolean any_size, GError **error) {
+  WeightSource src = {.data = weight};
+  return upsample_conv_make(ops, &src, bias, in_ch, out_ch, any_size, error);
 }
 
 UpsampleConv *upsample_conv_load(Ops *ops, const Weights *w, const char *prefix, int in_ch,
                                  int out_ch, gboolean has_bias, gboolean any_size, GError **error) {
   const int64_t wshape[4] = {out_ch, in_ch, 3, 3};
-  /* The folded phases are packed from memory, not cached under the file's name. */
   WeightSource src = {.w = w, .prefixes = &prefix, .n_prefixes = 1, .ndims = 4, .shape = wshape};
-  const float *weight = weight_source_data(ops, &src, error);
-  float *bias = weight && has_bias ? load_vector(w, prefix, "bias", out_ch, error) : NULL;
-  UpsampleConv *uc = weight && (!has_bias || bias)
-                         ? upsample_conv_new(ops, weight, bias, in_ch, out_ch, any_size, error)
+  if (!weight_source_check(&src, error)) return NULL;
+  float *bias = has_bias ? load_vector(w, prefix, "bias", out_ch, error) : NULL;
+  UpsampleConv *uc = !has_bias || bias
+                         ? upsample_conv_make(ops, &src, bias, in_ch, out_ch, any_size, error)
                          : NULL;
   g_free(bias);
   return uc;

@@ -108,6 +108,16 @@ Linear *linear_new(Ops *ops, const float *weight, const float *bias, int in_feat
                    int out_features, GError **error);
 void linear_free(Linear *linear);
 
+/* A lookup table PREFIX.weight [rows, width] (CLIP's token embedding) in
+ * the compute dtype, through the weight cache: a cached table is mapped, and
+ * only the rows looked up are ever read. */
+typedef struct Embedding Embedding;
+Embedding *embedding_load(Ops *ops, const Weights *w, const char *prefix, int rows, int width,
+                          GError **error);
+/* Row `row` (0 <= row < rows, the caller checks) as fp32 into dst[width]. */
+void embedding_row(const Embedding *emb, int row, float *dst);
+void embedding_free(Embedding *emb);
+
 Norm *norm_load(Ops *ops, const Weights *w, const char *prefix, int channels, GError **error);
 /* From fp32 host arrays of `channels` values. */
 Norm *norm_new(Ops *ops, const float *scale, const float *shift, int channels, GError **error);

@@ -3,12 +3,16 @@
  * (fp32, bf16 where the CPU has it, with a LoRA); a changed model file, LoRA
  * scale or precision makes a new entry; truncated, corrupted and wrong-magic
  * entries are rebuilt without a crash; eviction keeps the size bound;
- * switched off, nothing is written. Each test uses a copy of tiny-lcm and a
+ * switched off, nothing is written; derived layers (folded upsampling,
+ * the token table) never touch the model file on a hit. Each test uses a copy of tiny-lcm and a
  * cache folder of its own. */
 #include "lcm.h"
 #include "testutil.h"
 
+#include <fcntl.h>
 #include <glib/gstdio.h>
+#include <json-glib/json-glib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <utime.h>
@@ -152,6 +156,74 @@ static void test_hit_equals_fresh(Fixture *f, gconstpointer data) {
   lcm_image_free(fresh);
   lcm_image_free(first);
   lcm_image_free(hit);
+}
+
+/* Overwrites, in every .safetensors file of the model's `component` folder,
+ * the data of each tensor whose name contains `needle`, keeping the file's
+ * size, inode and modification time: the cache key cannot tell. */
+static int scribble(const Fixture *f, const char *component, const char *needle) {
+  g_autofree char *folder = g_build_filename(f->model, component, NULL);
+  GDir *dir = g_dir_open(folder, 0, NULL);
+  g_assert_nonnull(dir);
+  int scribbled = 0;
+  const char *name;
+  while ((name = g_dir_read_name(dir))) {
+    if (!g_str_has_suffix(name, ".safetensors")) continue;
+    g_autofree char *path = g_build_filename(folder, name, NULL);
+    struct stat before;
+    g_assert_cmpint(stat(path, &before), ==, 0);
+    g_autofree char *data = NULL;
+    gsize size = 0;
+    g_assert_true(g_file_get_contents(path, &data, &size, NULL));
+    guint64 header_size;
+    memcpy(&header_size, data, sizeof header_size);
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_assert_true(json_parser_load_from_data(parser, data + 8, (gssize)header_size, NULL));
+    JsonObject *header = json_node_get_object(json_parser_get_root(parser));
+    g_autoptr(GList) names = json_object_get_members(header);
+    FILE *file = fopen(path, "r+b");
+    g_assert_nonnull(file);
+    for (GList *l = names; l; l = l->next) {
+      if (!strstr(l->data, needle)) continue;
+      JsonArray *offsets = json_object_get_array_member(
+          json_object_get_object_member(header, l->data), "data_offsets");
+      const gint64 begin = json_array_get_int_element(offsets, 0);
+      const gint64 end = json_array_get_int_element(offsets, 1);
+      g_autofree char *junk = g_malloc((gsize)(end - begin));
+      memset(junk, 0x3c, (gsize)(end - begin)); /* 1.15 in fp16, 0.0115 in fp32 */
+      g_assert_cmpint(fseek(file, (long)(8 + header_size + begin), SEEK_SET), ==, 0);
+      g_assert_cmpuint(fwrite(junk, 1, (gsize)(end - begin), file), ==, (gsize)(end - begin));
+      scribbled++;
+    }
+    g_assert_cmpint(fclose(file), ==, 0);
+    const struct timespec times[2] = {before.st_atim, before.st_mtim};
+    g_assert_cmpint(utimensat(AT_FDCWD, path, times, 0), ==, 0);
+    g_assert_cmpuint(inode_of(path), ==, before.st_ino);
+  }
+  g_dir_close(dir);
+  return scribbled;
+}
+
+/* Layers whose packed form is derived (upsample_conv's folded phases) or
+ * kept whole (the token table) come from the cache too: with their file
+ * tensors overwritten behind the cache key's back, a cached run still
+ * equals the original's. */
+static void test_cached_layers_skip_the_file(Fixture *f, gconstpointer data) {
+  (void)data;
+  LcmImage *fresh = run_uncached(f, LCM_PRECISION_FP32, 0);
+  lcm_image_free(run(f, LCM_PRECISION_FP32, 0)); /* fills the cache */
+  g_assert_cmpint(scribble(f, "unet", "upsamplers.0.conv.weight"), >, 0);
+  g_assert_cmpint(scribble(f, "vae", "upsamplers.0.conv.weight"), >, 0);
+  g_assert_cmpint(scribble(f, "text_encoder", "token_embedding.weight"), >, 0);
+  LcmImage *hit = run(f, LCM_PRECISION_FP32, 0);
+  assert_same_image(fresh, hit);
+  /* Without the cache the scribbles show: the test can tell. */
+  LcmImage *scribbled = run_uncached(f, LCM_PRECISION_FP32, 0);
+  g_assert_true(memcmp(fresh->data, scribbled->data,
+                       (gsize)fresh->width * fresh->height * fresh->channels * sizeof(float)));
+  lcm_image_free(fresh);
+  lcm_image_free(hit);
+  lcm_image_free(scribbled);
 }
 
 static void test_lora(Fixture *f, gconstpointer data) {
@@ -365,6 +437,7 @@ int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   ADD("/weight-cache/hit-equals-fresh/fp32", test_hit_equals_fresh, LCM_PRECISION_FP32);
   ADD("/weight-cache/hit-equals-fresh/bf16", test_hit_equals_fresh, LCM_PRECISION_BF16);
+  ADD("/weight-cache/cached-layers-skip-the-file", test_cached_layers_skip_the_file, 0);
   ADD("/weight-cache/stale/lora-scale", test_lora, 0);
   ADD("/weight-cache/stale/model-file-touched", test_model_file_touched, 0);
   ADD("/weight-cache/stale/precision", test_precision_changed, 0);
