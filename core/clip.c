@@ -118,6 +118,7 @@ static gboolean load_text_projection(LcmTextEncoder *enc, const Weights *w, GErr
   }
   enc->projection_dim = (int)shape[0];
   if (!(enc->projection_ops = ops_new(LCM_PRECISION_FP32, error))) return FALSE;
+  ops_use_weight_cache(enc->projection_ops, "text-projection", w);
   enc->text_projection = linear_load(enc->projection_ops, w, "text_projection",
                                      enc->config.hidden_size, enc->projection_dim, FALSE, error);
   return enc->text_projection != NULL;
@@ -311,6 +312,7 @@ gboolean lcm_text_encoder_run(LcmTextEncoder *encoder, const int32_t *ids, int b
   ok = ok && (!outputs->pooled || pool(encoder, x, ids, batch, outputs->pooled, error));
   tensor_free(x);
   if (ok) ops_weight_cache_store(encoder->ops);
+  if (ok && encoder->projection_ops) ops_weight_cache_store(encoder->projection_ops);
   return ok;
 }
 

@@ -407,6 +407,7 @@ LcmUNet *lcm_unet_load(LcmModel *model, LcmPrecision precision, GError **error) 
       !(u->embedding_ops = ops_new(LCM_PRECISION_FP32, error)))
     goto fail;
   ops_use_weight_cache(u->ops, "unet", weights);
+  ops_use_weight_cache(u->embedding_ops, "time-embeddings", weights);
 
   const UNetConfig *c = &u->config;
   Loader ld = {u->ops, u->embedding_ops, weights, c};
@@ -878,6 +879,7 @@ gboolean lcm_unet_run_conditioned(LcmUNet *unet, const float *sample, int batch,
   if (ok) {
     tensor_to_nchw(x, out);
     ops_weight_cache_store(ops);
+    ops_weight_cache_store(unet->embedding_ops);
   }
 
   skips_clear(&skips);

@@ -204,8 +204,9 @@ static int scribble(const Fixture *f, const char *component, const char *needle)
   return scribbled;
 }
 
-/* Layers whose packed form is derived (upsample_conv's folded phases) or
- * kept whole (the token table) come from the cache too: with their file
+/* Layers whose packed form is derived (upsample_conv's folded phases),
+ * kept whole (the token table) or fp32 in any run (the time embedding's)
+ * come from the cache too: with their file
  * tensors overwritten behind the cache key's back, a cached run still
  * equals the original's. */
 static void test_cached_layers_skip_the_file(Fixture *f, gconstpointer data) {
@@ -213,6 +214,7 @@ static void test_cached_layers_skip_the_file(Fixture *f, gconstpointer data) {
   LcmImage *fresh = run_uncached(f, LCM_PRECISION_FP32, 0);
   lcm_image_free(run(f, LCM_PRECISION_FP32, 0)); /* fills the cache */
   g_assert_cmpint(scribble(f, "unet", "upsamplers.0.conv.weight"), >, 0);
+  g_assert_cmpint(scribble(f, "unet", "time_emb_proj.weight"), >, 0); /* fp32 in any run */
   g_assert_cmpint(scribble(f, "vae", "upsamplers.0.conv.weight"), >, 0);
   g_assert_cmpint(scribble(f, "text_encoder", "token_embedding.weight"), >, 0);
   LcmImage *hit = run(f, LCM_PRECISION_FP32, 0);
