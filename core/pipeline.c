@@ -202,6 +202,19 @@ static gboolean check_compatible(LcmPipeline *p, LcmModel *model, GError **error
   return problem == NULL;
 }
 
+typedef struct {
+  LcmModel *model;
+  LcmPrecision precision;
+  LcmPromptEncoder *encoder;
+  GError *error;
+} PromptLoad;
+
+static gpointer load_prompts(gpointer data) {
+  PromptLoad *load = data;
+  load->encoder = lcm_prompt_encoder_new(load->model, load->precision, &load->error);
+  return NULL;
+}
+
 LcmPipeline *lcm_pipeline_new(LcmModel *model, LcmPrecision precision, GError **error) {
   if (!model) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID, "no model given to build a pipeline from");
@@ -218,11 +231,24 @@ LcmPipeline *lcm_pipeline_new(LcmModel *model, LcmPrecision precision, GError **
   if (!lcm_model_check_memory(model, precision, native_side, native_side, error)) return NULL;
   LcmPipeline *p = g_new0(LcmPipeline, 1);
   p->prompt_cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  if (!(p->prompts = lcm_prompt_encoder_new(model, precision, error)) ||
-      !(p->unet = lcm_unet_load(model, precision, error)) ||
-      !(p->vae = lcm_vae_load(model, precision, error)) ||
-      !(p->scheduler = lcm_scheduler_new(model_scheduler_config(model), error)))
+  /* The tokenizers and text encoders load on a thread of their own while
+   * the UNet and the VAE load here: a fresh process waits for the longer
+   * of the two (the parts read disjoint files; oneDNN creates primitives
+   * from several threads). An error is reported in the order of a serial
+   * load. */
+  PromptLoad prompt_load = {model, precision, NULL, NULL};
+  GThread *prompt_thread = g_thread_new("lcm-load-prompts", load_prompts, &prompt_load);
+  GError *unet_error = NULL;
+  if ((p->unet = lcm_unet_load(model, precision, &unet_error)))
+    p->vae = lcm_vae_load(model, precision, &unet_error);
+  g_thread_join(prompt_thread);
+  p->prompts = prompt_load.encoder;
+  if (prompt_load.error || unet_error) {
+    g_propagate_error(error, prompt_load.error ? prompt_load.error : unet_error);
+    if (prompt_load.error) g_clear_error(&unet_error);
     goto fail;
+  }
+  if (!(p->scheduler = lcm_scheduler_new(model_scheduler_config(model), error))) goto fail;
   p->family = lcm_prompt_encoder_family(p->prompts);
   p->hidden = lcm_prompt_encoder_context_dim(p->prompts);
   p->pooled = lcm_prompt_encoder_pooled_dim(p->prompts);

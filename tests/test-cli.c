@@ -245,7 +245,7 @@ static void test_weight_cache_flag(void) {
   }
   g_dir_close(dir);
   g_rmdir(cache);
-  g_assert_cmpint(files, ==, 3); /* text encoder, UNet, VAE */
+  g_assert_cmpint(files, ==, 4); /* text encoder, UNet, its fp32 time embeddings, VAE */
   g_assert_true(files_equal(first, second));
 }
 
