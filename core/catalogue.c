@@ -24,8 +24,14 @@ static void entry_free(gpointer data) {
   g_free(entry->family);
   g_free(entry->install);
   g_free(entry->description);
-  g_free(entry->base);
   g_strfreev(entry->files);
+  for (int i = 0; i < entry->n_sources; i++) {
+    g_free(entry->sources[i].repo);
+    g_free(entry->sources[i].revision);
+    g_free(entry->sources[i].into);
+    g_strfreev(entry->sources[i].files);
+  }
+  g_free(entry->sources);
   g_free(entry);
 }
 
@@ -49,62 +55,150 @@ static gboolean is_safe_relative_path(const char *path) {
   return TRUE;
 }
 
+static const char *string_member(JsonObject *object, const char *name) {
+  JsonNode *node = json_object_get_member(object, name);
+  return node && JSON_NODE_HOLDS_VALUE(node) && json_node_get_value_type(node) == G_TYPE_STRING
+             ? json_node_get_string(node)
+             : NULL;
+}
+
+/* One source: {"repo", "revision", "files", optional "into"} (or, for the
+ * single-repository form, the same members of the entry itself). Its install
+ * paths are added to `installed`, which refuses a path given twice. */
+static gboolean parse_source(JsonObject *object, const char *path, const char *name,
+                             gboolean allow_into, LcmCatalogueSource *source, GHashTable *installed,
+                             GStrvBuilder *install_paths, GError **error) {
+  const char *repo = string_member(object, "repo");
+  const char *revision = string_member(object, "revision");
+  const char *into = allow_into ? string_member(object, "into") : NULL;
+  JsonNode *files_node = json_object_get_member(object, "files");
+  JsonArray *files =
+      files_node && JSON_NODE_HOLDS_ARRAY(files_node) ? json_node_get_array(files_node) : NULL;
+  if (!repo || !revision || !*revision || !files || json_array_get_length(files) == 0 ||
+      strchr(repo, '/') == NULL || !is_safe_relative_path(repo) ||
+      (json_object_has_member(object, "into") && allow_into && !into) ||
+      (into && *into && !is_safe_relative_path(into))) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                "%s: entry %s needs a repo \"ORG/NAME\", a revision and a non-empty \"files\" "
+                "list%s",
+                path, name, allow_into ? " per source (\"into\": a relative folder)" : "");
+    return FALSE;
+  }
+  GStrvBuilder *builder = g_strv_builder_new();
+  for (guint i = 0; i < json_array_get_length(files); i++) {
+    JsonNode *node = json_array_get_element(files, i);
+    const char *file =
+        JSON_NODE_HOLDS_VALUE(node) && json_node_get_value_type(node) == G_TYPE_STRING
+            ? json_node_get_string(node)
+            : NULL;
+    if (!is_safe_relative_path(file)) {
+      g_strv_builder_unref(builder);
+      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                  "%s: entry %s lists a file that is not a plain relative path", path, name);
+      return FALSE;
+    }
+    char *install_path = into && *into ? g_build_filename(into, file, NULL) : g_strdup(file);
+    if (!g_hash_table_add(installed, install_path)) {
+      g_strv_builder_unref(builder);
+      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: entry %s puts two files at %s", path,
+                  name, install_path);
+      return FALSE;
+    }
+    g_strv_builder_add(builder, file);
+    g_strv_builder_add(install_paths, install_path);
+  }
+  source->repo = g_strdup(repo);
+  source->revision = g_strdup(revision);
+  source->into = g_strdup(into ? into : "");
+  source->files = g_strv_builder_end(builder);
+  g_strv_builder_unref(builder);
+  return TRUE;
+}
+
 static LcmCatalogueEntry *parse_entry(JsonObject *object, const char *path, guint index,
                                       GError **error) {
-  const char *fields[] = {"name", "repo", "revision", "family", "install", "kind"};
+  const char *fields[] = {"name", "family", "install", "kind"};
   const char *values[G_N_ELEMENTS(fields)];
   for (size_t i = 0; i < G_N_ELEMENTS(fields); i++) {
-    values[i] = json_object_get_string_member_with_default(object, fields[i], NULL);
+    values[i] = string_member(object, fields[i]);
     if (!values[i] || !*values[i]) {
       g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: entry %u has no \"%s\" string", path,
                   index, fields[i]);
       return NULL;
     }
   }
-  JsonArray *files = json_object_has_member(object, "files")
-                         ? json_object_get_array_member(object, "files")
-                         : NULL;
+  const char *name = values[0];
   LcmAssetKind kind;
-  if (!parse_kind(values[5], &kind)) {
+  if (!parse_kind(values[3], &kind)) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
-                "%s: entry %s has kind \"%s\" (model, lora or taesd expected)", path, values[0],
-                values[5]);
+                "%s: entry %s has kind \"%s\" (model, lora or taesd expected)", path, name,
+                values[3]);
     return NULL;
   }
-  if (!files || json_array_get_length(files) == 0 || !is_safe_relative_path(values[4]) ||
-      strchr(values[1], '/') == NULL) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
-                "%s: entry %s needs a repo \"ORG/NAME\", a relative install folder and a "
-                "non-empty \"files\" list",
-                path, values[0]);
+  if (!is_safe_relative_path(values[2])) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: entry %s needs a relative install folder",
+                path, name);
     return NULL;
   }
-  GStrvBuilder *builder = g_strv_builder_new();
-  for (guint i = 0; i < json_array_get_length(files); i++) {
-    JsonNode *node = json_array_get_element(files, i);
-    const char *file = JSON_NODE_HOLDS_VALUE(node) ? json_node_get_string(node) : NULL;
-    if (!is_safe_relative_path(file)) {
-      g_strv_builder_unref(builder);
-      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
-                  "%s: entry %s lists a file that is not a plain relative path", path, values[0]);
-      return NULL;
-    }
-    g_strv_builder_add(builder, file);
+  /* "base" named the repository holding what a UNet-only entry lacks, before
+   * entries could take files from several repositories. */
+  if (json_object_has_member(object, "base")) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                "%s: entry %s has a \"base\": list every repository it takes files from under "
+                "\"sources\" instead",
+                path, name);
+    return NULL;
   }
+  JsonNode *sources_node = json_object_get_member(object, "sources");
+  gboolean single = sources_node == NULL;
+  JsonArray *sources = sources_node && JSON_NODE_HOLDS_ARRAY(sources_node)
+                           ? json_node_get_array(sources_node)
+                           : NULL;
+  if (!single &&
+      (!sources || json_array_get_length(sources) == 0 || json_object_has_member(object, "repo") ||
+       json_object_has_member(object, "revision") || json_object_has_member(object, "files"))) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                "%s: entry %s needs either \"repo\", \"revision\" and \"files\", or a non-empty "
+                "\"sources\" list, not both",
+                path, name);
+    return NULL;
+  }
+  guint n = single ? 1 : json_array_get_length(sources);
   LcmCatalogueEntry *entry = g_new0(LcmCatalogueEntry, 1);
-  entry->name = g_strdup(values[0]);
-  entry->repo = g_strdup(values[1]);
-  entry->revision = g_strdup(values[2]);
-  entry->family = g_strdup(values[3]);
-  entry->install = g_strdup(values[4]);
+  entry->sources = g_new0(LcmCatalogueSource, n);
+  g_autoptr(GHashTable) installed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  GStrvBuilder *install_paths = g_strv_builder_new();
+  gboolean ok = TRUE;
+  for (guint i = 0; ok && i < n; i++) {
+    JsonNode *node = single ? NULL : json_array_get_element(sources, i);
+    JsonObject *source = single                         ? object
+                         : JSON_NODE_HOLDS_OBJECT(node) ? json_node_get_object(node)
+                                                        : NULL;
+    if (!source) {
+      g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: entry %s: source %u is not an object",
+                  path, name, i);
+      ok = FALSE;
+      break;
+    }
+    ok = parse_source(source, path, name, !single, &entry->sources[i], installed, install_paths,
+                      error);
+    if (ok) entry->n_sources++;
+  }
+  entry->files = g_strv_builder_end(install_paths);
+  g_strv_builder_unref(install_paths);
+  entry->name = g_strdup(name);
+  entry->family = g_strdup(values[1]);
+  entry->install = g_strdup(values[2]);
   entry->kind = kind;
   entry->description =
       g_strdup(json_object_get_string_member_with_default(object, "description", ""));
-  entry->files = g_strv_builder_end(builder);
-  g_strv_builder_unref(builder);
-  const char *base = json_object_get_string_member_with_default(object, "base", NULL);
-  entry->base = base && *base ? g_strdup(base) : NULL;
-  entry->supported = family_supported(entry->family) && !entry->base;
+  if (!ok) {
+    entry_free(entry);
+    return NULL;
+  }
+  entry->repo = g_strdup(entry->sources[0].repo);
+  entry->revision = g_strdup(entry->sources[0].revision);
+  entry->supported = family_supported(entry->family);
   return entry;
 }
 
@@ -314,9 +408,16 @@ static gboolean has_all_files(const LcmCatalogueEntry *entry, const char *dir) {
   return TRUE;
 }
 
+/* Whether the entry's files are one cached repository's snapshot as they
+ * are: one source, put at the install folder's root. */
+static gboolean cache_can_hold(const LcmCatalogueEntry *entry) {
+  return entry->n_sources == 1 && !*entry->sources[0].into;
+}
+
 char *lcm_catalogue_locate(const LcmCatalogueEntry *entry) {
   g_autofree char *installed = lcm_catalogue_install_dir(entry);
   if (has_all_files(entry, installed)) return entry_usable_path(entry, installed);
+  if (!cache_can_hold(entry)) return NULL;
   g_autofree char *cache = lcm_hf_cache_dir();
   g_autofree char *repo_dir = cache_repo_dir(cache, entry->repo);
   g_autofree char *snapshot = cache_entry_snapshot(repo_dir, entry);
@@ -383,7 +484,9 @@ static void discover_cache(const GPtrArray *catalogue, GPtrArray *list) {
     char *usable = NULL;
     LcmAssetKind kind;
     if (entry) {
-      if (!entry->supported) continue;
+      /* Only part of an entry that combines repositories (lcm-ssd-1b's UNet):
+       * not usable on its own. */
+      if (!entry->supported || !cache_can_hold(entry)) continue;
       g_autofree char *snapshot = cache_entry_snapshot(repo_dir, entry);
       if (!snapshot || !has_all_files(entry, snapshot)) continue;
       usable = entry_usable_path(entry, snapshot);
@@ -469,16 +572,15 @@ char *lcm_resolve(const char *spec, LcmAssetKind kind, gboolean *is_test_model, 
   const LcmCatalogueEntry *entry = lcm_catalogue_find(catalogue, spec);
   if (entry) {
     if ((path = lcm_catalogue_locate(entry))) return path;
-    g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
-                entry->supported ? "%s is not downloaded yet: use Download… in the dialog or run "
-                                   "\"gimp-lcm-cli models get %s\""
-                : entry->base    ? "%s is not downloadable yet: it needs %s's other parts; put a "
-                                   "diffusers folder of both in the models folder"
-                                 : "%s (%s family) is not supported by this build of gimp-lcm",
-                entry->name,
-                entry->supported ? entry->name
-                : entry->base    ? entry->base
-                                 : entry->family);
+    if (entry->supported)
+      g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
+                  "%s is not downloaded yet: use Download… in the dialog or run \"gimp-lcm-cli "
+                  "models get %s\"",
+                  entry->name, entry->name);
+    else
+      g_set_error(error, LCM_ERROR, LCM_ERROR_MISSING,
+                  "%s (%s family) is not supported by this build of gimp-lcm", entry->name,
+                  entry->family);
     return NULL;
   }
   /* A name inside the models folder, a Hub repo id in the cache or there. */

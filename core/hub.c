@@ -8,7 +8,13 @@
  * NAME.part in a hidden staging folder, continuing an earlier .part with a
  * Range request; the file is renamed once its size and checksum match. The
  * staging folder becomes the install folder when every file is in, with a
- * manifest of sizes and sha256 that lcm_catalogue_verify checks later. */
+ * manifest of sizes and sha256 that lcm_catalogue_verify checks later.
+ *
+ * An entry may take its files from several repositories (its sources:
+ * lcm-ssd-1b's UNet from latent-consistency/lcm-ssd-1b into unet/, the rest
+ * from segmind/SSD-1B). They are one download: every HEAD of every source
+ * first, one staging folder, one rename, so a model combined from several
+ * repositories appears only once all of its parts are in. */
 #include "lcm.h"
 
 #include <errno.h>
@@ -24,15 +30,19 @@
 #define CHUNK_BYTES (256 * 1024)
 #define PROGRESS_INTERVAL_US (G_USEC_PER_SEC / 8)
 
-/* What the Hub states about one file. */
+/* One file of an entry and what the Hub states about it. */
 typedef struct {
-  char *url;        /* where to GET it */
-  guint64 size;     /* 0 when the Hub gave none */
-  char *sha256;     /* lowercase hex, or NULL */
-  char *git_sha1;   /* lowercase hex, or NULL */
-  char *commit;     /* X-Repo-Commit, or NULL */
-  char *local_hash; /* sha256 of the file as downloaded (for the manifest) */
-  guint64 have;     /* bytes already in the staging folder */
+  const LcmCatalogueSource *source; /* the repository it comes from */
+  const char *repo_path;            /* its path there */
+  const char *install_path;         /* its path inside the install folder */
+  char *what;                       /* its name in messages and the progress */
+  char *url;                        /* where to GET it */
+  guint64 size;                     /* 0 when the Hub gave none */
+  char *sha256;                     /* lowercase hex, or NULL */
+  char *git_sha1;                   /* lowercase hex, or NULL */
+  char *commit;                     /* X-Repo-Commit, or NULL */
+  char *local_hash;                 /* sha256 of the file as downloaded (for the manifest) */
+  guint64 have;                     /* bytes already in the staging folder */
 } RemoteFile;
 
 typedef struct {
@@ -51,6 +61,7 @@ typedef struct {
 } Download;
 
 static void remote_file_clear(RemoteFile *file) {
+  g_free(file->what);
   g_free(file->url);
   g_free(file->sha256);
   g_free(file->git_sha1);
@@ -151,10 +162,10 @@ static guint64 header_size(SoupMessageHeaders *headers, const char *name) {
   return value && g_ascii_string_to_unsigned(value, 10, 0, G_MAXUINT64, &size, NULL) ? size : 0;
 }
 
-static char *resolve_url(const Download *d, const char *endpoint, const char *path) {
-  g_autofree char *revision = g_uri_escape_string(d->entry->revision, NULL, FALSE);
-  g_autofree char *escaped = g_uri_escape_string(path, "/", FALSE);
-  return g_strdup_printf("%s/%s/resolve/%s/%s", endpoint, d->entry->repo, revision, escaped);
+static char *resolve_url(const char *endpoint, const RemoteFile *file) {
+  g_autofree char *revision = g_uri_escape_string(file->source->revision, NULL, FALSE);
+  g_autofree char *escaped = g_uri_escape_string(file->repo_path, "/", FALSE);
+  return g_strdup_printf("%s/%s/resolve/%s/%s", endpoint, file->source->repo, revision, escaped);
 }
 
 /* HEAD without following the CDN redirect, whose response carries the
@@ -255,7 +266,7 @@ static void report(Download *d, int index, gboolean force) {
     d->rate_since_bytes = d->done;
   }
   LcmDownloadProgress p = {
-      .file = d->entry->files[index],
+      .file = d->files[index].what,
       .file_index = index,
       .file_count = d->count,
       .done = d->done,
@@ -281,7 +292,7 @@ typedef enum { FETCH_OK, FETCH_RETRY, FETCH_FAILED } FetchResult;
 /* One GET of the rest of a file into part_path. */
 static FetchResult fetch_once(Download *d, int index, const char *part_path, GError **error) {
   RemoteFile *file = &d->files[index];
-  const char *what = d->entry->files[index];
+  const char *what = d->files[index].what;
   guint64 have = file_size(part_path);
   if (file->size && have > file->size) have = 0; /* longer than the file: start again */
   g_autoptr(SoupMessage) message = soup_message_new(SOUP_METHOD_GET, file->url);
@@ -360,7 +371,7 @@ static FetchResult fetch_once(Download *d, int index, const char *part_path, GEr
 /* Checks `path` against what the Hub states; records its sha256. */
 static gboolean check_file(Download *d, int index, const char *path, GError **error) {
   RemoteFile *file = &d->files[index];
-  const char *what = d->entry->files[index];
+  const char *what = d->files[index].what;
   guint64 size = file_size(path);
   if (file->size && size != file->size) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_CHECKSUM,
@@ -391,7 +402,7 @@ static gboolean check_file(Download *d, int index, const char *path, GError **er
 /* Makes staging/PATH a verified copy of file `index`. */
 static gboolean fetch_file(Download *d, int index, const char *staging, GError **error) {
   RemoteFile *file = &d->files[index];
-  g_autofree char *path = g_build_filename(staging, d->entry->files[index], NULL);
+  g_autofree char *path = g_build_filename(staging, file->install_path, NULL);
   g_autofree char *part_path = g_strconcat(path, ".part", NULL);
   g_autofree char *parent = g_path_get_dirname(path);
   if (g_mkdir_with_parents(parent, 0755) != 0) {
@@ -410,12 +421,11 @@ static gboolean fetch_file(Download *d, int index, const char *staging, GError *
     FetchResult result = fetch_once(d, index, part_path, &attempt_error);
     if (result == FETCH_OK) break;
     if (result == FETCH_FAILED || attempt + 1 >= RETRIES) {
-      if (result == FETCH_RETRY)
-        return network_error(d, d->entry->files[index], attempt_error, error);
+      if (result == FETCH_RETRY) return network_error(d, file->what, attempt_error, error);
       g_propagate_error(error, attempt_error);
       return FALSE;
     }
-    g_debug("%s: %s; resuming", d->entry->files[index], attempt_error->message);
+    g_debug("%s: %s; resuming", file->what, attempt_error->message);
     g_error_free(attempt_error);
     g_usleep(G_USEC_PER_SEC / 5 * (attempt + 1));
   }
@@ -442,18 +452,32 @@ static gboolean write_manifest(const Download *d, const char *staging, GError **
   json_builder_begin_object(b);
   json_builder_set_member_name(b, "name");
   json_builder_add_string_value(b, d->entry->name);
-  json_builder_set_member_name(b, "repo");
-  json_builder_add_string_value(b, d->entry->repo);
-  json_builder_set_member_name(b, "revision");
-  json_builder_add_string_value(b, d->entry->revision);
-  json_builder_set_member_name(b, "commit");
-  json_builder_add_string_value(b, d->files[0].commit ? d->files[0].commit : "");
+  /* Each repository with the commit its revision was at. */
+  json_builder_set_member_name(b, "sources");
+  json_builder_begin_array(b);
+  for (int s = 0; s < d->entry->n_sources; s++) {
+    const LcmCatalogueSource *source = &d->entry->sources[s];
+    const char *commit = "";
+    for (int i = 0; i < d->count && !*commit; i++)
+      if (d->files[i].source == source && d->files[i].commit) commit = d->files[i].commit;
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "repo");
+    json_builder_add_string_value(b, source->repo);
+    json_builder_set_member_name(b, "revision");
+    json_builder_add_string_value(b, source->revision);
+    json_builder_set_member_name(b, "commit");
+    json_builder_add_string_value(b, commit);
+    json_builder_set_member_name(b, "into");
+    json_builder_add_string_value(b, source->into);
+    json_builder_end_object(b);
+  }
+  json_builder_end_array(b);
   json_builder_set_member_name(b, "files");
   json_builder_begin_array(b);
   for (int i = 0; i < d->count; i++) {
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "path");
-    json_builder_add_string_value(b, d->entry->files[i]);
+    json_builder_add_string_value(b, d->files[i].install_path);
     json_builder_set_member_name(b, "size");
     json_builder_add_int_value(b, (gint64)d->files[i].have);
     json_builder_set_member_name(b, "sha256");
@@ -508,9 +532,9 @@ static gboolean run_download(Download *d, const char *install_dir, GError **erro
   /* Everything the Hub states first: the total for the progress and the
    * free-space check. */
   for (int i = 0; i < d->count; i++) {
-    g_autofree char *url = resolve_url(d, endpoint, d->entry->files[i]);
-    if (!head_file(d, url, &d->files[i], d->entry->files[i], error)) return FALSE;
-    g_autofree char *path = g_build_filename(staging, d->entry->files[i], NULL);
+    g_autofree char *url = resolve_url(endpoint, &d->files[i]);
+    if (!head_file(d, url, &d->files[i], d->files[i].what, error)) return FALSE;
+    g_autofree char *path = g_build_filename(staging, d->files[i].install_path, NULL);
     g_autofree char *part = g_strconcat(path, ".part", NULL);
     d->files[i].have =
         g_file_test(path, G_FILE_TEST_IS_REGULAR) ? file_size(path) : file_size(part);
@@ -537,15 +561,9 @@ static gboolean run_download(Download *d, const char *install_dir, GError **erro
 gboolean lcm_catalogue_download(const LcmCatalogueEntry *entry, LcmDownloadProgressFunc progress,
                                 gpointer user_data, GCancellable *cancellable, GError **error) {
   if (!entry->supported) {
-    if (entry->base)
-      g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                  "%s needs %s's other parts, which downloads cannot combine yet: put a "
-                  "diffusers folder holding both in the models folder",
-                  entry->name, entry->base);
-    else
-      g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
-                  "%s is a %s model, which this build of gimp-lcm does not run yet", entry->name,
-                  entry->family);
+    g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
+                "%s is a %s model, which this build of gimp-lcm does not run yet", entry->name,
+                entry->family);
     return FALSE;
   }
   g_autofree char *install_dir = lcm_catalogue_install_dir(entry);
@@ -566,6 +584,19 @@ gboolean lcm_catalogue_download(const LcmCatalogueEntry *entry, LcmDownloadProgr
       .count = (int)g_strv_length(entry->files),
   };
   d.files = g_new0(RemoteFile, d.count);
+  /* entry->files are the install paths of every source's files, in order. */
+  for (int s = 0, i = 0; s < entry->n_sources; s++) {
+    const LcmCatalogueSource *source = &entry->sources[s];
+    for (char **file = source->files; *file && i < d.count; file++, i++) {
+      d.files[i].source = source;
+      d.files[i].repo_path = *file;
+      d.files[i].install_path = entry->files[i];
+      /* Which repository, once there are several. */
+      d.files[i].what = entry->n_sources > 1
+                            ? g_strdup_printf("%s (%s)", entry->files[i], source->repo)
+                            : g_strdup(entry->files[i]);
+    }
+  }
   /* Proxies come from the environment and GSettings as for any GIO program. */
   d.session = soup_session_new_with_options("user-agent", "gimp-lcm/" LCM_VERSION, "timeout",
                                             IO_TIMEOUT_SECONDS, NULL);

@@ -103,37 +103,50 @@ typedef enum {
   LCM_ASSET_TAESD, /* TAESD weights: lcm_taesd_load */
 } LcmAssetKind;
 
-/* One entry of the catalogue of downloadable models (data/models.json). */
+/* One Hub repository an entry takes files from. */
+typedef struct {
+  char *repo;     /* Hub repository id, "segmind/SSD-1B" */
+  char *revision; /* a commit or a branch ("main") */
+  char *into;     /* folder inside the install folder its files go to; "" for the folder itself */
+  char **files;   /* repository paths to fetch, NULL-terminated */
+} LcmCatalogueSource;
+
+/* One entry of the catalogue of downloadable models (data/models.json): the
+ * files of one or several Hub repositories, put together into one folder
+ * (lcm-ssd-1b: its UNet into unet/, everything else from segmind/SSD-1B). */
 typedef struct {
   char *name;        /* "LCM_Dreamshaper_v7" */
-  char *repo;        /* Hub repository id, "SimianLuo/LCM_Dreamshaper_v7" */
-  char *revision;    /* a commit or a branch ("main") */
+  char *repo;        /* the first source's repository, "SimianLuo/LCM_Dreamshaper_v7" */
+  char *revision;    /* the first source's revision */
   char *family;      /* "sd15", "sdxl" */
   char *install;     /* folder inside lcm_models_dir() it installs into */
   char *description; /* one line for people */
   LcmAssetKind kind;
-  char **files; /* repository paths to fetch, NULL-terminated */
-  /* The Hub repository holding the parts this entry lacks (a UNet-only
-   * entry such as lcm-ssd-1b needs segmind/SSD-1B's text encoders, VAE...),
-   * or NULL. Downloads of one repository cannot combine them yet: such
-   * entries are listed but not offered. */
-  char *base;
-  /* The family is one this build opens and the entry has no base; other
-   * entries are listed but neither offered nor downloaded. */
+  /* Every file's path inside the install folder (a source's `into` joined
+   * with its repository path), all sources in order, NULL-terminated; for an
+   * entry of one source without `into`, its repository paths. */
+  char **files;
+  LcmCatalogueSource *sources; /* at least one */
+  int n_sources;
+  /* The family is one this build opens; other entries are listed but
+   * neither offered nor downloaded. */
   gboolean supported;
 } LcmCatalogueEntry;
 
 /* The catalogue: `path`, or NULL for the project's data/models.json. A
  * GPtrArray of LcmCatalogueEntry (freeing them); NULL with error. */
 GPtrArray *lcm_catalogue_load(const char *path, GError **error);
-/* The entry named `name` or with Hub repository `name` (both case-insensitive). */
+/* The entry named `name` or whose first source is Hub repository `name` (both
+ * case-insensitive). */
 const LcmCatalogueEntry *lcm_catalogue_find(const GPtrArray *catalogue, const char *name);
 /* Where the entry installs: lcm_models_dir()/install. g_free it. */
 char *lcm_catalogue_install_dir(const LcmCatalogueEntry *entry);
 /* The usable path of an entry already present, in the models folder (a
- * complete download) or in the Hugging Face cache (a snapshot holding all
- * its files); what lcm_model_open / lcm_model_add_lora / lcm_taesd_load take
- * (a LoRA's .safetensors file, else the folder). NULL when absent. */
+ * complete download: every file of every source) or, for an entry of one
+ * source without `into`, in the Hugging Face cache (a snapshot holding all
+ * its files; parts spread over several cached repositories are not combined);
+ * what lcm_model_open / lcm_model_add_lora / lcm_taesd_load take (a LoRA's
+ * .safetensors file, else the folder). NULL when absent. */
 char *lcm_catalogue_locate(const LcmCatalogueEntry *entry);
 
 /* The Hugging Face Hub cache, found as huggingface_hub finds it:
@@ -194,8 +207,10 @@ char *lcm_download_progress_text(const LcmDownloadProgress *progress);
 /* Downloads a supported catalogue entry from lcm_hub_endpoint() into
  * lcm_catalogue_install_dir(entry). Runs synchronously in the calling thread
  * (hosts with a GUI call it from a worker: progress is called in the calling
- * thread, a few times a second). Each file goes to NAME.part in a hidden
- * staging folder beside the install folder, resuming an earlier .part with a
+ * thread, a few times a second). What the Hub states of every file of every
+ * source comes first (a missing file in any repository fails before a byte is
+ * written). Each file goes to NAME.part in one hidden staging folder beside
+ * the install folder (a source's files under its `into`), resuming an earlier .part with a
  * Range request (and a dropped connection up to 3 times), is checked against
  * the size and sha256 (or git blob sha1) the Hub states, and renamed; the
  * staging folder becomes the install folder once every file is verified, so a

@@ -452,7 +452,8 @@ static void test_models_get(void) {
   g_assert_cmpint(r.status, ==, 0);
   g_assert_nonnull(strstr(r.out, "LCM_Dreamshaper_v7"));
   g_assert_nonnull(strstr(r.out, "not downloaded"));
-  g_assert_nonnull(strstr(r.out, "needs segmind/SSD-1B's other parts"));
+  g_assert_nonnull(strstr(r.out, "made of several Hub repositories"));
+  g_assert_nonnull(strstr(r.out, "latent-consistency/lcm-ssd-1b (into unet/), segmind/SSD-1B"));
   cli_result_clear(&r);
 
   r = run_cli("models", "get", "LCM_Dreamshaper_v7");
@@ -486,6 +487,82 @@ static void test_models_get(void) {
   fake_hub_stop(hub);
 }
 
+static void copy_into(const char *from, const char *to) {
+  g_autofree char *data = NULL;
+  gsize length = 0;
+  g_assert_true(g_file_get_contents(from, &data, &length, NULL));
+  g_autofree char *dir = g_path_get_dirname(to);
+  g_assert_cmpint(g_mkdir_with_parents(dir, 0755), ==, 0);
+  g_assert_true(g_file_set_contents(to, data, (gssize)length, NULL));
+}
+
+/* The catalogue's lcm-ssd-1b as it is (fp16 file names, two repositories)
+ * from a fake Hub serving the tiny SSD-1B-like UNet as
+ * latent-consistency/lcm-ssd-1b and the tiny SDXL's other parts as
+ * segmind/SSD-1B: get, verify, list, then a picture made with it by name. */
+static void test_models_get_combined(void) {
+  g_autoptr(GPtrArray) catalogue = lcm_catalogue_load(NULL, NULL);
+  g_assert_nonnull(catalogue);
+  const LcmCatalogueEntry *entry = lcm_catalogue_find(catalogue, "lcm-ssd-1b");
+  g_assert_nonnull(entry);
+  g_assert_cmpint(entry->n_sources, ==, 2);
+  g_autofree char *unet_repo = work_path("hub-lcm-ssd-1b");
+  g_autofree char *base_repo = work_path("hub-ssd-1b");
+  g_autofree char *tiny_unet = test_data_path("golden-sdxl/tiny-ssd1b-lcm/unet");
+  g_autofree char *tiny_sdxl = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  const char *dirs[] = {unet_repo, base_repo};
+  const char *tiny[] = {tiny_unet, tiny_sdxl};
+  for (int s = 0; s < 2; s++)
+    for (char **file = entry->sources[s].files; *file; file++) {
+      /* The tiny models have no fp16 variants: the same bytes under the name. */
+      g_auto(GStrv) parts = g_strsplit(*file, ".fp16.", 2);
+      g_autofree char *plain = g_strjoinv(".", parts);
+      g_autofree char *from = g_build_filename(tiny[s], plain, NULL);
+      g_autofree char *to = g_build_filename(dirs[s], *file, NULL);
+      copy_into(from, to);
+    }
+  FakeHub *hub = fake_hub_start();
+  fake_hub_add_repo(hub, "latent-consistency/lcm-ssd-1b", unet_repo);
+  fake_hub_add_repo(hub, "segmind/SSD-1B", base_repo);
+  g_autofree char *models = work_path("models-combined");
+  g_autofree char *saved_endpoint = g_strdup(g_getenv("HF_ENDPOINT"));
+  g_setenv("HF_ENDPOINT", fake_hub_endpoint(hub), TRUE);
+  g_setenv("GIMP_LCM_MODELS", models, TRUE);
+
+  CliResult r = run_cli("models", "get", "lcm-ssd-1b");
+  g_assert_cmpint(r.status, ==, 0);
+  g_assert_nonnull(strstr(r.err, "latent-consistency/lcm-ssd-1b@"));
+  g_assert_nonnull(strstr(r.err, " + segmind/SSD-1B@main"));
+  g_assert_nonnull(
+      strstr(r.err, "(file 18/18 vae/diffusion_pytorch_model.fp16.safetensors (segmind/SSD-1B))"));
+  g_autofree char *installed = g_build_filename(models, "lcm-ssd-1b", NULL);
+  g_assert_nonnull(strstr(r.out, installed));
+  cli_result_clear(&r);
+  g_autofree char *unet = g_build_filename(installed, "unet", "config.json", NULL);
+  g_assert_true(g_file_test(unet, G_FILE_TEST_IS_REGULAR));
+  assert_cli_ok(run_cli("models", "verify", "lcm-ssd-1b"));
+  r = run_cli("models", "list");
+  g_assert_cmpint(r.status, ==, 0);
+  g_autofree char *listed = g_strdup_printf("models folder   %s", installed);
+  g_assert_nonnull(strstr(r.out, listed));
+  cli_result_clear(&r);
+
+  g_autofree char *out = work_path("combined.png");
+  assert_cli_ok(run_cli("txt2img", "a lighthouse", "-o", out, "--model", "lcm-ssd-1b", "--width",
+                        "64", "--height", "64", "--steps", "1", "--seed", "3"));
+  Picture picture = picture_read(out);
+  g_assert_cmpint(picture.width, ==, 64);
+  g_free(picture.rgb);
+  g_unlink(out);
+
+  g_setenv("HF_ENDPOINT", saved_endpoint, TRUE);
+  g_unsetenv("GIMP_LCM_MODELS");
+  fake_hub_stop(hub);
+  test_remove_tree(models);
+  test_remove_tree(unet_repo);
+  test_remove_tree(base_repo);
+}
+
 static void remove_work_dir(void) {
   GDir *dir = g_dir_open(work_dir, 0, NULL);
   for (const char *name; dir && (name = g_dir_read_name(dir));) {
@@ -513,6 +590,7 @@ int main(int argc, char **argv) {
   g_test_add_func("/cli/chain-matches-api", test_chain_matches_api);
   g_test_add_func("/cli/bad-inputs", test_bad_inputs);
   g_test_add_func("/cli/models-get", test_models_get);
+  g_test_add_func("/cli/models-get-combined", test_models_get_combined);
   int status = g_test_run();
   remove_work_dir();
   return status;

@@ -566,7 +566,9 @@ static void test_download_then_generate(void) {
   g_assert_nonnull(button);
   g_assert_true(gtk_widget_is_visible(button));
   g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "lcm-lora-sdxl"));
-  g_assert_false(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "lcm-ssd-1b"));
+  /* The LCM UNets with their base's other parts: offered as one download. */
+  g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "lcm-ssd-1b"));
+  g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "lcm-sdxl"));
   g_assert_true(gtk_combo_box_set_active_id(GTK_COMBO_BOX(choice), "LCM_Dreamshaper_v7"));
   GPtrArray *texts = g_ptr_array_new_with_free_func(g_free);
   g_signal_connect(progress, "notify::text", G_CALLBACK(on_progress_text), texts);

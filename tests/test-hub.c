@@ -98,22 +98,49 @@ static void test_catalogue(void) {
                 entry_named("lcm-lora-sdv1-5"));
   g_assert_cmpint(entry_named("lcm-lora-sdv1-5")->kind, ==, LCM_ASSET_LORA);
   g_assert_cmpint(entry_named("taesd")->kind, ==, LCM_ASSET_TAESD);
+  g_assert_cmpint(model->n_sources, ==, 1);
+  g_assert_cmpstr(model->sources[0].into, ==, "");
   for (const char *const *name = (const char *const[]){"lcm-lora-sdxl", "taesdxl", NULL}; *name;
        name++) {
     const LcmCatalogueEntry *sdxl = entry_named(*name);
     g_assert_cmpstr(sdxl->family, ==, "sdxl");
     g_assert_true(sdxl->supported);
-    g_assert_null(sdxl->base);
+    g_assert_cmpint(sdxl->n_sources, ==, 1);
   }
-  /* A UNet only: listed with its base, not offered. */
-  const LcmCatalogueEntry *ssd = entry_named("lcm-ssd-1b");
-  g_assert_cmpstr(ssd->family, ==, "sdxl");
-  g_assert_cmpstr(ssd->base, ==, "segmind/SSD-1B");
-  g_assert_false(ssd->supported);
-  GError *ssd_error = NULL;
-  g_assert_false(lcm_catalogue_download(ssd, NULL, NULL, NULL, &ssd_error));
-  test_expect_error(ssd_error, LCM_ERROR_UNSUPPORTED, "segmind/SSD-1B", NULL);
-  g_clear_error(&ssd_error);
+  /* UNets alone, combined with their base's other parts into one folder. */
+  static const struct {
+    const char *name, *unet_repo, *base_repo;
+  } combined[] = {
+      {"lcm-ssd-1b", "latent-consistency/lcm-ssd-1b", "segmind/SSD-1B"},
+      {"lcm-sdxl", "latent-consistency/lcm-sdxl", "stabilityai/stable-diffusion-xl-base-1.0"}};
+  for (size_t i = 0; i < G_N_ELEMENTS(combined); i++) {
+    const LcmCatalogueEntry *entry = entry_named(combined[i].name);
+    g_assert_true(entry_named(combined[i].unet_repo) == entry);
+    g_assert_cmpstr(entry->family, ==, "sdxl");
+    g_assert_cmpstr(entry->install, ==, combined[i].name);
+    g_assert_true(entry->supported);
+    g_assert_cmpint(entry->n_sources, ==, 2);
+    g_assert_cmpstr(entry->sources[0].repo, ==, combined[i].unet_repo);
+    g_assert_cmpstr(entry->sources[0].into, ==, "unet");
+    g_assert_cmpstr(entry->sources[1].repo, ==, combined[i].base_repo);
+    g_assert_cmpstr(entry->sources[1].into, ==, "");
+    const char *const *files = (const char *const *)entry->files;
+    g_assert_cmpuint(g_strv_length(entry->files), ==, 18);
+    for (const char *const *want =
+             (const char *const[]){
+                 "model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
+                 "unet/diffusion_pytorch_model.fp16.safetensors",
+                 "text_encoder/model.fp16.safetensors", "text_encoder_2/model.fp16.safetensors",
+                 "tokenizer_2/vocab.json", "vae/diffusion_pytorch_model.fp16.safetensors", NULL};
+         *want; want++)
+      g_assert_true(g_strv_contains(files, *want));
+    /* The UNet comes from the LCM repository only. */
+    g_assert_true(g_strv_contains((const char *const *)entry->sources[0].files,
+                                  "diffusion_pytorch_model.fp16.safetensors"));
+    for (char **file = entry->sources[1].files; *file; file++)
+      g_assert_false(g_str_has_prefix(*file, "unet/"));
+  }
+  g_assert_null(lcm_catalogue_find(catalogue, "segmind/SSD-1B")); /* a part, not an entry */
   g_assert_null(lcm_catalogue_find(catalogue, "no-such-model"));
 
   /* A catalogue that escapes the models folder is refused. */
@@ -126,6 +153,47 @@ static void test_catalogue(void) {
   GError *error = NULL;
   g_assert_null(lcm_catalogue_load(bad, &error));
   test_expect_error(error, LCM_ERROR_FORMAT, "relative path", NULL);
+  g_clear_error(&error);
+
+  /* Sources: refused when two put a file at the same place, when "into"
+   * escapes, with both forms at once, or with the old "base". */
+  static const struct {
+    const char *json, *message;
+  } bad_sources[] = {
+      {"[{\"repo\":\"a/b\",\"revision\":\"main\",\"into\":\"unet\",\"files\":[\"c.json\"]},"
+       "{\"repo\":\"c/d\",\"revision\":\"main\",\"files\":[\"unet/c.json\"]}]",
+       "two files at unet/c.json"},
+      {"[{\"repo\":\"a/b\",\"revision\":\"main\",\"into\":\"../x\",\"files\":[\"c.json\"]}]",
+       "\"into\""},
+      {"[{\"repo\":\"a/b\",\"revision\":\"main\",\"files\":[]}]", "non-empty"},
+      {"[]", "not both"},
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS(bad_sources); i++) {
+    g_autofree char *json =
+        g_strdup_printf("{\"models\":[{\"name\":\"x\",\"kind\":\"model\",\"family\":\"sdxl\","
+                        "\"install\":\"x\",\"sources\":%s}]}",
+                        bad_sources[i].json);
+    g_assert_true(g_file_set_contents(bad, json, -1, NULL));
+    g_assert_null(lcm_catalogue_load(bad, &error));
+    test_expect_error(error, LCM_ERROR_FORMAT, bad_sources[i].message, NULL);
+    g_clear_error(&error);
+  }
+  g_assert_true(g_file_set_contents(
+      bad,
+      "{\"models\":[{\"name\":\"x\",\"kind\":\"model\",\"family\":\"sdxl\",\"repo\":\"a/b\","
+      "\"revision\":\"main\",\"install\":\"x\",\"files\":[\"c.json\"],"
+      "\"sources\":[{\"repo\":\"a/b\",\"revision\":\"main\",\"files\":[\"d.json\"]}]}]}",
+      -1, NULL));
+  g_assert_null(lcm_catalogue_load(bad, &error));
+  test_expect_error(error, LCM_ERROR_FORMAT, "not both", NULL);
+  g_clear_error(&error);
+  g_assert_true(g_file_set_contents(
+      bad,
+      "{\"models\":[{\"name\":\"x\",\"kind\":\"model\",\"family\":\"sdxl\",\"repo\":\"a/b\","
+      "\"revision\":\"main\",\"install\":\"x\",\"files\":[\"c.json\"],\"base\":\"c/d\"}]}",
+      -1, NULL));
+  g_assert_null(lcm_catalogue_load(bad, &error));
+  test_expect_error(error, LCM_ERROR_FORMAT, "\"sources\"", NULL);
   g_clear_error(&error);
   g_unlink(bad);
 }
@@ -465,7 +533,9 @@ static void test_hf_cache_discovery(void) {
   const LcmFoundModel *sdxl_lora = find_found(found, "lcm-lora-sdxl");
   g_assert_nonnull(sdxl_lora);
   g_assert_cmpint(sdxl_lora->where, ==, LCM_FOUND_NOT_DOWNLOADED);
-  g_assert_null(find_found(found, "lcm-ssd-1b")); /* needs its base: not offered */
+  const LcmFoundModel *ssd = find_found(found, "lcm-ssd-1b"); /* two repositories: offered */
+  g_assert_nonnull(ssd);
+  g_assert_cmpint(ssd->where, ==, LCM_FOUND_NOT_DOWNLOADED);
 
   /* One resolver: catalogue name, repo id, path, default. */
   GError *error = NULL;
@@ -618,6 +688,317 @@ static void test_sdxl_family(void) {
   test_remove_tree(models);
 }
 
+/* ---- Entries combining several repositories --------------------------------- */
+
+/* tiny-ssd1b-lcm's UNet as an LCM repository of its own (a UNet at the
+ * root, as latent-consistency/lcm-ssd-1b is), everything but the UNet from
+ * tiny-sdxl-lcm as its base: the shape of lcm-ssd-1b. */
+#define TINY_UNET_REPO "test/tiny-ssd1b-unet"
+#define TINY_BASE_REPO "test/tiny-sdxl-base"
+#define TINY_COMBINED "tiny-ssd1b-combined"
+
+static const char *const tiny_base_files[] = {"model_index.json",
+                                              "scheduler/scheduler_config.json",
+                                              "text_encoder/config.json",
+                                              "text_encoder/model.safetensors",
+                                              "text_encoder_2/config.json",
+                                              "text_encoder_2/model.safetensors",
+                                              "tokenizer/merges.txt",
+                                              "tokenizer/special_tokens_map.json",
+                                              "tokenizer/tokenizer_config.json",
+                                              "tokenizer/vocab.json",
+                                              "tokenizer_2/merges.txt",
+                                              "tokenizer_2/special_tokens_map.json",
+                                              "tokenizer_2/tokenizer_config.json",
+                                              "tokenizer_2/vocab.json",
+                                              "vae/config.json",
+                                              "vae/diffusion_pytorch_model.safetensors",
+                                              NULL};
+
+/* A catalogue of TINY_COMBINED and, with a file its base lacks,
+ * "tiny-missing-part"; the fake Hub serves both repositories. */
+static GPtrArray *combined_catalogue(void) {
+  g_autofree char *unet = test_data_path("golden-sdxl/tiny-ssd1b-lcm/unet");
+  g_autofree char *base = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  fake_hub_add_repo(hub, TINY_UNET_REPO, unet);
+  fake_hub_add_repo(hub, TINY_BASE_REPO, base);
+  GString *files = g_string_new("");
+  for (const char *const *file = tiny_base_files; *file; file++)
+    g_string_append_printf(files, "%s\"%s\"", file == tiny_base_files ? "" : ",", *file);
+  g_autofree char *json = g_strdup_printf(
+      "{\"models\":["
+      "{\"name\":\"" TINY_COMBINED
+      "\",\"kind\":\"model\",\"family\":\"sdxl\",\"install\":\"" TINY_COMBINED "\",\"sources\":["
+      "{\"repo\":\"" TINY_UNET_REPO "\",\"revision\":\"main\",\"into\":\"unet\","
+      "\"files\":[\"config.json\",\"diffusion_pytorch_model.safetensors\"]},"
+      "{\"repo\":\"" TINY_BASE_REPO "\",\"revision\":\"main\",\"files\":[%s]}]},"
+      "{\"name\":\"tiny-missing-part\",\"kind\":\"model\",\"family\":\"sdxl\","
+      "\"install\":\"tiny-missing-part\",\"sources\":["
+      "{\"repo\":\"" TINY_UNET_REPO "\",\"revision\":\"main\",\"into\":\"unet\","
+      "\"files\":[\"config.json\",\"diffusion_pytorch_model.safetensors\"]},"
+      "{\"repo\":\"" TINY_BASE_REPO "\",\"revision\":\"main\","
+      "\"files\":[\"model_index.json\",\"vae/no-such-file.safetensors\"]}]}]}",
+      files->str);
+  g_string_free(files, TRUE);
+  g_autofree char *path = g_build_filename(g_get_tmp_dir(), "lcm-combined-catalogue.json", NULL);
+  g_assert_true(g_file_set_contents(path, json, -1, NULL));
+  GError *error = NULL;
+  GPtrArray *result = lcm_catalogue_load(path, &error);
+  g_assert_no_error(error);
+  g_unlink(path);
+  return result;
+}
+
+/* The file `install_path` of the combined folder: the UNet's from
+ * tiny-ssd1b-lcm, the rest from tiny-sdxl-lcm. */
+static char *combined_source_of(const char *install_path) {
+  g_autofree char *relative =
+      g_strconcat(g_str_has_prefix(install_path, "unet/") ? "golden-sdxl/tiny-ssd1b-lcm/"
+                                                          : "golden-sdxl/tiny-sdxl-lcm/",
+                  install_path, NULL);
+  return test_data_path(relative);
+}
+
+/* Final latents of a 2-step txt2img through the model at `path`. */
+static float *combined_latents(const char *path, int *count) {
+  GError *error = NULL;
+  LcmModel *model = lcm_model_open(path, &error);
+  g_assert_no_error(error);
+  g_assert_cmpint(lcm_model_family(model), ==, LCM_FAMILY_SDXL);
+  LcmPipeline *pipeline = lcm_pipeline_new(model, LCM_PRECISION_FP32, &error);
+  g_assert_no_error(error);
+  lcm_model_free(model);
+  LcmPipelineParams params;
+  lcm_pipeline_params_init(&params);
+  params.prompt = "a lighthouse";
+  params.width = 64;
+  params.height = 96;
+  params.steps = 2;
+  params.seed = 7;
+  params.guidance_scale = 8.0;
+  int width = 0, height = 0;
+  float *latents = lcm_pipeline_run_latents(pipeline, &params, &width, &height, &error);
+  g_assert_no_error(error);
+  g_assert_cmpint(width, ==, 8);
+  g_assert_cmpint(height, ==, 12);
+  *count = lcm_pipeline_latent_channels(pipeline) * width * height;
+  lcm_pipeline_free(pipeline);
+  return latents;
+}
+
+/* Both repositories into one diffusers folder, which opens and runs exactly
+ * as the folder a user would assemble by hand (SDXL's parts, SSD-1B's
+ * UNet), and not as the base's own UNet would. */
+static void test_combined_download(void) {
+  g_autofree char *models = new_models_dir();
+  g_autoptr(GPtrArray) tiny_catalogue = combined_catalogue();
+  const LcmCatalogueEntry *entry = lcm_catalogue_find(tiny_catalogue, TINY_COMBINED);
+  g_assert_nonnull(entry);
+  g_assert_cmpint(entry->n_sources, ==, 2);
+  g_assert_cmpuint(g_strv_length(entry->files), ==, 18);
+  fake_hub_set_mode(hub, FAKE_HUB_NORMAL);
+
+  /* The UNet repository alone in the Hugging Face cache is not the model. */
+  g_autofree char *cache = g_dir_make_tmp("lcm-hf-combined-XXXXXX", NULL);
+  g_setenv("HF_HUB_CACHE", cache, TRUE);
+  g_autofree char *unet_dir = test_data_path("golden-sdxl/tiny-ssd1b-lcm/unet");
+  cache_repo(cache, TINY_UNET_REPO, unet_dir,
+             (const char *const[]){"config.json", "diffusion_pytorch_model.safetensors", NULL});
+  g_assert_null(lcm_catalogue_locate(entry));
+  g_autoptr(GPtrArray) before = lcm_discover(tiny_catalogue);
+  const LcmFoundModel *offered = find_found(before, TINY_COMBINED);
+  g_assert_nonnull(offered);
+  g_assert_cmpint(offered->where, ==, LCM_FOUND_NOT_DOWNLOADED);
+  g_assert_null(find_found(before, TINY_UNET_REPO));
+
+  ProgressLog log = {.monotonic = TRUE};
+  GError *error = NULL;
+  g_assert_true(lcm_catalogue_download(entry, log_progress, &log, NULL, &error));
+  g_assert_no_error(error);
+  g_assert_true(log.monotonic);
+  g_assert_cmpint(log.last.file_count, ==, 18);
+  g_assert_cmpuint(log.last.done, ==, log.last.total);
+
+  /* Every file where it belongs, from the repository it belongs to. */
+  g_autofree char *install = lcm_catalogue_install_dir(entry);
+  guint64 total = 0;
+  for (char **file = entry->files; *file; file++) {
+    g_autofree char *source = combined_source_of(*file);
+    g_autofree char *installed = g_build_filename(install, *file, NULL);
+    g_autofree char *want = fake_hub_sha256_of(source);
+    g_autofree char *got = fake_hub_sha256_of(installed);
+    g_assert_nonnull(got);
+    g_assert_cmpstr(got, ==, want);
+    GStatBuf st;
+    g_assert_cmpint(g_stat(source, &st), ==, 0);
+    total += (guint64)st.st_size;
+  }
+  g_assert_cmpuint(log.last.total, ==, total);
+  g_autofree char *sdxl_unet =
+      test_data_path("golden-sdxl/tiny-sdxl-lcm/unet/diffusion_pytorch_model.safetensors");
+  g_autofree char *installed_unet =
+      g_build_filename(install, "unet/diffusion_pytorch_model.safetensors", NULL);
+  g_autofree char *sdxl_sha = fake_hub_sha256_of(sdxl_unet);
+  g_autofree char *unet_sha = fake_hub_sha256_of(installed_unet);
+  g_assert_cmpstr(sdxl_sha, !=, unet_sha);
+  g_autofree char *staging = g_build_filename(models, "." TINY_COMBINED ".download", NULL);
+  g_assert_false(g_file_test(staging, G_FILE_TEST_EXISTS));
+
+  /* Present, listed under its name, verified. */
+  g_autofree char *located = lcm_catalogue_locate(entry);
+  g_assert_cmpstr(located, ==, install);
+  g_autoptr(GPtrArray) after = lcm_discover(tiny_catalogue);
+  const LcmFoundModel *found = find_found(after, TINY_COMBINED);
+  g_assert_nonnull(found);
+  g_assert_cmpint(found->where, ==, LCM_FOUND_MODELS_FOLDER);
+  g_assert_cmpint(found->kind, ==, LCM_ASSET_MODEL);
+  g_assert_cmpstr(found->path, ==, install);
+  g_assert_true(lcm_catalogue_verify(entry, &error));
+  g_assert_no_error(error);
+
+  /* It runs as the hand-made folder: SDXL's parts with SSD-1B's UNet. */
+  g_autofree char *by_hand = g_dir_make_tmp("lcm-combined-by-hand-XXXXXX", NULL);
+  g_autofree char *sdxl = test_data_path("golden-sdxl/tiny-sdxl-lcm");
+  for (const char *const *part =
+           (const char *const[]){"model_index.json", "scheduler", "text_encoder", "text_encoder_2",
+                                 "tokenizer", "tokenizer_2", "vae", NULL};
+       *part; part++) {
+    g_autofree char *target = g_build_filename(sdxl, *part, NULL);
+    g_autofree char *link = g_build_filename(by_hand, *part, NULL);
+    g_assert_cmpint(symlink(target, link), ==, 0);
+  }
+  g_autofree char *hand_unet = g_build_filename(by_hand, "unet", NULL);
+  g_assert_cmpint(symlink(unet_dir, hand_unet), ==, 0);
+  int n = 0, n_hand = 0, n_sdxl = 0;
+  g_autofree float *downloaded = combined_latents(install, &n);
+  g_autofree float *hand_made = combined_latents(by_hand, &n_hand);
+  g_autofree float *sdxl_own = combined_latents(sdxl, &n_sdxl);
+  g_assert_cmpint(n, >, 0);
+  g_assert_cmpint(n, ==, n_hand);
+  g_assert_cmpint(n, ==, n_sdxl);
+  g_assert_cmpmem(downloaded, n * sizeof(float), hand_made, n_hand * sizeof(float));
+  g_assert_true(memcmp(downloaded, sdxl_own, n * sizeof(float)) != 0);
+
+  /* Asking again downloads nothing; a damaged part of the base fails
+   * verification. */
+  int requests = fake_hub_requests(hub);
+  g_assert_true(lcm_catalogue_download(entry, NULL, NULL, NULL, &error));
+  g_assert_cmpint(fake_hub_requests(hub), ==, requests);
+  g_autofree char *te2 = g_build_filename(install, "text_encoder_2/config.json", NULL);
+  g_assert_true(g_file_set_contents(te2, "{}", -1, NULL));
+  g_assert_false(lcm_catalogue_verify(entry, &error));
+  test_expect_error(error, LCM_ERROR_CHECKSUM, "text_encoder_2/config.json", NULL);
+  g_clear_error(&error);
+
+  g_setenv("HF_HUB_CACHE", "/nonexistent/hf-cache", TRUE);
+  test_remove_tree(by_hand);
+  test_remove_tree(cache);
+  test_remove_tree(models);
+}
+
+/* Nothing of a combined entry looks installed while a part is missing. */
+static void assert_combined_not_installed(const GPtrArray *tiny_catalogue,
+                                          const LcmCatalogueEntry *entry) {
+  g_autofree char *install = lcm_catalogue_install_dir(entry);
+  g_assert_false(g_file_test(install, G_FILE_TEST_EXISTS));
+  g_assert_null(lcm_catalogue_locate(entry));
+  g_autoptr(GPtrArray) found = lcm_discover(tiny_catalogue);
+  for (guint i = 0; i < found->len; i++) {
+    const LcmFoundModel *f = found->pdata[i];
+    g_assert_cmpint(f->where, !=, LCM_FOUND_MODELS_FOLDER);
+    if (!g_strcmp0(f->catalogue, entry->name))
+      g_assert_cmpint(f->where, ==, LCM_FOUND_NOT_DOWNLOADED);
+  }
+  g_autoptr(GError) error = NULL;
+  g_assert_false(lcm_catalogue_verify(entry, &error));
+  g_assert_error(error, LCM_ERROR, LCM_ERROR_MISSING);
+}
+
+typedef struct {
+  ProgressLog log;
+  int first_base_file; /* index of the base repository's first file */
+  gboolean failed_over;
+} FailSecond;
+
+/* Once the first repository's files are in, the Hub loses the second. */
+static void fail_second_repository(const LcmDownloadProgress *p, gpointer data) {
+  FailSecond *f = data;
+  log_progress(p, &f->log);
+  if (p->file_index >= f->first_base_file && !f->failed_over) {
+    f->failed_over = TRUE;
+    fake_hub_set_mode(hub, FAKE_HUB_NOT_FOUND);
+  }
+}
+
+/* The second repository answers 404 after the first one's files are in:
+ * nothing looks installed, and the next attempt keeps what was verified. */
+static void test_combined_second_fails(void) {
+  g_autofree char *models = new_models_dir();
+  g_autoptr(GPtrArray) tiny_catalogue = combined_catalogue();
+  const LcmCatalogueEntry *entry = lcm_catalogue_find(tiny_catalogue, TINY_COMBINED);
+  fake_hub_set_mode(hub, FAKE_HUB_NORMAL);
+  FailSecond fail = {.log = {.monotonic = TRUE}, .first_base_file = 2};
+  GError *error = NULL;
+  g_assert_false(lcm_catalogue_download(entry, fail_second_repository, &fail, NULL, &error));
+  g_assert_true(fail.failed_over);
+  test_expect_error(error, LCM_ERROR_NETWORK, TINY_COMBINED, "HTTP 404", TINY_BASE_REPO,
+                    "not on the Hub", NULL);
+  g_clear_error(&error);
+  assert_combined_not_installed(tiny_catalogue, entry);
+
+  /* The first repository's UNet is complete in the hidden staging folder. */
+  g_autofree char *staged_unet = g_build_filename(models, "." TINY_COMBINED ".download", "unet",
+                                                  "diffusion_pytorch_model.safetensors", NULL);
+  g_autofree char *unet_source =
+      test_data_path("golden-sdxl/tiny-ssd1b-lcm/unet/diffusion_pytorch_model.safetensors");
+  g_autofree char *staged_sha = fake_hub_sha256_of(staged_unet);
+  g_autofree char *source_sha = fake_hub_sha256_of(unet_source);
+  g_assert_cmpstr(staged_sha, ==, source_sha);
+  GStatBuf staged;
+  g_assert_cmpint(g_stat(staged_unet, &staged), ==, 0);
+
+  /* Back online: the download completes, keeping the verified UNet file
+   * (same inode: not fetched again). */
+  fake_hub_set_mode(hub, FAKE_HUB_NORMAL);
+  ProgressLog log = {.monotonic = TRUE};
+  g_assert_true(lcm_catalogue_download(entry, log_progress, &log, NULL, &error));
+  g_assert_no_error(error);
+  g_autofree char *install = lcm_catalogue_install_dir(entry);
+  g_autofree char *installed_unet =
+      g_build_filename(install, "unet", "diffusion_pytorch_model.safetensors", NULL);
+  GStatBuf installed;
+  g_assert_cmpint(g_stat(installed_unet, &installed), ==, 0);
+  g_assert_cmpuint(installed.st_ino, ==, staged.st_ino);
+  g_autofree char *located = lcm_catalogue_locate(entry);
+  g_assert_cmpstr(located, ==, install);
+  g_assert_true(lcm_catalogue_verify(entry, &error));
+  g_assert_no_error(error);
+  test_remove_tree(models);
+}
+
+/* A file missing from the second repository fails before a byte of the
+ * first is written: every HEAD comes first. */
+static void test_combined_missing_file(void) {
+  g_autofree char *models = new_models_dir();
+  g_autoptr(GPtrArray) tiny_catalogue = combined_catalogue();
+  const LcmCatalogueEntry *entry = lcm_catalogue_find(tiny_catalogue, "tiny-missing-part");
+  g_assert_nonnull(entry);
+  fake_hub_set_mode(hub, FAKE_HUB_NORMAL);
+  GError *error = NULL;
+  g_assert_false(lcm_catalogue_download(entry, NULL, NULL, NULL, &error));
+  test_expect_error(error, LCM_ERROR_NETWORK, "HTTP 404", "vae/no-such-file.safetensors",
+                    TINY_BASE_REPO, NULL);
+  g_clear_error(&error);
+  assert_combined_not_installed(tiny_catalogue, entry);
+  g_autofree char *unet_part = g_build_filename(models, ".tiny-missing-part.download", "unet",
+                                                "diffusion_pytorch_model.safetensors.part", NULL);
+  g_autofree char *unet_file = g_build_filename(models, ".tiny-missing-part.download", "unet",
+                                                "diffusion_pytorch_model.safetensors", NULL);
+  g_assert_false(g_file_test(unet_part, G_FILE_TEST_EXISTS));
+  g_assert_false(g_file_test(unet_file, G_FILE_TEST_EXISTS));
+  test_remove_tree(models);
+}
+
 int main(int argc, char **argv) {
   g_test_init(&argc, &argv, NULL);
   /* Only ever the loopback server: no proxy, no real cache. */
@@ -648,6 +1029,9 @@ int main(int argc, char **argv) {
   g_test_add_func("/hub/cancel-slow-server", test_cancel_slow_server);
   g_test_add_func("/hub/hf-cache-discovery", test_hf_cache_discovery);
   g_test_add_func("/hub/sdxl-family", test_sdxl_family);
+  g_test_add_func("/hub/combined-download", test_combined_download);
+  g_test_add_func("/hub/combined-second-fails", test_combined_second_fails);
+  g_test_add_func("/hub/combined-missing-file", test_combined_missing_file);
   int status = g_test_run();
   g_ptr_array_unref(catalogue);
   fake_hub_stop(hub);

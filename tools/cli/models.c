@@ -32,12 +32,27 @@ static int list_models(const GPtrArray *catalogue) {
   }
   for (guint i = 0; i < catalogue->len; i++) {
     const LcmCatalogueEntry *entry = catalogue->pdata[i];
-    if (!entry->supported && entry->base)
-      printf("%-28s %-6s %-15s needs %s's other parts, not downloadable yet\n", entry->name,
-             kind_name(entry->kind), "unavailable", entry->base);
-    else if (!entry->supported)
+    if (!entry->supported)
       printf("%-28s %-6s %-15s needs %s support, not in this build\n", entry->name,
              kind_name(entry->kind), "unavailable", entry->family);
+  }
+  /* Where the entries that combine repositories take their parts from. */
+  gboolean header = FALSE;
+  for (guint i = 0; i < catalogue->len; i++) {
+    const LcmCatalogueEntry *entry = catalogue->pdata[i];
+    if (!entry->supported || entry->n_sources < 2) continue;
+    if (!header) printf("\nmade of several Hub repositories:\n");
+    header = TRUE;
+    printf("  %s:", entry->name);
+    for (int s = 0; s < entry->n_sources; s++) {
+      const LcmCatalogueSource *source = &entry->sources[s];
+      printf("%s %s", s ? "," : "", source->repo);
+      if (*source->into)
+        printf(" (into %s/)", source->into);
+      else if (s > 0)
+        printf(" (the rest)");
+    }
+    printf("\n");
   }
   printf("\n'gimp-lcm-cli models get NAME' downloads a catalogue entry from %s.\n",
          "the Hugging Face Hub");
@@ -58,8 +73,12 @@ static int get_model(const LcmCatalogueEntry *entry) {
     return 0;
   }
   g_autofree char *endpoint = lcm_hub_endpoint();
-  g_printerr("downloading %s (%s@%s) from %s\n", entry->name, entry->repo, entry->revision,
-             endpoint);
+  GString *from = g_string_new(NULL);
+  for (int s = 0; s < entry->n_sources; s++)
+    g_string_append_printf(from, "%s%s@%s", s ? " + " : "", entry->sources[s].repo,
+                           entry->sources[s].revision);
+  g_printerr("downloading %s (%s) from %s\n", entry->name, from->str, endpoint);
+  g_string_free(from, TRUE);
   gboolean ok = lcm_catalogue_download(entry, show_progress, entry->name, NULL, &error);
   g_printerr("\n");
   if (!ok) return cli_report_error(error);
