@@ -247,9 +247,12 @@ int main(int argc, char **argv) {
   double open_first = (first_event(&recorder, EV_UPDATED, opened) - opened) / 1e6;
   double open_finished = (last_event(&recorder, EV_FINISHED) - opened) / 1e6;
   if (open_only) {
+    int open_status = idle && count_events(&recorder, EV_FINISHED) > 0 ? 0 : 1;
     gtk_widget_destroy(widget);
+    while (g_main_context_iteration(NULL, FALSE)) continue;
+    g_array_unref(recorder.events);
     lcm_settings_clear(&settings);
-    return idle && count_events(&recorder, EV_FINISHED) > 0 ? 0 : 1;
+    return open_status;
   }
 
   static const char *const words[][2] = {

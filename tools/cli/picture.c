@@ -46,17 +46,78 @@ static const char *picture_format(const char *path, GError **error) {
  * pixels (found by fuzz-image) from costing seconds and a GB to decode. */
 #define PICTURE_MAX_PIXELS (16 * 1024 * 1024)
 
+static guint32 read_be(const guint8 *bytes, int count) {
+  guint32 value = 0;
+  for (int i = 0; i < count; i++) value = value << 8 | bytes[i];
+  return value;
+}
+
+/* The size a JPEG's frame header (its first SOFn segment) announces. Bytes
+ * between segments are skipped up to the next marker, as libjpeg does. */
+static gboolean jpeg_header_size(const guint8 *bytes, gsize length, int *width, int *height) {
+  gsize at = 2; /* after SOI */
+  for (;;) {
+    while (at < length && bytes[at] != 0xff) at++;
+    while (at < length && bytes[at] == 0xff) at++; /* fill bytes */
+    if (at >= length) return FALSE;
+    guint8 marker = bytes[at++];
+    if (marker == 0x00 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7))
+      continue; /* a stuffed byte or a marker without a length */
+    if (marker == 0xd9 || marker == 0xda) return FALSE; /* EOI or scan data before a frame */
+    if (at + 2 > length) return FALSE;
+    gsize segment = read_be(bytes + at, 2);
+    gboolean frame = marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 &&
+                     marker != 0xcc; /* DHT, JPG and DAC share the range */
+    if (frame) {
+      if (segment < 8 || at + 7 > length) return FALSE;
+      *height = (int)read_be(bytes + at + 3, 2);
+      *width = (int)read_be(bytes + at + 5, 2);
+      return TRUE;
+    }
+    if (segment < 2) return FALSE;
+    at += segment;
+  }
+}
+
+/* The size a PNG or JPEG file's header announces, read here rather than by
+ * gdk_pixbuf_get_file_info: that fails on some JPEGs that then decode (a
+ * 202-byte one announcing 32776 x 2048, found by fuzz-image, decoded into a
+ * GB), so its answer cannot guard the decoder. */
+static gboolean picture_header_size(const char *path, const char *type, int *width, int *height,
+                                    GError **error) {
+  g_autofree guint8 *bytes = NULL;
+  gsize length = 0;
+  if (!g_file_get_contents(path, (char **)&bytes, &length, error)) return FALSE;
+  gboolean found = FALSE;
+  if (strcmp(type, "png") == 0) {
+    /* IHDR is the first chunk: length, type, then width and height */
+    found = length >= 24 && memcmp(bytes + 12, "IHDR", 4) == 0;
+    if (found) {
+      guint32 w = read_be(bytes + 16, 4), h = read_be(bytes + 20, 4);
+      *width = (int)MIN(w, (guint32)G_MAXINT);
+      *height = (int)MIN(h, (guint32)G_MAXINT);
+    }
+  } else {
+    found = jpeg_header_size(bytes, length, width, height);
+  }
+  if (!found || *width < 1 || *height < 1) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                "%s: damaged %s picture (no size in its header)", path, type);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* Reads a PNG or JPEG picture as 8-bit RGBA-or-RGB rows. */
 static GdkPixbuf *picture_decode(const char *path, GError **error) {
   const char *type = picture_format(path, error);
   if (!type) return NULL;
-  /* The size its header announces, checked before the decoder allocates it
-   * (gdk_pixbuf_get_file_info stops its loader at the header): a 200-byte
-   * PNG can announce 20000 x 20000 pixels, 1.2 GB of RGB. */
+  /* The size its header announces, checked before the decoder allocates it:
+   * a 200-byte PNG can announce 20000 x 20000 pixels, 1.2 GB of RGB. */
   int width = 0, height = 0;
-  if (gdk_pixbuf_get_file_info(path, &width, &height) &&
-      (width > LCM_MAX_IMAGE_SIDE || height > LCM_MAX_IMAGE_SIDE ||
-       (gint64)width * height > PICTURE_MAX_PIXELS)) {
+  if (!picture_header_size(path, type, &width, &height, error)) return NULL;
+  if (width > LCM_MAX_IMAGE_SIDE || height > LCM_MAX_IMAGE_SIDE ||
+      (gint64)width * height > PICTURE_MAX_PIXELS) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
                 "%s is %dx%d pixels; pictures of at most %d pixels per side and %d megapixels "
                 "are read (scale it down)",
@@ -72,6 +133,13 @@ static GdkPixbuf *picture_decode(const char *path, GError **error) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT, "%s: damaged %s picture (%s)", path, type,
                 local ? local->message : "no image in it");
     g_clear_error(&local);
+    return NULL;
+  }
+  if (gdk_pixbuf_get_width(pixbuf) != width || gdk_pixbuf_get_height(pixbuf) != height) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_FORMAT,
+                "%s: damaged %s picture (its header announces %dx%d pixels, it holds %dx%d)", path,
+                type, width, height, gdk_pixbuf_get_width(pixbuf), gdk_pixbuf_get_height(pixbuf));
+    g_object_unref(pixbuf);
     return NULL;
   }
   int channels = gdk_pixbuf_get_n_channels(pixbuf);
