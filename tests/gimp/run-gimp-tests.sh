@@ -46,6 +46,9 @@ cp "$plugin" "$work/profile/plug-ins/gimp-lcm/gimp-lcm"
 export GIMP3_DIRECTORY=$work/profile
 export GIMP_LCM_PRECISION=fp32
 export GIMP_LCM_MODELS=$work/models # an empty models folder: only named models run
+# A weight cache of this test's own: the GIMP run writes it and the CLI run
+# reads it, whatever other tests running at the same time leave in theirs.
+export GIMP_LCM_WEIGHT_CACHE=$work/weight-cache
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 fail() {
