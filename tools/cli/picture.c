@@ -4,9 +4,7 @@
  * anything is decoded. */
 #include "picture.h"
 
-#include <errno.h>
 #include <math.h>
-#include <stdio.h>
 #include <string.h>
 
 /* The formats read, by their first bytes. GdkPixbuf's other loaders (BMP,
@@ -23,18 +21,11 @@ static const struct {
 
 /* The loader name of a PNG or JPEG file, by its first bytes; NULL with an
  * error for anything else. */
-static const char *picture_format(const char *path, GError **error) {
-  FILE *file = fopen(path, "rb");
-  if (!file) {
-    g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: cannot open (%s)", path, g_strerror(errno));
-    return NULL;
-  }
-  guint8 head[8];
-  size_t length = fread(head, 1, sizeof head, file);
-  fclose(file);
+static const char *picture_format(const char *path, const guint8 *bytes, gsize length,
+                                  GError **error) {
   for (size_t i = 0; i < G_N_ELEMENTS(picture_formats); i++)
     if (length >= picture_formats[i].length &&
-        memcmp(head, picture_formats[i].magic, picture_formats[i].length) == 0)
+        memcmp(bytes, picture_formats[i].magic, picture_formats[i].length) == 0)
       return picture_formats[i].type;
   g_set_error(error, LCM_ERROR, LCM_ERROR_UNSUPPORTED,
               "%s: not a PNG or JPEG picture (the only formats read; convert it to PNG)", path);
@@ -83,11 +74,8 @@ static gboolean jpeg_header_size(const guint8 *bytes, gsize length, int *width, 
  * gdk_pixbuf_get_file_info: that fails on some JPEGs that then decode (a
  * 202-byte one announcing 32776 x 2048, found by fuzz-image, decoded into a
  * GB), so its answer cannot guard the decoder. */
-static gboolean picture_header_size(const char *path, const char *type, int *width, int *height,
-                                    GError **error) {
-  g_autofree guint8 *bytes = NULL;
-  gsize length = 0;
-  if (!g_file_get_contents(path, (char **)&bytes, &length, error)) return FALSE;
+static gboolean picture_header_size(const char *path, const char *type, const guint8 *bytes,
+                                    gsize length, int *width, int *height, GError **error) {
   gboolean found = FALSE;
   if (strcmp(type, "png") == 0) {
     /* IHDR is the first chunk: length, type, then width and height */
@@ -110,12 +98,20 @@ static gboolean picture_header_size(const char *path, const char *type, int *wid
 
 /* Reads a PNG or JPEG picture as 8-bit RGBA-or-RGB rows. */
 static GdkPixbuf *picture_decode(const char *path, GError **error) {
-  const char *type = picture_format(path, error);
+  g_autofree guint8 *bytes = NULL;
+  gsize length = 0;
+  GError *local = NULL;
+  if (!g_file_get_contents(path, (char **)&bytes, &length, &local)) {
+    g_set_error(error, LCM_ERROR, LCM_ERROR_IO, "%s: cannot open (%s)", path, local->message);
+    g_error_free(local);
+    return NULL;
+  }
+  const char *type = picture_format(path, bytes, length, error);
   if (!type) return NULL;
   /* The size its header announces, checked before the decoder allocates it:
    * a 200-byte PNG can announce 20000 x 20000 pixels, 1.2 GB of RGB. */
   int width = 0, height = 0;
-  if (!picture_header_size(path, type, &width, &height, error)) return NULL;
+  if (!picture_header_size(path, type, bytes, length, &width, &height, error)) return NULL;
   if (width > LCM_MAX_IMAGE_SIDE || height > LCM_MAX_IMAGE_SIDE ||
       (gint64)width * height > PICTURE_MAX_PIXELS) {
     g_set_error(error, LCM_ERROR, LCM_ERROR_INVALID,
@@ -124,7 +120,8 @@ static GdkPixbuf *picture_decode(const char *path, GError **error) {
                 path, width, height, LCM_MAX_IMAGE_SIDE, PICTURE_MAX_PIXELS / (1024 * 1024));
     return NULL;
   }
-  GError *local = NULL;
+  /* Decoded from the file, not from the bytes read above: GdkPixbuf's
+   * in-memory (incremental) loader accepts a PNG cut short as a picture. */
   GdkPixbuf *pixbuf = gdk_pixbuf_new_from_file(path, &local);
   /* A loader may return the part it read of a damaged file along with an
    * error (GIF's did): that is a damaged file too. */
