@@ -11,6 +11,7 @@
 typedef struct {
   const LcmSettings *settings;
   LcmPipeline *pipeline;
+  gboolean owns_pipeline; /* loaded here, freed at the end */
   uint64_t seed;
   const LcmImage *source, *mask;
   gboolean threaded;
@@ -43,8 +44,10 @@ static void on_progress(const LcmProgress *progress, gpointer data) {
 
 static void execute(Generation *generation) {
   const LcmSettings *settings = generation->settings;
-  if (!generation->pipeline)
+  if (!generation->pipeline) {
     generation->pipeline = lcm_settings_load_pipeline(settings, NULL, &generation->error);
+    generation->owns_pipeline = TRUE;
+  }
   if (!generation->pipeline) return;
   if (!generation->threaded) gimp_progress_set_text(_("Generating (LCM)…"));
   if (!lcm_pipeline_supports(generation->pipeline, settings->mode)) {
@@ -147,7 +150,7 @@ LcmImage *lcm_generation_run(const LcmSettings *settings, LcmPipeline *pipeline,
   else
     execute(&generation);
   gimp_progress_end();
-  if (generation.pipeline) lcm_pipeline_free(generation.pipeline);
+  if (generation.owns_pipeline && generation.pipeline) lcm_pipeline_free(generation.pipeline);
   if (generation.error) g_propagate_error(error, generation.error);
   return generation.result;
 }

@@ -8,7 +8,8 @@
 G_BEGIN_DECLS
 
 /* settings: what to run (settings->seed already resolved into seed).
- * pipeline: a loaded pipeline to use (ownership passes here), or NULL.
+ * pipeline: a loaded pipeline to use (it stays the caller's), or NULL: one
+ * is loaded for this run.
  * source, mask: the working-size inputs (NULL for txt2img; mask NULL for
  * img2img without a selection). interactive (after the dialog, so GTK is
  * set up): run on a worker thread behind a small window with a Cancel

@@ -4,6 +4,7 @@
  * run shows the ui/ dialog, the others run on their arguments. */
 #include "canvas.h"
 #include "generation.h"
+#include "resident.h"
 
 #include <libgimp/gimp.h>
 #include <libgimp/gimpui.h>
@@ -144,17 +145,16 @@ static char *layer_name(const char *prompt, uint64_t seed) {
 }
 
 /* Reads the pixels, runs the model and puts the result into the image.
- * Takes the pipeline (NULL: loads one). The image changes only on success. */
+ * pipeline: the caller's, or NULL to load one. The image changes only on
+ * success. */
 static GimpLayer *generate(GimpImage *image, GimpDrawable **drawables, const LcmSettings *settings,
                            LcmPipeline *pipeline, gboolean interactive, GError **error) {
   LcmCanvas canvas;
   LcmModelFamily family;
   if (!lcm_settings_model_family(settings, &family, error) ||
       !lcm_canvas_init(&canvas, image, drawables, settings->mode, settings->output, settings->width,
-                       settings->height, lcm_family_native_side(family), error)) {
-    if (pipeline) lcm_pipeline_free(pipeline);
+                       settings->height, lcm_family_native_side(family), error))
     return NULL;
-  }
   LcmImage *source = lcm_canvas_work_source(&canvas);
   LcmImage *mask = lcm_canvas_work_mask(&canvas);
   uint64_t seed = lcm_settings_resolve_seed(settings);
@@ -204,21 +204,33 @@ static gboolean run_dialog(GimpImage *image, GimpDrawable **drawables, GimpProce
   return accepted;
 }
 
+/* Runs both the procedures and their twins in the resident process (the
+ * temporary procedures); the procedures forward non-interactive runs to the
+ * twins when the resident serves them. */
 static GimpValueArray *run(GimpProcedure *procedure, GimpRunMode run_mode, GimpImage *image,
                            GimpDrawable **drawables, GimpProcedureConfig *config,
                            gpointer run_data) {
   const ProcedureInfo *info = run_data;
+  const gboolean twin = gimp_procedure_get_proc_type(procedure) == GIMP_PDB_PROC_TYPE_TEMPORARY;
+  const gboolean interactive = run_mode == GIMP_RUN_INTERACTIVE && !twin;
+  if (twin && !lcm_resident_begin()) return lcm_resident_busy_values(procedure);
+  if (!twin && !interactive) {
+    GimpValueArray *forwarded = lcm_resident_forward(procedure, config, image, drawables);
+    if (forwarded) return forwarded;
+  }
   GError *error = NULL;
   LcmSettings settings;
-  LcmPipeline *pipeline = NULL;
+  LcmPipeline *dialog_pipeline = NULL, *pipeline = NULL;
   GimpLayer *layer = NULL;
   gboolean proceed = settings_from_config(config, info->mode, &settings, &error);
-  if (proceed && run_mode == GIMP_RUN_INTERACTIVE)
-    proceed = run_dialog(image, drawables, config, &settings, &pipeline, &error);
-  if (proceed)
-    layer =
-        generate(image, drawables, &settings, pipeline, run_mode == GIMP_RUN_INTERACTIVE, &error);
+  if (proceed && interactive)
+    proceed = run_dialog(image, drawables, config, &settings, &dialog_pipeline, &error);
+  pipeline = dialog_pipeline;
+  if (proceed && twin) proceed = (pipeline = lcm_resident_pipeline(&settings, &error)) != NULL;
+  if (proceed) layer = generate(image, drawables, &settings, pipeline, interactive, &error);
+  if (dialog_pipeline) lcm_pipeline_free(dialog_pipeline);
   lcm_settings_clear(&settings);
+  if (twin) lcm_resident_end();
 
   if (!layer && (!error || g_error_matches(error, LCM_ERROR, LCM_ERROR_CANCELLED))) {
     g_clear_error(&error);
@@ -297,22 +309,59 @@ static GList *query_procedures(GimpPlugIn *plug_in) {
   GList *names = NULL;
   for (size_t i = 0; i < G_N_ELEMENTS(procedure_infos); i++)
     names = g_list_append(names, g_strdup(procedure_infos[i].name));
-  return names;
+  return g_list_append(names, g_strdup(LCM_RESIDENT_PROCEDURE));
 }
 
-static GimpProcedure *create_procedure(GimpPlugIn *plug_in, const gchar *name) {
-  const ProcedureInfo *info = find_procedure(name);
-  if (!info) return NULL;
+/* A procedure of the plug-in (type PLUGIN, in the menu) or its twin in the
+ * resident process (TEMPORARY, under the twin's name, no menu path: the
+ * menu label names its undo step). */
+static GimpProcedure *new_image_procedure(GimpPlugIn *plug_in, const ProcedureInfo *info,
+                                          GimpPDBProcType type) {
+  g_autofree char *twin_name = NULL;
+  const char *name = info->name;
+  if (type == GIMP_PDB_PROC_TYPE_TEMPORARY) name = twin_name = lcm_resident_twin_name(info->name);
   GimpProcedure *procedure =
-      gimp_image_procedure_new(plug_in, name, GIMP_PDB_PROC_TYPE_PLUGIN, run, (gpointer)info, NULL);
+      gimp_image_procedure_new(plug_in, name, type, run, (gpointer)info, NULL);
   gimp_procedure_set_image_types(procedure, "RGB*, GRAY*");
   gimp_procedure_set_sensitivity_mask(procedure, info->sensitivity);
   gimp_procedure_set_menu_label(procedure, _(info->menu_label));
-  gimp_procedure_add_menu_path(procedure, MENU_PATH);
+  if (type != GIMP_PDB_PROC_TYPE_TEMPORARY) gimp_procedure_add_menu_path(procedure, MENU_PATH);
   gimp_procedure_set_documentation(procedure, _(info->blurb), _(info->help), name);
   gimp_procedure_set_attribution(procedure, "gimp-lcm contributors", "gimp-lcm contributors",
                                  "2026");
   add_arguments(procedure, info);
+  return procedure;
+}
+
+static GimpValueArray *run_resident(GimpProcedure *procedure, GimpProcedureConfig *config,
+                                    gpointer run_data) {
+  (void)config;
+  (void)run_data;
+  GimpPlugIn *plug_in = gimp_procedure_get_plug_in(procedure);
+  GList *twins = NULL;
+  for (size_t i = 0; i < G_N_ELEMENTS(procedure_infos); i++)
+    twins = g_list_append(
+        twins, new_image_procedure(plug_in, &procedure_infos[i], GIMP_PDB_PROC_TYPE_TEMPORARY));
+  lcm_resident_serve(procedure, twins);
+  return gimp_procedure_new_return_values(procedure, GIMP_PDB_SUCCESS, NULL);
+}
+
+static GimpProcedure *create_procedure(GimpPlugIn *plug_in, const gchar *name) {
+  const ProcedureInfo *info = find_procedure(name);
+  if (info) return new_image_procedure(plug_in, info, GIMP_PDB_PROC_TYPE_PLUGIN);
+  if (g_strcmp0(name, LCM_RESIDENT_PROCEDURE)) return NULL;
+  /* Persistent and without arguments: GIMP starts it when it starts. */
+  GimpProcedure *procedure =
+      gimp_procedure_new(plug_in, name, GIMP_PDB_PROC_TYPE_PERSISTENT, run_resident, NULL, NULL);
+  gimp_procedure_set_documentation(
+      procedure, _("Keeps the LCM model loaded between non-interactive calls"),
+      _("Started by GIMP when it starts. Serves the non-interactive runs of the LCM procedures "
+        "(Script-Fu, batch mode, Repeat Last) so that a batch loads the model once; frees the "
+        "model after five minutes without calls ($GIMP_LCM_RESIDENT_IDLE seconds). "
+        "GIMP_LCM_RESIDENT=off makes every call load the model itself."),
+      name);
+  gimp_procedure_set_attribution(procedure, "gimp-lcm contributors", "gimp-lcm contributors",
+                                 "2026");
   return procedure;
 }
 

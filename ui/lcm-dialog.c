@@ -528,12 +528,6 @@ void lcm_dialog_get_settings(LcmDialog *self, LcmSettings *out) {
   out->output = choice_combo_get(self->output_combo);
 }
 
-/* What a loaded pipeline depends on: the same key reuses it. */
-static char *pipeline_key(const LcmSettings *s) {
-  return g_strdup_printf("%s\n%s\n%d", s->model_path ? s->model_path : "", s->loras ? s->loras : "",
-                         (int)s->precision);
-}
-
 /* ---- The preview worker ------------------------------------------------------- */
 
 typedef struct {
@@ -814,7 +808,7 @@ static void start_preview(LcmDialog *self) {
   gboolean from_source = job->settings.mode != LCM_MODE_TXT2IMG && self->source;
   int width = from_source ? self->source->width : job->settings.width;
   int height = from_source ? self->source->height : job->settings.height;
-  job->pipeline_key = pipeline_key(&job->settings);
+  job->pipeline_key = lcm_settings_pipeline_key(&job->settings);
   if (self->pipeline_key && !strcmp(self->pipeline_key, job->pipeline_key)) {
     job->pipeline = g_steal_pointer(&self->pipeline);
     job->taesd = g_steal_pointer(&self->taesd);
@@ -1341,7 +1335,7 @@ LcmPipeline *lcm_dialog_take_pipeline(LcmDialog *self) {
   LcmSettings settings;
   lcm_settings_init(&settings);
   lcm_dialog_get_settings(self, &settings);
-  g_autofree char *key = pipeline_key(&settings);
+  g_autofree char *key = lcm_settings_pipeline_key(&settings);
   lcm_settings_clear(&settings);
   LcmPipeline *pipeline = NULL;
   if (self->pipeline_key && !strcmp(key, self->pipeline_key))

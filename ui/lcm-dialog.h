@@ -89,6 +89,9 @@ char *lcm_loras_format(const GArray *entries);
  * whether the bundled tiny test model was used. */
 LcmPipeline *lcm_settings_load_pipeline(const LcmSettings *settings, gboolean *is_test_model,
                                         GError **error);
+/* What a pipeline loaded by lcm_settings_load_pipeline depends on (model,
+ * LoRAs, precision): settings with the same key can reuse it (g_free it). */
+char *lcm_settings_pipeline_key(const LcmSettings *settings);
 /* The seed a run uses: settings->seed, or a fresh random 32-bit one for -1. */
 uint64_t lcm_settings_resolve_seed(const LcmSettings *settings);
 /* Fills params (after lcm_pipeline_params_init) from the settings: mode,

@@ -103,6 +103,11 @@ LcmPipeline *lcm_settings_load_pipeline(const LcmSettings *settings, gboolean *i
   return pipeline;
 }
 
+char *lcm_settings_pipeline_key(const LcmSettings *settings) {
+  return g_strdup_printf("%s\n%s\n%d", settings->model_path ? settings->model_path : "",
+                         settings->loras ? settings->loras : "", (int)settings->precision);
+}
+
 uint64_t lcm_settings_resolve_seed(const LcmSettings *settings) {
   if (settings->seed >= 0) return (uint64_t)settings->seed & 0xffffffffu;
   return g_random_int();

@@ -196,6 +196,32 @@
     (plug-in-lcm-img2img #:run-mode RUN-NONINTERACTIVE #:image image
                          #:drawables (vector upper) #:model bad-model)))
 
+; (7) Three txt2img calls in one batch, for the resident process: through
+; the procedure, through the resident's twin directly (the same model and
+; seed: the runner checks both pictures and that the model loaded once),
+; then through the procedure with another model (xl-model).
+(define (lcm-txt2img-layer procedure image background model out name)
+  (let ((layer (procedure #:run-mode RUN-NONINTERACTIVE #:image image
+                          #:drawables (vector background) #:model model
+                          #:prompt "a red fox in the snow" #:seed 42 #:width 64 #:height 48)))
+    (check (= (gimp-drawable-get-width layer) 64) "width 64")
+    (export-drawable image layer (string-append out "/" name))))
+
+(define (lcm-test-resident model xl-model out)
+  (let* ((image (gimp-image-new 96 80 RGB))
+         (background (gimp-layer-new image "background" 96 80 RGB-IMAGE 100
+                                     LAYER-MODE-NORMAL))
+         (twin? (gimp-pdb-procedure-exists "plug-in-lcm-resident-txt2img")))
+    (gimp-image-insert-layer image background 0 0)
+    (lcm-txt2img-layer plug-in-lcm-txt2img image background model out "gimp-1.png")
+    (if twin?
+        (lcm-txt2img-layer plug-in-lcm-resident-txt2img image background model out "gimp-2.png"))
+    (lcm-txt2img-layer plug-in-lcm-txt2img image background xl-model out "gimp-xl.png")
+    (check (= (layer-count image) (if twin? 4 3)) "a layer added per call")
+    (gimp-image-delete image)
+    (passed "resident")))
+
+
 ; The GUI session of gui-demo.sh: shows a picture with a feathered
 ; selection, then waits while the runner drives the menus and the dialog:
 ; first for the generated layer to appear above the picture, then for one

@@ -5,7 +5,7 @@
 #
 #   run-gimp-tests.sh TEST PLUGIN CLI OUT_DIR
 #
-# TEST: txt2img, clip-skip, img2img, inpaint, gray or errors on the tiny SD1.5
+# TEST: txt2img, clip-skip, img2img, inpaint, gray, errors or resident on the tiny SD1.5
 # test model; sdxl-txt2img, sdxl-img2img or sdxl-inpaint on the tiny SDXL one
 # (tests/data/golden-sdxl/tiny-sdxl-lcm), inpainting at twice the size as its
 # native side is twice SD1.5's. PLUGIN: the built gimp-lcm binary, copied into
@@ -170,6 +170,34 @@ case $case_name in
       "no-such-model: no such file"; do
       grep -q "$message" "$work/gimp.err" || fail "GIMP did not show the message '$message'"
     done
+    ;;
+  resident)
+    # The resident process keeps the model between calls: the batch loads the
+    # SD1.5 model once for two calls, then the SDXL one; the pictures equal
+    # the CLI's. GIMP_LCM_RESIDENT_IDLE=0 frees the model after each call;
+    # GIMP_LCM_RESIDENT=off runs each call in its own process.
+    xl_model=$(realpath "$here/../data/golden-sdxl/tiny-sdxl-lcm")
+    cli txt2img "a red fox in the snow" --seed 42 --width 64 --height 48 -o "$work/cli.png"
+    cli txt2img "a red fox in the snow" --seed 42 --width 64 --height 48 --model "$xl_model" \
+      -o "$work/cli-xl.png"
+    # GLib writes debug messages to stdout.
+    count() { grep -c "resident: $1" "$work/gimp.out" || true; }
+    expect_resident() { # NAME LOADED REUSED FREED
+      expect_passed "(lcm-test-resident \"$model\" \"$xl_model\" \"$work\")" resident
+      expect_same "$work/gimp-1.png" "$work/cli.png"
+      expect_same "$work/gimp-xl.png" "$work/cli-xl.png"
+      echo "$1: loaded $(count 'pipeline loaded'), reused $(count 'pipeline reused'), freed $(count 'pipeline freed')"
+      [ "$(count 'pipeline loaded')" = "$2" ] && [ "$(count 'pipeline reused')" = "$3" ] &&
+        [ "$(count 'pipeline freed')" = "$4" ] || fail "$1: expected loaded $2, reused $3, freed $4"
+    }
+    export G_MESSAGES_DEBUG=gimp-lcm
+    expect_resident "resident" 2 1 1
+    expect_same "$work/gimp-2.png" "$work/cli.png"
+    GIMP_LCM_RESIDENT_IDLE=0 expect_resident "freed after each call" 3 0 3
+    expect_same "$work/gimp-2.png" "$work/cli.png"
+    rm -f "$work/gimp-2.png"
+    GIMP_LCM_RESIDENT=off expect_resident "resident off" 0 0 0
+    [ ! -e "$work/gimp-2.png" ] || fail "the resident's procedures exist with GIMP_LCM_RESIDENT=off"
     ;;
   *)
     echo "unknown test '$test_name'" >&2
