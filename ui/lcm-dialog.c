@@ -22,7 +22,7 @@
  * what live mode must feel like on a CPU with native bf16, and on any. */
 #define FIRST_PICTURE_TARGET_BF16_S 0.5
 #define FIRST_PICTURE_TARGET_S 1.0
-#define DEFAULT_DEBOUNCE_MS 250
+#define DEFAULT_DEBOUNCE_MS 200
 #define RESPONSE_RESET 1
 
 typedef struct PreviewJob PreviewJob;
@@ -59,7 +59,11 @@ struct _LcmDialog {
    * first step (prompt encoding). */
   double step_s, before_first_step_s;
   int speed_pixels;
-  GHashTable *sizes_run;         /* preview sizes (w << 16 | h) run since loading */
+  /* Preview sizes (w << 16 | h) run since loading → the time (us) from a
+   * run's start to its first picture with a new prompt, once measured on a
+   * run after the first at that size (0 until then). */
+  GHashTable *first_picture_us;
+  char *last_prompt;             /* the prompts of the last run, to tell a new one */
   gboolean refine_next;          /* the next preview is the full-size one after a quick one */
   double first_picture_target_s; /* 0: by precision */
   GPtrArray *catalogue;          /* the download catalogue, or NULL */
@@ -97,10 +101,16 @@ struct PreviewJob {
   char *pipeline_key;
   LcmPipeline *pipeline; /* given by the dialog, or loaded by the worker */
   LcmTaesd *taesd;
-  volatile gint cancel;
+  volatile gint cancel; /* the settings changed or the user stopped it */
+  /* The run's cancel flag: set with `cancel`, or by a quick preview once its
+   * first picture is out (the full-size one follows; its later steps would
+   * be thrown away). */
+  volatile gint stop;
+  gboolean quick_shown;
   GThread *thread;
   guint done_source;
   gboolean fresh_pipeline; /* loaded by this job: no speed known for it yet */
+  gboolean new_prompt;     /* the prompts differ from the previous run's: encoded anew */
   GdkPixbuf *result;
   gboolean result_fast; /* decoded by TAESD */
   GError *error;
@@ -604,6 +614,10 @@ static void preview_progress(const LcmProgress *progress, gpointer data) {
   /* The last step's prediction is the result, which the worker decodes. */
   if (progress->step + 1 < progress->steps) update->pixbuf = decode_denoised(job, progress);
   g_idle_add(preview_update_idle, update);
+  if (job->quick && update->pixbuf) {
+    job->quick_shown = TRUE;
+    g_atomic_int_set(&job->stop, 1);
+  }
 }
 
 /* The preview decoder of the model's family (TAESD for SD1.5, TAESDXL for
@@ -636,13 +650,13 @@ static gpointer preview_worker(gpointer data) {
     params.mask = job->mask;
     params.progress = preview_progress;
     params.progress_data = job;
-    params.cancel = &job->cancel;
+    params.cancel = &job->stop;
     job->run_start_us = g_get_monotonic_time();
     int w = 0, h = 0;
     float *latents = lcm_pipeline_run_latents(job->pipeline, &params, &w, &h, &job->error);
     LcmImage *image = NULL;
     /* The result through TAESD too when the model has it: no full decode. */
-    if (latents && !g_atomic_int_get(&job->cancel)) {
+    if (latents && !g_atomic_int_get(&job->stop)) {
       image = taesd_picture(job, latents, w, h, lcm_pipeline_latent_channels(job->pipeline));
       job->result_fast = image != NULL;
       if (!image) image = lcm_pipeline_decode_latents(job->pipeline, latents, w, h, &job->error);
@@ -667,30 +681,38 @@ static void set_status(LcmDialog *self, const char *text) {
   gtk_label_set_text(GTK_LABEL(self->status_label), text ? text : "");
 }
 
-/* Learns the preview's speed from a run that made at least two steps
- * (cancelled ones too). The step time comes from the later steps, which never
- * include the one-off work of a new size (primitives, weight layouts); the
- * time before the first step only from a size run before, for that reason. */
+/* Learns the preview's speed from a run (cancelled ones too). The step time
+ * comes from the later steps of a run with two or more, which never include
+ * the one-off work of a new size (primitives, weight layouts); the time to
+ * the first picture, per size, only from a size run before, for that reason,
+ * and with a new prompt (its encoding included), as when the user types. */
 static void learn_preview_speed(LcmDialog *self, const PreviewJob *job) {
   if (job->fresh_pipeline) {
     self->step_s = self->before_first_step_s = 0;
-    g_hash_table_remove_all(self->sizes_run);
+    g_hash_table_remove_all(self->first_picture_us);
   }
-  if (job->steps_done < 2 || !job->run_start_us) return;
+  if (job->steps_done < 1 || !job->run_start_us) return;
+  const gint64 first_us = job->first_step_us - job->run_start_us;
+  gpointer size = GINT_TO_POINTER(job->width << 16 | job->height);
+  const gboolean size_run_before = g_hash_table_contains(self->first_picture_us, size);
+  if (!size_run_before)
+    g_hash_table_insert(self->first_picture_us, size, GINT_TO_POINTER(0));
+  else if (job->new_prompt)
+    g_hash_table_insert(self->first_picture_us, size, GINT_TO_POINTER((int)first_us));
+  if (job->steps_done < 2) return;
   self->step_s = (job->last_step_us - job->first_step_us) / 1e6 / (job->steps_done - 1);
   self->speed_pixels = job->width * job->height;
-  gpointer size = GINT_TO_POINTER(job->width << 16 | job->height);
-  if (g_hash_table_contains(self->sizes_run, size))
-    self->before_first_step_s =
-        MAX(0.0, (job->first_step_us - job->run_start_us) / 1e6 - self->step_s);
-  g_hash_table_add(self->sizes_run, size);
+  if (size_run_before) self->before_first_step_s = MAX(0.0, first_us / 1e6 - self->step_s);
 }
 
 /* The long side of the next preview: PREVIEW_MAX_SIDE, or, when the measured
  * speed says its first picture would come later than the target after the
  * last keystroke (debounce included), the largest of a few smaller sides
- * that makes it (few, because each new size costs a first call). A quick
- * preview is refined at full size once it is done. */
+ * that makes it (few, because each new size costs a first call). A size's
+ * own measured time to its first picture counts where known: a step's time
+ * does not shrink in proportion to the pixels at small sizes (it reads all
+ * the weights whatever the size). A quick preview is refined at full size
+ * once its first picture is shown. */
 static int preview_side(LcmDialog *self, const LcmSettings *settings, int width, int height) {
   static const int sides[] = {PREVIEW_MAX_SIDE, 192, 128, PREVIEW_MIN_SIDE};
   if (self->refine_next || self->step_s <= 0) return PREVIEW_MAX_SIDE;
@@ -703,7 +725,11 @@ static int preview_side(LcmDialog *self, const LcmSettings *settings, int width,
   for (guint i = 0; i < G_N_ELEMENTS(sides); i++) {
     int w, h;
     preview_size(width, height, sides[i], &w, &h);
-    double estimate = self->before_first_step_s + self->step_s * w * h / self->speed_pixels;
+    const int measured_us =
+        GPOINTER_TO_INT(g_hash_table_lookup(self->first_picture_us, GINT_TO_POINTER(w << 16 | h)));
+    double estimate = measured_us > 0
+                          ? measured_us / 1e6
+                          : self->before_first_step_s + self->step_s * w * h / self->speed_pixels;
     if (estimate <= budget) return sides[i];
   }
   return PREVIEW_MIN_SIDE;
@@ -719,13 +745,27 @@ static void complete_job(LcmDialog *self, PreviewJob *job) {
   self->pipeline_key = g_steal_pointer(&job->pipeline_key);
   if (self->disposed) free_pipeline(self);
   if (self->pipeline) learn_preview_speed(self, job);
+  /* A quick preview that showed its first picture is done, not cancelled. */
+  const gboolean cancelled =
+      g_atomic_int_get(&job->cancel) ||
+      (!job->quick_shown && g_error_matches(job->error, LCM_ERROR, LCM_ERROR_CANCELLED));
+  if (job->quick_shown && !cancelled) g_clear_error(&job->error);
+  /* G_MESSAGES_DEBUG=gimp-lcm traces the previews (lcm-preview-bench). */
+  if (job->run_start_us)
+    g_debug("preview %u %dx%d: %s; first step after %.3f s, %d steps in %.3f s", job->serial,
+            job->width, job->height,
+            cancelled                         ? "cancelled"
+            : job->result || job->quick_shown ? "finished"
+                                              : "failed",
+            job->first_step_us ? (job->first_step_us - job->run_start_us) / 1e6 : -1.0,
+            job->steps_done,
+            job->last_step_us ? (job->last_step_us - job->run_start_us) / 1e6 : -1.0);
 
   guint signal;
-  if (g_atomic_int_get(&job->cancel) ||
-      g_error_matches(job->error, LCM_ERROR, LCM_ERROR_CANCELLED)) {
+  if (cancelled) {
     self->stats.cancelled++;
     signal = PREVIEW_CANCELLED;
-  } else if (job->result) {
+  } else if (job->result || job->quick_shown) {
     self->stats.finished++;
     self->stats.fast_decoded += job->result_fast;
     signal = PREVIEW_FINISHED;
@@ -737,9 +777,11 @@ static void complete_job(LcmDialog *self, PreviewJob *job) {
     GtkProgressBar *bar = GTK_PROGRESS_BAR(self->progress_bar);
     gtk_widget_set_sensitive(self->stop_button, FALSE);
     if (signal == PREVIEW_FINISHED) {
-      show_preview_pixbuf(self, job->result);
-      self->stats.updated++;
-      g_signal_emit(self, signals[PREVIEW_UPDATED], 0);
+      if (job->result) {
+        show_preview_pixbuf(self, job->result);
+        self->stats.updated++;
+        g_signal_emit(self, signals[PREVIEW_UPDATED], 0);
+      }
       gtk_progress_bar_set_fraction(bar, 1);
       gboolean test_model = !g_strcmp0(job->settings.model_path, self->test_model_path);
       g_autofree char *quick = NULL;
@@ -783,6 +825,11 @@ static gboolean preview_done_idle(gpointer data) {
   return G_SOURCE_REMOVE;
 }
 
+static void cancel_job(PreviewJob *job) {
+  g_atomic_int_set(&job->cancel, 1);
+  g_atomic_int_set(&job->stop, 1);
+}
+
 /* Cancels the job in flight and completes it now, without the main loop. */
 static void stop_job_now(LcmDialog *self) {
   if (self->debounce_source) g_source_remove(self->debounce_source);
@@ -790,7 +837,7 @@ static void stop_job_now(LcmDialog *self) {
   self->pending = FALSE;
   PreviewJob *job = self->job;
   if (!job) return;
-  g_atomic_int_set(&job->cancel, 1);
+  cancel_job(job);
   g_thread_join(job->thread);
   job->thread = NULL;
   g_source_remove(job->done_source); /* the worker added it before it ended */
@@ -814,11 +861,20 @@ static void start_preview(LcmDialog *self) {
     job->taesd = g_steal_pointer(&self->taesd);
   }
   job->fresh_pipeline = !job->pipeline;
+  g_autofree char *prompts =
+      g_strconcat(job->settings.prompt ? job->settings.prompt : "", "\n",
+                  job->settings.negative_prompt ? job->settings.negative_prompt : "", NULL);
+  job->new_prompt = g_strcmp0(prompts, self->last_prompt) != 0;
+  g_free(self->last_prompt);
+  self->last_prompt = g_steal_pointer(&prompts);
   int full_width, full_height;
   preview_size(width, height, PREVIEW_MAX_SIDE, &full_width, &full_height);
   int side = job->pipeline ? preview_side(self, &job->settings, width, height) : PREVIEW_MAX_SIDE;
   preview_size(width, height, side, &job->width, &job->height);
   job->quick = job->width != full_width || job->height != full_height;
+  g_debug("preview %u %dx%d starts%s (measured step %.3f s at %d pixels, %.3f s before it)",
+          job->serial, job->width, job->height, self->refine_next ? ", refining" : "", self->step_s,
+          self->speed_pixels, self->before_first_step_s);
   self->refine_next = FALSE;
   if (from_source) {
     job->source = lcm_image_resize(self->source, job->width, job->height);
@@ -856,7 +912,7 @@ static gboolean on_debounce(gpointer data) {
  * user has paused for debounce_ms. */
 static void schedule_preview(LcmDialog *self) {
   if (self->building || self->disposed) return;
-  if (self->job) g_atomic_int_set(&self->job->cancel, 1);
+  if (self->job) cancel_job(self->job);
   self->pending = FALSE;
   if (self->debounce_source) g_source_remove(self->debounce_source);
   self->debounce_source = 0;
@@ -875,7 +931,7 @@ static void on_stop_clicked(GtkButton *button, LcmDialog *self) {
   if (self->debounce_source) g_source_remove(self->debounce_source);
   self->debounce_source = 0;
   self->pending = FALSE;
-  if (self->job) g_atomic_int_set(&self->job->cancel, 1);
+  if (self->job) cancel_job(self->job);
 }
 
 static void on_dice_clicked(GtkButton *button, LcmDialog *self) {
@@ -1376,7 +1432,7 @@ GtkTextBuffer *lcm_dialog_get_prompt_buffer(LcmDialog *self) {
 
 static void lcm_dialog_init(LcmDialog *self) {
   self->debounce_ms = DEFAULT_DEBOUNCE_MS;
-  self->sizes_run = g_hash_table_new(NULL, NULL);
+  self->first_picture_us = g_hash_table_new(NULL, NULL);
   lcm_settings_init(&self->initial);
   gboolean test_model = FALSE;
   g_autofree char *default_model = lcm_default_model(&test_model);
@@ -1402,7 +1458,8 @@ static void lcm_dialog_finalize(GObject *object) {
   lcm_image_free(self->mask);
   lcm_settings_clear(&self->initial);
   g_free(self->test_model_path);
-  g_hash_table_unref(self->sizes_run);
+  g_hash_table_unref(self->first_picture_us);
+  g_free(self->last_prompt);
   g_clear_pointer(&self->catalogue, g_ptr_array_unref);
   g_clear_pointer(&self->found, g_ptr_array_unref);
   G_OBJECT_CLASS(lcm_dialog_parent_class)->finalize(object);

@@ -6,7 +6,7 @@
  * generates the full-size result itself with the settings the dialog returns.
  *
  * While the dialog is open it shows a live preview: a debounced (default
- * 250 ms) low-resolution generation after each change, one at a time on a
+ * 200 ms) low-resolution generation after each change, one at a time on a
  * worker thread; a change while one runs cancels it. The dialog never makes
  * the full-size image; lcm_dialog_take_pipeline() hands the host the already
  * loaded pipeline so it need not load the model again.
@@ -167,8 +167,8 @@ LcmPipeline *lcm_dialog_take_pipeline(LcmDialog *dialog);
  * stopped); "failed" runs that hit an error (shown in the dialog); "updated"
  * the pictures shown (each step's and each result); "quick" the runs made
  * smaller than the preview size because the measured speed would not show a
- * first picture in time (each is followed by a full-size one when the user
- * pauses). The signals "preview-started", "preview-updated",
+ * first picture in time (each stops after its first step's picture, and
+ * counts as finished then; a full-size one follows when the user pauses). The signals "preview-started", "preview-updated",
  * "preview-finished", "preview-cancelled" and "preview-failed" (no
  * arguments, emitted on the main thread) fire as the counters change. */
 typedef struct {
@@ -182,7 +182,7 @@ void lcm_dialog_get_preview_stats(LcmDialog *dialog, LcmPreviewStats *stats);
  * named lcm-download-choice (the entries not present), lcm-download-button,
  * lcm-download-progress and lcm-download-cancel (gtk_widget_get_name). */
 gboolean lcm_dialog_download_busy(LcmDialog *dialog);
-/* Delay between the last change and the preview starting (default 250 ms). */
+/* Delay between the last change and the preview starting (default 200 ms). */
 void lcm_dialog_set_debounce(LcmDialog *dialog, guint milliseconds);
 /* The time from the last change to the first preview picture (debounce
  * included) that quick previews aim at; 0 = the default (0.5 s where the

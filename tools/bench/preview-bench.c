@@ -174,7 +174,7 @@ static char *cpu_model(void) {
 
 int main(int argc, char **argv) {
   g_autofree char *model = NULL, *precision_name = NULL;
-  int rounds = 3, char_ms = 150, pause_ms = 700, debounce_ms = 250;
+  int rounds = 3, char_ms = 150, pause_ms = 700, debounce_ms = 200;
   gboolean open_only = FALSE, cold = FALSE;
   GOptionEntry entries[] = {
       {"model", 0, 0, G_OPTION_ARG_FILENAME, &model, "Model folder (default: the default model)",
@@ -184,7 +184,7 @@ int main(int argc, char **argv) {
       {"pause-ms", 0, 0, G_OPTION_ARG_INT, &pause_ms,
        "Pause mid-round, so a preview starts and goes stale (default 700)", "MS"},
       {"precision", 0, 0, G_OPTION_ARG_STRING, &precision_name, "auto, fp32 or bf16", "P"},
-      {"debounce", 0, 0, G_OPTION_ARG_INT, &debounce_ms, "The dialog's debounce (default 250)",
+      {"debounce", 0, 0, G_OPTION_ARG_INT, &debounce_ms, "The dialog's debounce (default 200)",
        "MS"},
       {"cold", 0, 0, G_OPTION_ARG_NONE, &cold,
        "Skip the warm-up process: time the opening as it was left (e.g. the first one ever)", NULL},
