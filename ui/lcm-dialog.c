@@ -613,8 +613,9 @@ static void preview_progress(const LcmProgress *progress, gpointer data) {
   update->steps = progress->steps;
   /* The last step's prediction is the result, which the worker decodes. */
   if (progress->step + 1 < progress->steps) update->pixbuf = decode_denoised(job, progress);
-  g_idle_add(preview_update_idle, update);
-  if (job->quick && update->pixbuf) {
+  const gboolean has_picture = update->pixbuf != NULL;
+  g_idle_add(preview_update_idle, update); /* frees update, maybe before the next line */
+  if (job->quick && has_picture) {
     job->quick_shown = TRUE;
     g_atomic_int_set(&job->stop, 1);
   }

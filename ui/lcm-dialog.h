@@ -168,9 +168,9 @@ LcmPipeline *lcm_dialog_take_pipeline(LcmDialog *dialog);
  * the pictures shown (each step's and each result); "quick" the runs made
  * smaller than the preview size because the measured speed would not show a
  * first picture in time (each stops after its first step's picture, and
- * counts as finished then; a full-size one follows when the user pauses). The signals "preview-started", "preview-updated",
- * "preview-finished", "preview-cancelled" and "preview-failed" (no
- * arguments, emitted on the main thread) fire as the counters change. */
+ * counts as finished then; a full-size one follows when the user pauses). The signals
+ * "preview-started", "preview-updated", "preview-finished", "preview-cancelled" and
+ * "preview-failed" (no arguments, emitted on the main thread) fire as the counters change. */
 typedef struct {
   int started, finished, fast_decoded, cancelled, failed, updated, quick;
 } LcmPreviewStats;
