@@ -31,25 +31,41 @@
 
 /* ---- Element-wise kernels --------------------------------------------------- */
 
-/* 2^t for t <= 0, relative error ~2e-7; written without calls (fmaf is an
- * instruction in the FMA clones) so that loops over it vectorise. */
-static inline float exp2_nonpositive(float t) {
+/* 2^t for t <= 0, written without calls (fmaf is an instruction in the FMA
+ * clones) so that loops over it vectorise. precise (a constant where it is
+ * inlined): relative error ~2e-7, for fp32 probabilities; else ~4e-5, 2% of
+ * half a bf16 step, for probabilities rounded to bf16. */
+static inline float exp2_nonpositive(float t, gboolean precise) {
   const float round_shift = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
   t = t < -125.0f ? -125.0f : t;         /* ~0 next to the row max's 1, yet no denormal */
-  const float n = (t + round_shift) - round_shift;
-  const float f = t - n; /* exact, in [-0.5, 0.5] */
-  /* Taylor series of e^(f ln2), degree 6: error below 2e-7 on [-0.5, 0.5]. */
-  float p = 1.5403530e-4f;
-  p = fmaf(p, f, 1.3333558e-3f);
-  p = fmaf(p, f, 9.6181291e-3f);
+  const float shifted = t + round_shift;
+  const float f = t - (shifted - round_shift); /* exact, in [-0.5, 0.5] */
+  /* Taylor series of e^(f ln2). */
+  float p = precise ? 1.5403530e-4f : 0.0f;
+  if (precise) p = fmaf(p, f, 1.3333558e-3f);
+  p = precise ? fmaf(p, f, 9.6181291e-3f) : 9.6181291e-3f;
   p = fmaf(p, f, 5.5504109e-2f);
   p = fmaf(p, f, 2.4022651e-1f);
   p = fmaf(p, f, 6.9314718e-1f);
   p = fmaf(p, f, 1.0f);
-  int32_t bits = ((int32_t)n + 127) * (1 << 23); /* 2^n */
+  /* 2^n from the integer n in shifted's low mantissa bits: the shift by 23
+   * keeps n + 127, whatever the bits above. */
+  uint32_t bits;
+  memcpy(&bits, &shifted, sizeof bits);
+  bits = (bits + 127u) << 23;
   float two_n;
   memcpy(&two_n, &bits, sizeof two_n);
   return p * two_n;
+}
+
+/* A probability (in [0, 1], or NaN) rounded to bf16, nearest even: cheaper
+ * than f32_to_bf16, as no sign or infinity can occur; every NaN becomes the
+ * quiet NaN first, so that rounding never carries it into another value. */
+static inline uint16_t probability_to_bf16(float p) {
+  uint32_t bits;
+  memcpy(&bits, &p, sizeof bits);
+  bits = bits < 0x7fc00000u ? bits : 0x7fc00000u;
+  return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
 /* Reads `count` elements of dtype at src as fp32. */
@@ -92,12 +108,12 @@ VECTORISED static float softmax_fold_row(float *restrict s, uint16_t *restrict p
   /* Work in base 2: e^(scale*s - m) = 2^(scale*log2(e)*s - m*log2(e)). */
   const float scale2 = scale * (float)M_LOG2E;
   const float m_new = MAX(*m, row_max * scale2);
-  const float alpha = *m == -INFINITY ? 0.0f : exp2_nonpositive(*m - m_new);
+  const float alpha = *m == -INFINITY ? 0.0f : exp2_nonpositive(*m - m_new, TRUE);
   float sum = 0.0f;
   if (p16) {
 #pragma omp simd reduction(+ : sum)
     for (int c = 0; c < valid; c++) {
-      const uint16_t p = f32_to_bf16(exp2_nonpositive(fmaf(s[c], scale2, -m_new)));
+      const uint16_t p = probability_to_bf16(exp2_nonpositive(fmaf(s[c], scale2, -m_new), FALSE));
       p16[c] = p;
       sum += bf16_to_f32(p);
     }
@@ -105,7 +121,7 @@ VECTORISED static float softmax_fold_row(float *restrict s, uint16_t *restrict p
   } else {
 #pragma omp simd reduction(+ : sum)
     for (int c = 0; c < valid; c++) {
-      const float p = exp2_nonpositive(fmaf(s[c], scale2, -m_new));
+      const float p = exp2_nonpositive(fmaf(s[c], scale2, -m_new), TRUE);
       s[c] = p;
       sum += p;
     }
