@@ -40,10 +40,9 @@ static inline float exp2_nonpositive(float t, gboolean precise) {
   t = t < -125.0f ? -125.0f : t;         /* ~0 next to the row max's 1, yet no denormal */
   const float shifted = t + round_shift;
   const float f = t - (shifted - round_shift); /* exact, in [-0.5, 0.5] */
-  /* Taylor series of e^(f ln2). */
-  float p = precise ? 1.5403530e-4f : 0.0f;
-  if (precise) p = fmaf(p, f, 1.3333558e-3f);
-  p = precise ? fmaf(p, f, 9.6181291e-3f) : 9.6181291e-3f;
+  /* Taylor series of e^(f ln2), degree 6 or 4. */
+  float p = 9.6181291e-3f;
+  if (precise) p = fmaf(fmaf(1.5403530e-4f, f, 1.3333558e-3f), f, 9.6181291e-3f);
   p = fmaf(p, f, 5.5504109e-2f);
   p = fmaf(p, f, 2.4022651e-1f);
   p = fmaf(p, f, 6.9314718e-1f);
