@@ -188,6 +188,12 @@ GPtrArray *lcm_discover(const GPtrArray *catalogue);
  * to download it. g_free the result. */
 char *lcm_resolve(const char *spec, LcmAssetKind kind, gboolean *is_test_model, GError **error);
 
+/* "PATH size N mtime S.NS inode D:I" of a file or folder, or NULL if it
+ * cannot be examined: what the weight cache and the plug-in's resident
+ * process key loaded weights on, so that a replaced file is loaded anew.
+ * g_free the result. */
+char *lcm_file_identity(const char *path);
+
 /* Progress of lcm_catalogue_download, over all the entry's files. */
 typedef struct {
   const char *file;        /* the repository path being fetched */

@@ -675,8 +675,7 @@ GPtrArray *weights_unused(const Weights *weights) {
   return sorted_names(weights->entries, weights->requested);
 }
 
-/* "PATH size N mtime S.NS inode I" of a file, or NULL if it cannot be examined. */
-static char *file_identity(const char *path) {
+char *lcm_file_identity(const char *path) {
   struct stat st;
   if (stat(path, &st) != 0) return NULL;
   return g_strdup_printf("%s size %lld mtime %lld.%09ld inode %llu:%llu", path,
@@ -686,7 +685,7 @@ static char *file_identity(const char *path) {
 }
 
 char *weights_identity(const Weights *weights) {
-  char *file = file_identity(weights->path);
+  char *file = lcm_file_identity(weights->path);
   if (!file) return NULL;
   GString *text = g_string_new(NULL);
   g_string_append_printf(text, "weights %s network %s\n", file,
@@ -698,7 +697,7 @@ char *weights_identity(const Weights *weights) {
     const WeightEntry *entry = g_hash_table_lookup(weights->entries, names->pdata[i]);
     for (guint k = 0; entry->updates && k < entry->updates->len && ok; k++) {
       const WeightUpdate *u = &g_array_index(entry->updates, WeightUpdate, k);
-      char *lora = file_identity(st_path(u->file));
+      char *lora = lcm_file_identity(st_path(u->file));
       ok = lora != NULL;
       if (ok)
         g_string_append_printf(text, "update %s factor %a from %s (%s, %s)\n",

@@ -2,7 +2,6 @@
 
 #include <gio/gio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define GETTEXT_PACKAGE LCM_GETTEXT_DOMAIN
 #include <glib/gi18n-lib.h>
@@ -20,6 +19,7 @@ static struct {
   LcmPipeline *pipeline;
   char *pipeline_key;
   gint64 last_call_us;
+  gint64 idle_us; /* read from the environment once, when serving starts */
 } resident;
 
 char *lcm_resident_twin_name(const char *procedure_name) {
@@ -96,11 +96,11 @@ void lcm_resident_serve(GimpProcedure *procedure, GList *twins) {
   /* GIMP's start waits for this: nothing slow comes before it. */
   gimp_procedure_persistent_ready(procedure);
   if (off) return;
-  const gint64 idle = idle_us();
+  resident.idle_us = idle_us();
   for (;;) {
     guint wait_ms = 0; /* 0: until the next message */
     if (resident.pipeline) {
-      const gint64 left = resident.last_call_us + idle - g_get_monotonic_time();
+      const gint64 left = resident.last_call_us + resident.idle_us - g_get_monotonic_time();
       if (left <= 0) {
         free_pipeline("idle");
         continue;
@@ -121,7 +121,7 @@ gboolean lcm_resident_begin(void) {
 void lcm_resident_end(void) {
   resident.busy = FALSE;
   resident.last_call_us = g_get_monotonic_time();
-  if (idle_us() == 0) free_pipeline("GIMP_LCM_RESIDENT_IDLE=0");
+  if (resident.idle_us == 0) free_pipeline("GIMP_LCM_RESIDENT_IDLE=0");
 }
 
 GimpValueArray *lcm_resident_busy_values(GimpProcedure *twin) {
@@ -131,15 +131,12 @@ GimpValueArray *lcm_resident_busy_values(GimpProcedure *twin) {
                           _("The resident LCM process is busy with another call")));
 }
 
-/* "path size mtime inode" of a model or LoRA path: a file replaced on disk
- * changes it (a model folder's own entry changes when a file in it is
- * replaced by renaming, as downloads and the weight tools do). */
+/* A model or LoRA path's identity: a file replaced on disk changes it (a
+ * model folder's own entry changes when a file in it is replaced by
+ * renaming, as downloads and the weight tools do). */
 static void append_file_identity(GString *key, const char *path) {
-  struct stat st;
-  if (stat(path, &st) != 0) memset(&st, 0, sizeof st);
-  g_string_append_printf(key, "\n%s %lld %lld.%09ld %llu", path, (long long)st.st_size,
-                         (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
-                         (unsigned long long)st.st_ino);
+  g_autofree char *identity = lcm_file_identity(path);
+  g_string_append_printf(key, "\n%s", identity ? identity : path);
 }
 
 LcmPipeline *lcm_resident_pipeline(LcmSettings *settings, GError **error) {
