@@ -113,6 +113,7 @@ const void *packed_weights_for(Ops *ops, PackedWeights *pw, const Primitive *p, 
 }
 
 void packed_weights_clear(PackedWeights *pw) {
+  if (pw->cache) weight_cache_wait(pw->cache); /* it may be writing these layouts */
   for (int i = 0; i < pw->n_layouts; i++) weight_layout_clear(&pw->layouts[i]);
   g_free(pw->layouts);
   if (pw->cache) weight_cache_unregister(pw->cache, pw->cache_name);

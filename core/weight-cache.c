@@ -49,6 +49,7 @@ struct WeightCache {
   GHashTable *cached;     /* name -> CachedLayer*, from the file, until taken */
   GHashTable *registered; /* name (owned) -> PackedWeights* of the loaded network */
   gboolean read, dirty;
+  GThread *writer; /* writing the entry in the background, or NULL */
 };
 
 static int enabled_override = -1; /* -1: the environment decides */
@@ -252,6 +253,7 @@ WeightCache *weight_cache_open(const char *network, dnnl_data_type_t dtype, cons
 
 void weight_cache_free(WeightCache *cache) {
   if (!cache) return;
+  weight_cache_wait(cache);
   g_hash_table_destroy(cache->cached);
   g_hash_table_destroy(cache->registered);
   if (cache->mapping) munmap(cache->mapping, cache->mapping_size);
@@ -302,7 +304,12 @@ void weight_cache_unregister(WeightCache *cache, const char *name) {
 }
 
 void weight_cache_changed(WeightCache *cache) {
+  weight_cache_wait(cache); /* the caller may free a layout the writer reads next */
   cache->dirty = TRUE;
+}
+
+void weight_cache_wait(WeightCache *cache) {
+  if (cache && cache->writer) g_thread_join(g_steal_pointer(&cache->writer));
 }
 
 /* ---- Writing ------------------------------------------------------------------ */
@@ -378,26 +385,37 @@ static gboolean write_padding(int fd, uint64_t *at, uint64_t to) {
   return write_all(fd, zeros, n);
 }
 
-static gboolean write_entry(WeightCache *cache, int fd, GPtrArray *names, GByteArray *index,
-                            uint64_t file_size) {
+/* What the writer thread needs, taken when the write starts: the layers'
+ * data stays valid until weight_cache_wait (every path that frees or
+ * replaces a registered layout waits first). */
+typedef struct {
+  char *dir, *path, *key;
+  GByteArray *index;
+  uint64_t file_size;
+  GArray *chunks; /* WriteChunk, in file order */
+} WriteJob;
+
+typedef struct {
+  const void *data;
+  size_t size;
+} WriteChunk;
+
+static gboolean write_entry(const WriteJob *job, int fd) {
   FileHeader h = {.version = CACHE_FORMAT_VERSION,
-                  .key_size = strlen(cache->key),
-                  .index_size = index->len,
-                  .file_size = file_size};
+                  .key_size = strlen(job->key),
+                  .index_size = job->index->len,
+                  .file_size = job->file_size};
   memcpy(h.magic, CACHE_MAGIC, 8);
-  checksum_key_and_index(cache->key, index->data, index->len, h.checksum);
-  uint64_t at = sizeof h + h.key_size + index->len;
-  gboolean ok = write_all(fd, &h, sizeof h) && write_all(fd, cache->key, h.key_size) &&
-                write_all(fd, index->data, index->len);
-  for (guint i = 0; ok && i < names->len; i++) {
-    const PackedWeights *pw = g_hash_table_lookup(cache->registered, names->pdata[i]);
-    for (int k = 0; ok && k < pw->n_layouts; k++) {
-      const size_t size = dnnl_memory_desc_get_size(pw->layouts[k].md);
-      ok = write_padding(fd, &at, align_up(at)) && write_all(fd, pw->layouts[k].data, size);
-      at += size;
-    }
+  checksum_key_and_index(job->key, job->index->data, job->index->len, h.checksum);
+  uint64_t at = sizeof h + h.key_size + job->index->len;
+  gboolean ok = write_all(fd, &h, sizeof h) && write_all(fd, job->key, h.key_size) &&
+                write_all(fd, job->index->data, job->index->len);
+  for (guint i = 0; ok && i < job->chunks->len; i++) {
+    const WriteChunk *c = &g_array_index(job->chunks, WriteChunk, i);
+    ok = write_padding(fd, &at, align_up(at)) && write_all(fd, c->data, c->size);
+    at += c->size;
   }
-  return ok && write_padding(fd, &at, file_size);
+  return ok && write_padding(fd, &at, job->file_size);
 }
 
 typedef struct {
@@ -447,36 +465,66 @@ static void evict(const char *dir, guint64 bound) {
   g_array_free(files, TRUE);
 }
 
-void weight_cache_store(WeightCache *cache) {
-  if (!cache || !cache->dirty) return;
-  cache->dirty = FALSE; /* a failed write is not retried in this process */
-  GPtrArray *names = g_hash_table_get_keys_as_ptr_array(cache->registered);
-  g_ptr_array_sort(names, compare_strings);
-  uint64_t file_size = 0;
-  GByteArray *index = build_index(cache, names, &file_size);
+static void write_job_free(WriteJob *job) {
+  g_free(job->dir);
+  g_free(job->path);
+  g_free(job->key);
+  g_byte_array_unref(job->index);
+  g_array_unref(job->chunks);
+  g_free(job);
+}
+
+static gpointer write_job_run(gpointer data) {
+  WriteJob *job = data;
   const guint64 bound = max_bytes();
   char *temp = NULL;
   int fd = -1;
-  if (file_size > bound) {
-    g_debug("weight cache: %s would take %" G_GUINT64_FORMAT " MB, over the bound", cache->path,
-            file_size >> 20);
-  } else if (g_mkdir_with_parents(cache->dir, 0700) != 0) {
-    g_debug("weight cache: cannot create %s: %s", cache->dir, g_strerror(errno));
+  if (job->file_size > bound) {
+    g_debug("weight cache: %s would take %" G_GUINT64_FORMAT " MB, over the bound", job->path,
+            job->file_size >> 20);
+  } else if (g_mkdir_with_parents(job->dir, 0700) != 0) {
+    g_debug("weight cache: cannot create %s: %s", job->dir, g_strerror(errno));
   } else {
-    temp = g_build_filename(cache->dir, ".tmp-XXXXXX", NULL);
+    temp = g_build_filename(job->dir, ".tmp-XXXXXX", NULL);
     fd = g_mkstemp_full(temp, O_WRONLY | O_CLOEXEC, 0600);
   }
   if (fd >= 0) {
-    gboolean ok = write_entry(cache, fd, names, index, file_size);
+    gboolean ok = write_entry(job, fd);
     ok = close(fd) == 0 && ok;
     /* Free room first so that the bound holds with the new entry in. */
-    if (ok) evict(cache->dir, bound - file_size);
-    if (!ok || g_rename(temp, cache->path) != 0) {
-      g_debug("weight cache: cannot write %s: %s", cache->path, g_strerror(errno));
+    if (ok) evict(job->dir, bound - job->file_size);
+    if (!ok || g_rename(temp, job->path) != 0) {
+      g_debug("weight cache: cannot write %s: %s", job->path, g_strerror(errno));
       g_unlink(temp);
     }
   }
   g_free(temp);
-  g_byte_array_unref(index);
+  write_job_free(job);
+  return NULL;
+}
+
+void weight_cache_store(WeightCache *cache) {
+  if (!cache || !cache->dirty) return;
+  weight_cache_wait(cache);
+  cache->dirty = FALSE; /* a failed write is not retried in this process */
+  GPtrArray *names = g_hash_table_get_keys_as_ptr_array(cache->registered);
+  g_ptr_array_sort(names, compare_strings);
+  WriteJob *job = g_new0(WriteJob, 1);
+  job->dir = g_strdup(cache->dir);
+  job->path = g_strdup(cache->path);
+  job->key = g_strdup(cache->key);
+  job->index = build_index(cache, names, &job->file_size);
+  job->chunks = g_array_new(FALSE, FALSE, sizeof(WriteChunk));
+  for (guint i = 0; i < names->len; i++) {
+    const PackedWeights *pw = g_hash_table_lookup(cache->registered, names->pdata[i]);
+    for (int k = 0; k < pw->n_layouts; k++) {
+      WriteChunk c = {pw->layouts[k].data, dnnl_memory_desc_get_size(pw->layouts[k].md)};
+      g_array_append_val(job->chunks, c);
+    }
+  }
   g_ptr_array_unref(names);
+  /* In the background: a UNet entry is gigabytes (seconds to write), and the
+   * run that made it out of date, often a live preview at a new size, goes on
+   * meanwhile. */
+  cache->writer = g_thread_new("lcm-weight-cache", write_job_run, job);
 }

@@ -32,8 +32,12 @@ void weight_cache_unregister(WeightCache *cache, const char *name);
 /* A registered layer gained a layout: the entry is out of date. */
 void weight_cache_changed(WeightCache *cache);
 /* Writes the entry (temp file + rename) if out of date, then evicts the
- * least recently used entries beyond the size bound. Failure only costs
- * the next process time, so it is reported through g_debug. */
+ * least recently used entries beyond the size bound, on a thread of its
+ * own. Failure only costs the next process time, so it is reported through
+ * g_debug. */
 void weight_cache_store(WeightCache *cache);
+/* Waits for a write in progress: before a registered layout is freed or
+ * replaced (weight_cache_changed and weight_cache_free wait by themselves). */
+void weight_cache_wait(WeightCache *cache);
 /* Whether the entry was read from disk (for tests and the benchmark). */
 gboolean weight_cache_was_read(const WeightCache *cache);

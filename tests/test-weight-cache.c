@@ -66,9 +66,11 @@ static void fixture_teardown(Fixture *f, gconstpointer data) {
   g_free(f->cache);
 }
 
-/* The 64x64 txt2img image of the fixture's model (with a LoRA at `lora_scale`
- * when > 0); NULL (test skipped) when the CPU cannot run `precision`. */
-static LcmImage *run(const Fixture *f, LcmPrecision precision, double lora_scale) {
+/* The txt2img images of the fixture's model at each of `sides` (square), one
+ * pipeline for all (with a LoRA at `lora_scale` when > 0); FALSE (test
+ * skipped) when the CPU cannot run `precision`. */
+static gboolean run_sides(const Fixture *f, LcmPrecision precision, double lora_scale,
+                          const int *sides, int n_sides, LcmImage **images) {
   g_autoptr(GError) error = NULL;
   LcmModel *model = lcm_model_open(f->model, &error);
   g_assert_no_error(error);
@@ -79,19 +81,28 @@ static LcmImage *run(const Fixture *f, LcmPrecision precision, double lora_scale
   LcmPipeline *p = lcm_pipeline_new(model, precision, &error);
   if (test_skip_if_unsupported(error, precision)) {
     lcm_model_free(model);
-    return NULL;
+    return FALSE;
   }
   g_assert_no_error(error);
   LcmPipelineParams params;
   lcm_pipeline_params_init(&params);
   params.prompt = "a cached cat";
-  params.width = params.height = SIDE;
   params.seed = 7;
-  LcmImage *image = lcm_pipeline_run(p, &params, &error);
-  g_assert_no_error(error);
+  for (int i = 0; i < n_sides; i++) {
+    params.width = params.height = sides[i];
+    images[i] = lcm_pipeline_run(p, &params, &error);
+    g_assert_no_error(error);
+  }
   lcm_pipeline_free(p);
   lcm_model_free(model);
-  return image;
+  return TRUE;
+}
+
+/* The 64x64 image; NULL (test skipped) when the CPU cannot run `precision`. */
+static LcmImage *run(const Fixture *f, LcmPrecision precision, double lora_scale) {
+  const int side = SIDE;
+  LcmImage *image = NULL;
+  return run_sides(f, precision, lora_scale, &side, 1, &image) ? image : NULL;
 }
 
 /* The same run with the cache off: the reference. */
@@ -432,6 +443,33 @@ static void test_disabled_by_api(Fixture *f, gconstpointer data) {
   g_assert_cmpstr(g_get_user_cache_dir(), ==, xdg);
 }
 
+/* The entry is written in the background after the first size's run while
+ * the next sizes add layouts (and may drop the load-time one): the writer
+ * must have finished, or snapshot what it writes, before any of that. A
+ * fresh process then reads an entry with every size's layouts that gives
+ * the uncached images (ASan in CI catches a writer reading freed layouts). */
+static void test_sizes_added_while_writing(Fixture *f, gconstpointer data) {
+  (void)data;
+  static const int sides[] = {64, 128, 40, 96};
+  LcmImage *fresh[G_N_ELEMENTS(sides)], *written[G_N_ELEMENTS(sides)], *read[G_N_ELEMENTS(sides)];
+  g_setenv("GIMP_LCM_WEIGHT_CACHE", "off", TRUE);
+  g_assert_true(run_sides(f, LCM_PRECISION_FP32, 0, sides, G_N_ELEMENTS(sides), fresh));
+  g_setenv("GIMP_LCM_WEIGHT_CACHE", f->cache, TRUE);
+  g_assert_true(run_sides(f, LCM_PRECISION_FP32, 0, sides, G_N_ELEMENTS(sides), written));
+  g_autofree char *unet = only_entry(f, "unet");
+  const ino_t first_write = inode_of(unet);
+  g_assert_true(run_sides(f, LCM_PRECISION_FP32, 0, sides, G_N_ELEMENTS(sides), read));
+  /* Every layout was in the entry: the reading process wrote nothing. */
+  g_assert_cmpuint(inode_of(unet), ==, first_write);
+  for (guint i = 0; i < G_N_ELEMENTS(sides); i++) {
+    assert_same_image(fresh[i], written[i]);
+    assert_same_image(fresh[i], read[i]);
+    lcm_image_free(fresh[i]);
+    lcm_image_free(written[i]);
+    lcm_image_free(read[i]);
+  }
+}
+
 #define ADD(path, fn, data)                                                                        \
   g_test_add(path, Fixture, GINT_TO_POINTER(data), fixture_setup, fn, fixture_teardown)
 
@@ -447,6 +485,7 @@ int main(int argc, char **argv) {
   ADD("/weight-cache/damaged/index", test_damaged, DAMAGE_INDEX);
   ADD("/weight-cache/damaged/magic", test_damaged, DAMAGE_MAGIC);
   ADD("/weight-cache/damaged/empty", test_damaged, DAMAGE_EMPTY);
+  ADD("/weight-cache/sizes-added-while-writing", test_sizes_added_while_writing, 0);
   ADD("/weight-cache/eviction", test_eviction, 0);
   ADD("/weight-cache/over-bound-not-written", test_over_bound_not_written, 0);
   ADD("/weight-cache/disabled/environment", test_disabled, 0);
