@@ -526,5 +526,6 @@ void weight_cache_store(WeightCache *cache) {
   /* In the background: a UNet entry is gigabytes (seconds to write), and the
    * run that made it out of date, often a live preview at a new size, goes on
    * meanwhile. */
-  cache->writer = g_thread_new("lcm-weight-cache", write_job_run, job);
+  cache->writer = g_thread_try_new("lcm-weight-cache", write_job_run, job, NULL);
+  if (!cache->writer) write_job_run(job); /* no thread to spare: write now */
 }

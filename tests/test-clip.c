@@ -388,6 +388,7 @@ static void test_sdxl_bf16(void) {
   GError *error = NULL;
   LcmPromptEncoder *prompts = lcm_prompt_encoder_new(model, LCM_PRECISION_BF16, &error);
   if (test_skip_if_unsupported(error, LCM_PRECISION_BF16)) {
+    g_error_free(error);
     lcm_model_free(model);
     return;
   }
