@@ -330,10 +330,18 @@ static int compare_strings(gconstpointer a, gconstpointer b) {
   return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* The index for the registered layers (sorted by name) and the file size;
- * data offsets start after the header, key and index, whose size must be
- * known first: the index has a fixed size for given names and layouts. */
-static GByteArray *build_index(WeightCache *cache, GPtrArray *names, uint64_t *file_size) {
+/* A layout's bytes, written at the offset the index gives it. */
+typedef struct {
+  const void *data;
+  size_t size;
+} WriteChunk;
+
+/* The index for the registered layers (sorted by name) and the file size,
+ * and each layout's data appended to `chunks` in file order; data offsets
+ * start after the header, key and index, whose size must be known first:
+ * the index has a fixed size for given names and layouts. */
+static GByteArray *build_index(WeightCache *cache, GPtrArray *names, uint64_t *file_size,
+                               GArray *chunks) {
   const size_t blob_size = md_blob_size();
   uint64_t index_size = 0;
   for (guint i = 0; i < names->len; i++) {
@@ -359,6 +367,8 @@ static GByteArray *build_index(WeightCache *cache, GPtrArray *names, uint64_t *f
       put_u64(index, offset);
       put_u64(index, size);
       offset = align_up(offset + size);
+      const WriteChunk chunk = {pw->layouts[k].data, size};
+      g_array_append_val(chunks, chunk);
     }
   }
   g_free(blob);
@@ -394,11 +404,6 @@ typedef struct {
   uint64_t file_size;
   GArray *chunks; /* WriteChunk, in file order */
 } WriteJob;
-
-typedef struct {
-  const void *data;
-  size_t size;
-} WriteChunk;
 
 static gboolean write_entry(const WriteJob *job, int fd) {
   FileHeader h = {.version = CACHE_FORMAT_VERSION,
@@ -513,15 +518,8 @@ void weight_cache_store(WeightCache *cache) {
   job->dir = g_strdup(cache->dir);
   job->path = g_strdup(cache->path);
   job->key = g_strdup(cache->key);
-  job->index = build_index(cache, names, &job->file_size);
   job->chunks = g_array_new(FALSE, FALSE, sizeof(WriteChunk));
-  for (guint i = 0; i < names->len; i++) {
-    const PackedWeights *pw = g_hash_table_lookup(cache->registered, names->pdata[i]);
-    for (int k = 0; k < pw->n_layouts; k++) {
-      WriteChunk c = {pw->layouts[k].data, dnnl_memory_desc_get_size(pw->layouts[k].md)};
-      g_array_append_val(job->chunks, c);
-    }
-  }
+  job->index = build_index(cache, names, &job->file_size, job->chunks);
   g_ptr_array_unref(names);
   /* In the background: a UNet entry is gigabytes (seconds to write), and the
    * run that made it out of date, often a live preview at a new size, goes on
